@@ -1,0 +1,43 @@
+"""Input checks shared by every public entry point."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from genval.errors import InputError
+
+__all__ = ["as_events", "as_rng"]
+
+
+def as_events(x: ArrayLike, *, n_features: int | None = None, min_events: int = 1,
+              name: str = "events") -> NDArray[np.float64]:
+    """Return ``x`` as a C-contiguous float64 (N, D) array, or raise :class:`InputError`.
+
+    Rejects non-numeric input, wrong dimensionality, a feature count other than ``n_features``,
+    fewer than ``min_events`` rows and any NaN/inf (reporting how many rows and the first one).
+    """
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric: {exc}") from exc
+    if arr.ndim == 1 and n_features == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise InputError(f"{name} must be a 2D array (N events, D features), got shape {arr.shape}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise InputError(f"{name} have {arr.shape[1]} features, expected {n_features}")
+    if arr.shape[0] < min_events:
+        raise InputError(f"{name}: need at least {min_events} events, got {arr.shape[0]}")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise InputError(f"{name} contain {rows.size} rows with NaN/inf (first at row {rows[0]})")
+    return np.ascontiguousarray(arr)
+
+
+def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """A numpy Generator from a Generator, a seed or None."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
