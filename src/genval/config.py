@@ -1,0 +1,426 @@
+"""The run configuration: a YAML file validated by pydantic.
+
+Every field has a default, so an empty file is a valid configuration (the paper's toy study on
+generated Gaussian data). Unknown or mistyped keys are errors that name the key and suggest the
+closest valid one; nothing is silently ignored.
+
+Example::
+
+    data:
+      path: events.root:Events
+      features: [pt, eta]
+    members:
+      n_members: 20
+    gof:
+      n_toys: 500
+
+References:
+    Badaracco et al., "An end-to-end pipeline for uncertainty-aware validation of generative
+    AI", Sec. 3 (the defaults of :class:`FlowConfig`, :class:`GofConfig` and the demo presets).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genval.errors import InputError
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "DataConfig",
+    "GaussianSource",
+    "SplitsConfig",
+    "MembersConfig",
+    "FlowConfig",
+    "KDEConfig",
+    "WifiConfig",
+    "SampleConfig",
+    "CoverageConfig",
+    "GofConfig",
+    "ReportConfig",
+    "load_config",
+    "parse_config",
+    "dump_config",
+    "config_hash",
+    "with_overrides",
+    "preset",
+    "PRESETS",
+]
+
+SplitSpec = float | tuple[float, float]
+"""A split given as a fraction of the events, or as a ``[start, stop]`` range of fractions."""
+
+SPLIT_NAMES = ("train", "weight_fit", "centres", "test")
+VARIANTS = ("single", "frozen", "uncertainty")
+
+
+class ConfigError(InputError):
+    """A configuration that cannot be used: unknown key, wrong type, inconsistent sections."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" turns a typo into an error instead of a silently ignored key.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GaussianSource(_Section):
+    """Generated events from a diagonal Gaussian (paper Eq. 6), used when ``data.path`` is unset."""
+
+    mean: list[float] = Field(default_factory=lambda: [-0.5, 0.6])
+    std: list[float] = Field(default_factory=lambda: [0.25, 0.4])
+    n_events: int = Field(100_000, gt=0)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> GaussianSource:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"mean ({len(self.mean)}) and std ({len(self.std)}) must have the "
+                             "same non-zero length")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the events come from.
+
+    Attributes:
+        path: ``file.npy``, ``file.npz[:key]``, ``file.csv``, ``file.parquet``,
+            ``file.h5:dataset`` or ``file.root:tree``; ``None`` generates :attr:`generate`.
+        features: feature (column, branch) names to read, in order; ``None`` reads all.
+        test_path: optional separate file for the test split (then ``splits.test`` must be
+            unset); it must not be the file the other splits come from.
+        generate: the generated source used when ``path`` is ``None``.
+    """
+
+    path: str | None = None
+    features: list[str] | None = None
+    test_path: str | None = None
+    generate: GaussianSource = Field(default_factory=GaussianSource)
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("features must name at least one feature (or be omitted)")
+            dupes = sorted({v for v in value if value.count(v) > 1})
+            if dupes:
+                raise ValueError(f"duplicate feature names {dupes}")
+        return value
+
+
+class SplitsConfig(_Section):
+    """Disjoint train / weight-fit / kernel-centre / test splits (see :mod:`genval.splits`).
+
+    Each split is a fraction of the events (shuffled with ``seed``), or a ``[start, stop]``
+    range of fractions of the rows in file order. Fractions may not sum above 1 and ranges may
+    not overlap: the test split never reaches training or the weight fit.
+    """
+
+    train: SplitSpec = 0.6
+    weight_fit: SplitSpec = 0.2
+    centres: SplitSpec = 0.01
+    test: SplitSpec | None = 0.19
+    shuffle: bool = True
+    min_events: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitsConfig:
+        from genval.splits import check_split_specs  # splits imports nothing from config
+
+        check_split_specs({n: getattr(self, n) for n in SPLIT_NAMES})
+        return self
+
+
+class FlowConfig(_Section):
+    """Normalizing-flow members (paper Sec. 3: RQ-spline MAF, 4 layers, 16 blocks, 128, 15)."""
+
+    layers: int = Field(4, ge=1)
+    hidden: int = Field(128, ge=1)
+    blocks: int = Field(16, ge=1)
+    bins: int = Field(15, ge=2)
+    learning_rate: float = Field(5e-6, gt=0)
+    batch_size: int = Field(512, ge=1)
+    max_epochs: int = Field(1000, ge=1)
+    patience: int = Field(10, ge=1)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    bootstrap: bool = True
+
+
+class KDEConfig(_Section):
+    """Gaussian-KDE members on bootstrap replicas (:class:`genval.members.KDEMembers`)."""
+
+    bandwidth: Literal["scott", "silverman"] | float = "scott"
+
+
+class MembersConfig(_Section):
+    """The M density estimators combined by the w_i f_i fit."""
+
+    kind: Literal["flow", "kde"] = "flow"
+    n_members: int = Field(60, ge=1)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    kde: KDEConfig = Field(default_factory=KDEConfig)
+
+
+class WifiConfig(_Section):
+    """The weight fit of paper Eq. (1)."""
+
+    max_iter: int = Field(100, ge=1)
+    tol: float = Field(1e-10, gt=0)
+
+
+class SampleConfig(_Section):
+    """Oversampled events drawn from the fitted mixture."""
+
+    n_events: int = Field(200_000, ge=1)
+    output: str = "samples.npy"
+
+    @field_validator("output")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from genval.io import FORMATS
+
+        if Path(value.split(":", 1)[0]).suffix.lower() not in FORMATS:
+            raise ValueError(f"output {value!r} has an unknown format; use one of {FORMATS}")
+        return value
+
+
+class CoverageConfig(_Section):
+    """The optional first-moment coverage study (paper Eq. 4, App. A)."""
+
+    enabled: bool = True
+    n_datasets: int = Field(284, ge=1)
+    n_generated: int = Field(200_000, ge=1)
+    z_alpha: float = Field(1.0, gt=0)
+    truth: list[float] | None = None
+
+
+class GofConfig(_Section):
+    """The learned likelihood-ratio test (paper Eq. 5) and its calibration."""
+
+    variants: list[Literal["single", "frozen", "uncertainty"]] = Field(
+        default_factory=lambda: list(VARIANTS))
+    single_member: int = Field(0, ge=0)
+    n_kernels: int = Field(100, ge=1)
+    sigma: float = Field(0.05, gt=0)
+    lambda_net: float = Field(1e-6, ge=0)
+    n_toys: int = Field(200, ge=1)
+    pool_size: int | None = Field(None, ge=1)
+    constraint_centre: Literal["fixed", "random"] = "fixed"
+    n_test_sets: int = Field(1, ge=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _no_duplicates(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"variants must be a non-empty list without repeats, got {value}")
+        return value
+
+
+class ReportConfig(_Section):
+    """Figures and the HTML report."""
+
+    formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"])
+    bins: int = Field(40, ge=2)
+    dpi: int = Field(150, ge=50)
+    title: str = "genval report"
+
+
+class Config(_Section):
+    """A complete run configuration; every field has a default."""
+
+    seed: int = 0
+    device: str = "cpu"
+    quiet: bool = False
+    run_dir: str = "genval-run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    splits: SplitsConfig = Field(default_factory=SplitsConfig)
+    members: MembersConfig = Field(default_factory=MembersConfig)
+    wifi: WifiConfig = Field(default_factory=WifiConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    coverage: CoverageConfig = Field(default_factory=CoverageConfig)
+    gof: GofConfig = Field(default_factory=GofConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        if self.data.test_path is not None and self.splits.test is not None:
+            raise ValueError("data.test_path is set, so splits.test must be null (the test "
+                             "events come from that file)")
+        if self.data.test_path is None and self.splits.test is None:
+            raise ValueError("splits.test is null but data.test_path is not set: no test events")
+        if self.data.path is not None and self.data.test_path is not None:
+            if _same_file(self.data.path, self.data.test_path):
+                raise ValueError(f"data.test_path {self.data.test_path!r} is the file the "
+                                 "training splits come from: the test split would overlap them")
+        if "single" in self.gof.variants and self.gof.single_member >= self.members.n_members:
+            raise ValueError(f"gof.single_member={self.gof.single_member} but there are only "
+                             f"{self.members.n_members} members")
+        return self
+
+
+def _same_file(a: str, b: str) -> bool:
+    # "file.h5:x" and "file.h5:y" are different datasets of one file; only the same dataset
+    # (or the same single-table file) is certain overlap.
+    return os.path.realpath(a.split(":", 1)[0]) == os.path.realpath(b.split(":", 1)[0]) and (
+        a.partition(":")[2] == b.partition(":")[2])
+
+
+# --- loading and error messages -----------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_mapping)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model that owns the last key of ``loc`` (for did-you-mean suggestions)."""
+    model: type[BaseModel] = Config
+    for key in loc[:-1]:
+        field = model.model_fields.get(str(key))
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc) or "<config>"
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        hint = ""
+        if model is not None:
+            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1,
+                                              cutoff=0.6)
+            if close:
+                hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)"
+            else:
+                hint = f" (valid keys: {', '.join(model.model_fields)})"
+        return f"unknown key {dotted!r}{hint}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "model_type" or not loc or isinstance(err.get("input"), dict):
+        return f"{dotted}: {msg}"
+    return f"{dotted}: {msg} (got {err.get('input')!r})"
+
+
+def parse_config(obj: dict[str, Any] | None, *, source: str = "config") -> Config:
+    """Validate a mapping (e.g. from YAML) into a :class:`Config`.
+
+    Raises:
+        ConfigError: listing every problem, each naming its dotted key.
+    """
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got "
+                          f"{type(obj).__name__}")
+    try:
+        return Config.model_validate(obj)
+    except ValidationError as exc:
+        lines = [_format_error(dict(e)) for e in exc.errors()]
+        raise ConfigError(f"{source}: {len(lines)} problem(s):\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML configuration file (``yaml.safe_load`` semantics).
+
+    Raises:
+        ConfigError: if the file is missing, is not valid YAML, or fails validation.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        obj = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    return parse_config(obj, source=str(p))
+
+
+def dump_config(config: Config) -> str:
+    """The fully resolved configuration as YAML (every default written out)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def config_hash(config: Config | dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a config (or of one section's dump)."""
+    obj = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """A new, re-validated config with dotted-key overrides, e.g. ``{"gof.n_toys": 50}``.
+
+    ``None`` values are skipped, so CLI options left unset do not override the file.
+    """
+    tree = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_config(tree, source="config with overrides")
+
+
+# --- demo presets ---------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Sized to run end to end on 2 CPU cores in minutes: small flows, fewer toys and datasets.
+    "quick": {
+        "run_dir": "genval-demo",
+        "data": {"generate": {"n_events": 20_000}},
+        "members": {"n_members": 10, "flow": {"layers": 2, "hidden": 32, "blocks": 2, "bins": 8,
+                                              "learning_rate": 1e-3, "batch_size": 512,
+                                              "max_epochs": 40, "patience": 5}},
+        "sample": {"n_events": 40_000},
+        "coverage": {"n_datasets": 50, "n_generated": 40_000},
+        "gof": {"n_toys": 100, "n_kernels": 50},
+    },
+    # The paper's sizes (Sec. 3): 10^5 events, M = 60, the paper architecture; for a GPU.
+    "paper": {
+        "run_dir": "genval-paper",
+        "data": {"generate": {"n_events": 100_000}},
+        "splits": {"train": 0.6, "weight_fit": 0.2, "centres": 0.01, "test": 0.19},
+        "members": {"n_members": 60},
+        "sample": {"n_events": 200_000},
+        "coverage": {"n_datasets": 284, "n_generated": 200_000},
+        "gof": {"n_toys": 1000, "n_kernels": 100},
+    },
+}
+
+
+def preset(name: str) -> Config:
+    """The demo configuration ``quick`` (laptop, default) or ``paper`` (GPU)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return parse_config(json.loads(json.dumps(PRESETS[name])), source=f"preset {name!r}")
