@@ -169,8 +169,16 @@ def test_near_duplicate_members_are_named(rng):
         fit = fit_weights(near, log=True)
     assert any("ill-conditioned" in m for m in fit.messages)
     exact = np.column_stack([log_f, log_f[:, 1]])
-    with pytest.raises(FitError, match="duplicates"):
-        fit_weights(exact, log=True)
+    with pytest.warns(IllConditionedWarning, match=r"1 direction\(s\): members \[(1, 4|4, 1)"):
+        dup = fit_weights(exact, log=True)
+    # The duplicated pair shares its weight evenly (held at the start along the flat direction)
+    # and the pair's total, the density and its band are those of the fit without the twin.
+    single = fit_weights(log_f, log=True)
+    assert dup.n_unidentified == 1 and dup.converged
+    np.testing.assert_allclose(dup.weights[1], dup.weights[4], rtol=1e-6)
+    np.testing.assert_allclose(dup.weights[1] + dup.weights[4], single.weights[1], rtol=1e-8)
+    F = np.exp(exact[:20])
+    np.testing.assert_allclose(dup.density_std(F), single.density_std(F[:, :4]), rtol=1e-6)
 
 
 def test_non_convergence_is_reported(rng):

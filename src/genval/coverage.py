@@ -40,7 +40,9 @@ class CoverageResult:
         truth: O* (P,).
         levels: nominal coverage levels (L,), e.g. 0.6827 and 0.9545 (z = 1 and 2).
         estimates: Ô per data set (R, P).
-        stds: σ per data set (R, P).
+        stds: σ per data set (R, P), weight and Monte-Carlo parts combined.
+        stds_weights: the weight-uncertainty part of σ alone (R, P); judging coverage with it
+            shows what leaving out the Monte-Carlo error (as the reference code did) costs.
         weights: ŵ per data set (R, M).
         covs: Cov(ŵ) per data set (R, M, M).
         converged: whether each weight fit converged (R,).
@@ -53,6 +55,7 @@ class CoverageResult:
     levels: NDArray[np.float64]
     estimates: NDArray[np.float64]
     stds: NDArray[np.float64]
+    stds_weights: NDArray[np.float64]
     weights: NDArray[np.float64]
     covs: NDArray[np.float64]
     converged: NDArray[np.bool_]
@@ -147,7 +150,7 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
     n_per_member = 0
     if integrals is None:
         n_per_member = max(2, int(round(float(oversampling) * n_events / members.n_members)))
-    estimates, stds, weights, covs, converged = [], [], [], [], []
+    estimates, stds, stds_weights, weights, covs, converged = [], [], [], [], [], []
     messages: list[str] = []
     categories: dict[type[Warning], str] = {}
     for r in tqdm(range(n_datasets), desc="coverage", disable=not progress, leave=False):
@@ -169,11 +172,13 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
                              f"{target.size}")
         estimates.append(estimate.value)
         stds.append(estimate.std)
+        stds_weights.append(estimate.std_weights)
         weights.append(fit.weights)
         covs.append(fit.cov)
         converged.append(fit.converged)
     result = CoverageResult(truth=target, levels=np.asarray(levels, dtype=np.float64),
                             estimates=np.array(estimates), stds=np.array(stds),
+                            stds_weights=np.array(stds_weights),
                             weights=np.array(weights), covs=np.array(covs),
                             converged=np.array(converged), n_events=int(n_events),
                             n_generated=n_per_member * members.n_members,

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import linalg as sla
 
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
 from genval.linalg import sum_to_one_basis
@@ -38,8 +37,9 @@ __all__ = ["WeightFit", "fit_weights", "prepare_density_matrix"]
 
 #: Condition number of the reduced Hessian above which members are reported as near-duplicates.
 ILL_CONDITIONED = 1e8
-#: Condition number above which the reduced Hessian is treated as singular.
-SINGULAR = 1e13
+#: Hessian eigenvalues below this fraction of the largest are at the level of float64 rounding
+#: of the Hessian itself: those weight directions are not identifiable from the data.
+RCOND = 1e-12
 
 
 def prepare_density_matrix(F: ArrayLike, *, log: bool = False, name: str = "F"
@@ -105,6 +105,8 @@ class WeightFit:
         effective_rank: effective rank (exp of the spectral entropy) of the columns of F,
             rows scaled by ``1 / f̂`` (the Hessian's factor); M for independent members.
         n_events: N.
+        n_unidentified: weight directions dropped as singular to working precision
+            (near-duplicate members); :attr:`cov_reduced` is zero along them.
         messages: every warning issued by the fit, kept with the result.
     """
 
@@ -118,6 +120,7 @@ class WeightFit:
     hessian_condition: float
     effective_rank: float
     n_events: int
+    n_unidentified: int = 0
     messages: tuple[str, ...] = field(default=())
 
     @property
@@ -170,15 +173,18 @@ class WeightFit:
         return "\n".join(lines)
 
 
-def _solve_spd(matrix: NDArray[np.float64], rhs: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Solve ``matrix · x = rhs`` for a symmetric PSD matrix; pseudo-inverse if it is singular."""
-    try:
-        factor = sla.cho_factor(matrix, lower=False, check_finite=False)
-        return sla.cho_solve(factor, rhs, check_finite=False)
-    except np.linalg.LinAlgError:
-        values, vectors = np.linalg.eigh(matrix)
-        keep = values > values.max() * 1e-14
-        return vectors[:, keep] @ ((vectors[:, keep].T @ rhs) / values[keep])
+def _truncated_inverse(matrix: NDArray[np.float64], rcond: float = RCOND
+                       ) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:
+    """Pseudo-inverse of a symmetric PSD matrix, dropping eigenvalues below ``rcond · max``.
+
+    Returns ``(inverse, eigenvalues, n_dropped)``. Near-duplicate members make the Hessian
+    singular to working precision; their weight differences do not change the likelihood, so
+    they are left where they start instead of being driven by rounding noise.
+    """
+    values, vectors = np.linalg.eigh(matrix)
+    keep = values > rcond * values[-1]
+    kept = vectors[:, keep]
+    return (kept / values[keep]) @ kept.T, values, int((~keep).sum())
 
 
 def _hessian_terms(S: NDArray[np.float64], f: NDArray[np.float64]
@@ -226,11 +232,13 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     Raises:
         InputError: malformed F (see :func:`prepare_density_matrix`), fewer than 2 members,
             or fewer events than members.
-        FitError: infeasible ``w0``, or a singular Hessian (exactly duplicated members).
+        FitError: infeasible ``w0``.
 
     Warns:
         IllConditionedWarning: near-duplicate members (condition number of ``V_r`` above 1e8);
-            the members involved are named.
+            the members involved are named. Directions singular to working precision
+            (eigenvalues below ``RCOND`` times the largest) are not identifiable: Newton steps
+            and the covariance are restricted to the identifiable subspace.
         ConvergenceWarning: the iteration cap was reached.
 
     References:
@@ -256,7 +264,7 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
         mean_a, V = _hessian_terms(S, f)
         grad = 1.0 - mean_a
-        step = _solve_spd(V, -grad)
+        step = _truncated_inverse(V)[0] @ -grad
         decrement = float(-grad @ step)
         slope = -decrement
         f_step = S @ step
@@ -297,21 +305,21 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     # U = Cov_n(g_n) with g_n = 1 − A_n, i.e. mean(A Aᵀ) − mean(A) mean(A)ᵀ = V − ā āᵀ.
     projected_mean = basis.T @ mean_a
     U_r = V_r - np.outer(projected_mean, projected_mean)
-    eig_v = np.linalg.eigvalsh(V_r)
+    V_r_inv, eig_v, n_unidentified = _truncated_inverse(V_r)
     condition = float(eig_v[-1] / eig_v[0]) if eig_v[0] > 0 else float("inf")
-    if condition > SINGULAR:
-        suspects = _near_duplicates(V_r, basis)
-        raise FitError(f"the Hessian of the weight fit is singular (condition number "
-                       f"{condition:.3g}): members {suspects} are (near-)duplicates; remove all "
-                       "but one of each group")
-    if condition > ILL_CONDITIONED:
-        suspects = _near_duplicates(V_r, basis)
+    if n_unidentified:
+        msg = (f"the Hessian of the weight fit is singular to working precision (condition "
+               f"number {condition:.3g}) along {n_unidentified} direction(s): members "
+               f"{_near_duplicates(V_r, basis)} are (near-)duplicates. Weight differences along "
+               "those directions do not change the likelihood, are held at the starting point, "
+               "and carry no covariance; consider removing duplicated members")
+    elif condition > ILL_CONDITIONED:
         msg = (f"ill-conditioned weight fit (condition number of the Hessian {condition:.3g}): "
-               f"members {suspects} are nearly linearly dependent, so their weights are poorly "
-               "determined and their errors large")
+               f"members {_near_duplicates(V_r, basis)} are nearly linearly dependent, so their "
+               "weights are poorly determined and their errors large")
+    if n_unidentified or condition > ILL_CONDITIONED:
         messages.append(msg)
         warnings.warn(msg, IllConditionedWarning, stacklevel=2)
-    V_r_inv = np.linalg.inv(V_r)
     cov_reduced = V_r_inv @ U_r @ V_r_inv / n_events
     cov_reduced = 0.5 * (cov_reduced + cov_reduced.T)
     cov = basis @ cov_reduced @ basis.T
@@ -324,4 +332,5 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     nll = _objective(f, w) - float(log_scale.mean())
     return WeightFit(weights=w, cov=cov, cov_reduced=cov_reduced, converged=converged,
                      n_iter=n_iter, nll=nll, grad_norm=grad_norm, hessian_condition=condition,
-                     effective_rank=effective_rank, n_events=n_events, messages=tuple(messages))
+                     effective_rank=effective_rank, n_events=n_events,
+                     n_unidentified=n_unidentified, messages=tuple(messages))
