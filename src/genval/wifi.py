@@ -62,21 +62,17 @@ def prepare_density_matrix(F: ArrayLike, *, log: bool = False, name: str = "F"
     arr = np.asarray(F, dtype=np.float64)
     if arr.ndim != 2:
         raise InputError(f"{name} must be a 2D array (N events, M members), got shape {arr.shape}")
-    nan = np.isnan(arr)
-    if nan.any():
-        raise InputError(f"{name} has {int(nan.sum())} NaN entries "
-                         f"(first at event {np.argwhere(nan)[0][0]})")
-    if np.isposinf(arr).any():
-        raise InputError(f"{name} has {int(np.isposinf(arr).sum())} +inf entries")
     if log:
-        row_max = arr.max(axis=1)
+        row_max = arr.max(axis=1)  # NaN propagates into the row maximum
+        suspicious = not np.all(np.isfinite(row_max))
     else:
-        if np.isneginf(arr).any() or (arr < 0).any():
-            bad = np.isneginf(arr) | (arr < 0)
-            raise InputError(f"{name} has {int(bad.sum())} negative densities "
-                             f"(first at event {np.argwhere(bad)[0][0]}): densities must be >= 0")
+        row_max_linear = arr.max(axis=1)
+        suspicious = not (np.isfinite(row_max_linear).all() and arr.min() >= 0)
+    if suspicious:  # one cheap pass above; the detailed diagnosis only on failure
+        _diagnose(arr, log, name)
+    if not log:
         with np.errstate(divide="ignore"):
-            row_max = np.log(arr.max(axis=1))
+            row_max = np.log(row_max_linear)
     dead = ~np.isfinite(row_max)
     if dead.any():
         rows = np.flatnonzero(dead)
@@ -87,6 +83,20 @@ def prepare_density_matrix(F: ArrayLike, *, log: bool = False, name: str = "F"
     else:
         scaled = arr / np.exp(row_max)[:, None]
     return scaled, row_max
+
+
+def _diagnose(arr: NDArray[np.float64], log: bool, name: str) -> None:
+    """Raise :class:`InputError` describing the first kind of invalid entry in ``arr``."""
+    nan = np.isnan(arr)
+    if nan.any():
+        raise InputError(f"{name} has {int(nan.sum())} NaN entries "
+                         f"(first at event {np.argwhere(nan)[0][0]})")
+    if np.isposinf(arr).any():
+        raise InputError(f"{name} has {int(np.isposinf(arr).sum())} +inf entries")
+    bad = np.isneginf(arr) | (arr < 0)
+    if not log and bad.any():
+        raise InputError(f"{name} has {int(bad.sum())} negative densities "
+                         f"(first at event {np.argwhere(bad)[0][0]}): densities must be >= 0")
 
 
 @dataclass(frozen=True, repr=False)
@@ -190,8 +200,9 @@ def _truncated_inverse(matrix: NDArray[np.float64], rcond: float = RCOND
 def _hessian_terms(S: NDArray[np.float64], f: NDArray[np.float64]
                    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Mean of ``A_n = S_n / f_n`` and ``V = mean(A_n A_nᵀ)`` in one pass over the events."""
-    A = S * (1.0 / f)[:, None]
-    mean_a = A.mean(axis=0)
+    inv_f = 1.0 / f
+    A = S * inv_f[:, None]
+    mean_a = (inv_f @ S) / S.shape[0]
     # A.T is Fortran-ordered: BLAS takes it without a copy.
     V = (A.T @ A) / S.shape[0]
     return mean_a, V
