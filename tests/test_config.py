@@ -26,7 +26,7 @@ def test_empty_file_is_the_paper_default(tmp_path):
     assert cfg.data.generate.mean == [-0.5, 0.6]
     assert cfg.data.generate.std == [0.25, 0.4]
     assert (cfg.members.n_members, cfg.members.flow.bins, cfg.gof.sigma) == (60, 15, 0.05)
-    assert cfg.gof.variants == ["single", "frozen", "uncertainty"]
+    assert cfg.gof.variants == ["single", "frozen", "ensemble"]
 
 
 def test_valid_yaml_round_trips_through_dump(tmp_path):

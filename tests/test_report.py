@@ -21,7 +21,7 @@ from genval.report import (  # noqa: E402
 
 ROWS = [GofRow("single", 812.4, 1 / 201, 2.58, z_chi2=21.7, n_toys=200, note="Z beyond toys"),
         GofRow("frozen", 40.2, 0.004975, 2.58, z_chi2=4.4, n_toys=200),
-        GofRow("uncertainty", 9.1, 0.2, 0.84, n_toys=200, z_band=(0.70, 1.04))]
+        GofRow("ensemble", 9.1, 0.2, 0.84, n_toys=200, z_band=(0.70, 1.04))]
 COVERAGE = [CoverageRow("x0", -0.5, 0.65, 284), CoverageRow("x1", 0.6, 0.70, 284)]
 
 

@@ -214,7 +214,8 @@ def make_splits(n_events: int, specs: Mapping[str, SplitSpec | None], *, seed: i
     minima = dict(min_sizes or {})
     for name, (lo, hi) in bounds.items():
         need, why = minima.get(name, (min_events, "splits.min_events"))
-        need = max(need, min_events)
+        if min_events > need:  # name the constraint that actually binds
+            need, why = min_events, "splits.min_events"
         if hi - lo < need:
             raise InputError(f"split {name!r} would hold {hi - lo} of {n_events} events, fewer "
                              f"than the {need} required ({why}); give it a larger share or "

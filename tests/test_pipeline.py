@@ -1,0 +1,197 @@
+"""The stage wiring on KDE members (no flows, no GoF needed): artifacts, resume, isolation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from genval import pipeline  # noqa: E402
+from genval.config import parse_config  # noqa: E402
+from genval.errors import InputError  # noqa: E402
+from genval.io import read_events, write_events  # noqa: E402
+from genval.rundir import RunDir  # noqa: E402
+from genval.splits import Splits  # noqa: E402
+
+FAST = ["split", "train", "fit", "sample", "coverage", "report"]
+
+
+def tiny(tmp_path, **extra):
+    base = {"run_dir": str(tmp_path / "run"), "quiet": True,
+            "data": {"generate": {"n_events": 800}},
+            "splits": {"train": 0.5, "weight_fit": 0.25, "centres": 0.05, "test": 0.2},
+            "members": {"kind": "kde", "n_members": 3, "kde": {"bandwidth": 0.15}},
+            "sample": {"n_events": 500, "output": "samples.parquet"},
+            "coverage": {"n_datasets": 3, "n_events": 200, "n_generated": 400},
+            "gof": {"n_kernels": 10}, "report": {"formats": ["png"], "dpi": 40}}
+    for key, value in extra.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_config(base)
+
+
+def test_stages_write_every_artifact_and_skip_when_rerun(tmp_path):
+    cfg = tiny(tmp_path)
+    run = pipeline.run_pipeline(cfg, stages=FAST)
+    root = run.root
+    for rel in ["config.yaml", "metadata.json", "data/splits.npz", "data/events.npz",
+                "models/kde.json", "fit/fit.npz", "fit/fit.json", "samples/samples.parquet",
+                "samples/density.npz", "coverage/coverage.json", "figures/weights.png",
+                "figures/coverage.png", "report.html"]:
+        assert (root / rel).is_file(), rel
+    assert not list(root.rglob("*.tmp"))
+    samples = read_events(root / "samples" / "samples.parquet", ["x1", "x0"])
+    assert samples.x.shape == (500, 2)
+    fit = pipeline.load_fit(run)
+    assert fit.weights.shape == (3,) and abs(fit.weights.sum() - 1) < 1e-9
+    meta = run.metadata()
+    assert set(meta["stages"]) == set(FAST) and meta["data"]["splits"]["hash"]
+    assert {"data", "split", "train", "sample", "coverage"} <= set(meta["seeds"])
+    report = (root / "report.html").read_text()
+    assert "Coverage of the first moment" in report and "61.3 %" in report
+    # Everything finished: a second call runs nothing.
+    log = []
+    pipeline.run_pipeline(cfg, stages=FAST, log=log.append)
+    assert all("already done" in m for m in log) and len(log) == len(FAST)
+
+
+def test_crash_after_training_resumes_without_retraining(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    real_fit = pipeline.STAGE_FUNCTIONS["fit"]
+
+    def crash(run):
+        raise KeyboardInterrupt  # what a Ctrl-C (or a kill) mid-fit leaves behind
+
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "fit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(cfg, stages=FAST)
+    run = RunDir.open(cfg.run_dir)
+    assert run.status()["train"] and not run.status()["fit"]
+    trained_at = json.loads((run.root / ".stages" / "train.json").read_text())["finished"]
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "fit", real_fit)
+    calls = []
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "train", lambda r: calls.append(r) or {})
+    pipeline.run_pipeline(cfg, stages=FAST)
+    assert calls == []  # not retrained
+    assert json.loads((run.root / ".stages" / "train.json").read_text())["finished"] == \
+        trained_at
+    assert run.status()["report"]
+
+
+def test_killed_process_resumes_without_retraining(tmp_path):
+    cfg = tiny(tmp_path, coverage={"n_datasets": 40})  # slow enough to be killed in coverage
+    script = textwrap.dedent(f"""
+        import matplotlib; matplotlib.use("Agg")
+        from genval.config import parse_config
+        from genval.pipeline import run_pipeline
+        run_pipeline(parse_config({cfg.model_dump(mode="json")!r}), stages={FAST!r})
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(pipeline.__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    marker = Path(cfg.run_dir) / ".stages" / "train.json"
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists()
+    run = RunDir.open(cfg.run_dir)
+    outcomes = [pipeline.run_stage(run, s) for s in FAST]
+    assert not outcomes[1].ran  # train skipped
+    assert all(run.status()[s] for s in FAST)
+
+
+def test_training_and_fit_never_see_the_test_split(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    seen = {}
+    real = pipeline.split_events
+
+    def spy(run, name):
+        x, names = real(run, name)
+        seen.setdefault(name, []).append(x)
+        return x, names
+
+    monkeypatch.setattr(pipeline, "split_events", spy)
+    run = pipeline.run_pipeline(cfg, stages=["split", "train", "fit"])
+    assert "test" not in seen
+    splits = Splits.load(run.splits_path)
+    x_all = read_events(run.root / "data" / "events.npz").x
+    test_rows = {tuple(r) for r in x_all[splits["test"]]}
+    for name in ("train", "weight_fit"):
+        assert not test_rows & {tuple(r) for x in seen[name] for r in x}
+
+
+def test_file_input_with_separate_test_file_and_skipped_coverage(tmp_path, rng):
+    x = rng.normal([0.0, 1.0, 2.0], 0.5, size=(600, 3))
+    write_events(tmp_path / "events.csv", x, ["a", "b", "c"])
+    write_events(tmp_path / "test.h5:events", x[:150] + 0.01, ["a", "b", "c"])
+    cfg = tiny(tmp_path, data={"path": str(tmp_path / "events.csv"), "features": ["c", "a"],
+                               "test_path": f"{tmp_path}/test.h5:events"},
+               splits={"train": 0.6, "weight_fit": 0.3, "centres": 0.1, "test": None})
+    run = pipeline.run_pipeline(cfg, stages=["split", "train", "fit", "coverage", "report"])
+    test, names = pipeline.split_events(run, "test")
+    assert names == ["c", "a"] and test.shape == (150, 2)
+    np.testing.assert_allclose(test[:, 0], x[:150, 2] + 0.01)
+    info = json.loads((run.root / ".stages" / "coverage.json").read_text())["info"]
+    assert "truth is unknown" in info["skipped"]
+    assert "coverage skipped" in (run.root / "report.html").read_text()
+
+
+def test_split_stage_refuses_bad_input(tmp_path, rng):
+    x = rng.normal(size=(100, 2))
+    x[7] = np.nan
+    write_events(tmp_path / "ok.npy", rng.normal(size=(100, 2)))
+    np.save(tmp_path / "nan.npy", x)
+    cases = [({"path": str(tmp_path / "nan.npy")}, r"1 rows with NaN/inf \(first at row 7\)"),
+             ({"path": str(tmp_path / "gone.csv")}, "data file not found"),
+             ({"path": str(tmp_path / "ok.npy"), "features": ["x0", "x5"]},
+              r"feature 'x5' not found .*available: x0, x1"),
+             ({"path": str(tmp_path / "ok.npy")}, r"split 'centres' would hold 5 of 100 events, "
+                                                  r"fewer than the 20 required "
+                                                  r"\(splits.min_events\)")]
+    for i, (data, message) in enumerate(cases):
+        cfg = tiny(tmp_path, data=data, run_dir=str(tmp_path / f"r{i}"))
+        with pytest.raises(InputError, match=message):
+            pipeline.run_pipeline(cfg, stages=["split"])
+
+
+def test_mismatched_test_file_dimensions(tmp_path, rng):
+    write_events(tmp_path / "train.npz", rng.normal(size=(400, 2)), ["a", "b"])
+    write_events(tmp_path / "test.npz", rng.normal(size=(100, 3)), ["a", "b", "c"])
+    write_events(tmp_path / "test2.npz", rng.normal(size=(100, 1)), ["a"])
+    for name, message in [("test.npz", None), ("test2.npz", r"feature 'b' not found")]:
+        cfg = tiny(tmp_path, run_dir=str(tmp_path / f"run-{name}"),
+                   data={"path": str(tmp_path / "train.npz"),
+                         "test_path": str(tmp_path / name)},
+                   splits={"train": 0.6, "weight_fit": 0.3, "centres": 0.1, "test": None})
+        if message is None:  # extra columns are fine: features are selected by name
+            run = pipeline.run_pipeline(cfg, stages=["split"])
+            assert pipeline.split_events(run, "test")[0].shape == (100, 2)
+        else:
+            with pytest.raises(InputError, match=message):
+                pipeline.run_pipeline(cfg, stages=["split"])
+
+
+def test_missing_module_stage_is_reported(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    run = pipeline.run_pipeline(cfg, stages=["split", "train", "fit"])
+    monkeypatch.setitem(sys.modules, "genval.gof", None)
+    with pytest.raises(pipeline.StageUnavailableError, match="needs genval.gof"):
+        pipeline.run_stage(run, "gof")
+    assert not run.is_done("gof")
+
+
+def test_stage_seeds_are_distinct_and_reproducible():
+    cfg = parse_config({"seed": 3})
+    seeds = {s: pipeline.stage_seed(cfg, s) for s in ("split", "train", "gof")}
+    assert len(set(seeds.values())) == 3
+    assert seeds["gof"] == pipeline.stage_seed(parse_config({"seed": 3}), "gof")
+    assert seeds["gof"] != pipeline.stage_seed(parse_config({"seed": 4}), "gof")
