@@ -129,3 +129,9 @@ def test_config_is_immutable():
     cfg = Config()
     with pytest.raises(Exception, match="frozen"):
         cfg.seed = 3  # type: ignore[misc]
+
+
+def test_hash_ignores_runtime_keys_only():
+    base = config_hash(Config())
+    assert config_hash(parse_config({"device": "cuda", "quiet": True, "run_dir": "x"})) == base
+    assert config_hash(parse_config({"seed": 1})) != base

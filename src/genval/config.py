@@ -51,6 +51,7 @@ __all__ = [
     "parse_config",
     "dump_config",
     "config_hash",
+    "RUNTIME_KEYS",
     "with_overrides",
     "preset",
     "PRESETS",
@@ -221,6 +222,7 @@ class GofConfig(_Section):
     ``redrawn`` from N(0, C_r) per toy or ``fixed`` at 0 (the paper's text).
     """
 
+    enabled: bool = True
     variants: list[Literal["single", "frozen", "ensemble"]] = Field(
         default_factory=lambda: list(VARIANTS))
     single_member: int = Field(0, ge=0)
@@ -386,9 +388,17 @@ def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
+RUNTIME_KEYS = ("device", "quiet", "run_dir")
+"""Top-level keys that change where and how loudly a run executes, not its results: they are
+left out of :func:`config_hash`, so a run can resume on another device or from a moved folder."""
+
+
 def config_hash(config: Config | dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of a config (or of one section's dump)."""
-    obj = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    """SHA-256 of the canonical JSON of a config without :data:`RUNTIME_KEYS` (or of a dict)."""
+    if isinstance(config, BaseModel):
+        obj = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUNTIME_KEYS}
+    else:
+        obj = config
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 

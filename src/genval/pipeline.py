@@ -343,10 +343,12 @@ def stage_gof(run: RunDir) -> dict[str, Any]:
     Writes ``gof/VARIANT.json`` (t_obs, p, Z, χ² extrapolation, t_null), the null figure of
     each variant (Fig. 2) and the marginals of REF / DATA / LRT RECO (Fig. 1).
     """
+    cfg = run.config()
+    if not cfg.gof.enabled:
+        return {"skipped": "gof.enabled is false"}
     gof = _module("genval.gof", "the gof stage")
     from genval import plots
 
-    cfg = run.config()
     seed = stage_seed(cfg, "gof")
     members, fit = load_members(run), load_fit(run)
     x_test, names = split_events(run, "test")
