@@ -57,6 +57,9 @@ def test_null_distribution_figure(tmp_path, rng):
     assert ax.get_xlim()[1] >= 40.0  # t_obs is on the axis even beyond every toy
     assert "single" in ax.get_title()
     assert (tmp_path / "null.png").exists() and not (tmp_path / "null.pdf").exists()
+    fig = plots.plot_null(t_null=t, t_obs=7.0, t_obs_sets=[5.0, 7.0, 60.0], style=None)
+    assert fig.axes[0].get_xlim()[1] >= 60.0
+    assert "t on 3 test sets" in [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
     with pytest.raises(InputError, match="t_null is empty"):
         plots.plot_null(t_null=[], t_obs=1.0)
 

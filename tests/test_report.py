@@ -19,7 +19,8 @@ from genval.report import (  # noqa: E402
     write_report,
 )
 
-ROWS = [GofRow("single", 812.4, 1 / 201, 2.58, z_chi2=21.7, n_toys=200, note="Z beyond toys"),
+ROWS = [GofRow("single", 812.4, 1 / 201, 2.58, z_chi2=21.7, n_toys=200, z_is_bound=True,
+               note="Z beyond toys"),
         GofRow("frozen", 40.2, 0.004975, 2.58, z_chi2=4.4, n_toys=200),
         GofRow("ensemble", 9.1, 0.2, 0.84, n_toys=200, z_band=(0.70, 1.04))]
 COVERAGE = [CoverageRow("x0", -0.5, 0.65, 284), CoverageRow("x1", 0.6, 0.70, 284)]
@@ -47,6 +48,7 @@ def test_report_is_self_contained_with_paper_numbers(tmp_path):
         assert f"{z:.2f}" in text, variant
     assert "20.29 ± 0.10" in text and "0.92 <sup>+0.20</sup><sub>−0.14</sub>" in text
     assert "ensemble with uncertainty" in text and "weights frozen" in text
+    assert "<b>≥ 2.58</b>" in text and "<b>2.58</b>" in text  # bound vs measured
     assert "0.84 <sup>+0.20</sup><sub>−0.14</sub>" in text  # the 16-84 % band of our Z
     for cov in PAPER_COVERAGE:
         assert f"{100 * cov:.1f} %" in text
@@ -60,7 +62,8 @@ def test_report_is_self_contained_with_paper_numbers(tmp_path):
 
 
 def test_partial_report_and_bad_figure():
-    text = render_report(gof=ROWS[2:])
+    text = render_report(gof=ROWS[2:], gof_settings={"n_kernels": 100, "centre": "redrawn"})
+    assert "redrawn" in text
     assert "Coverage" not in text and "Goodness of fit" in text
     with pytest.raises(InputError, match="not a PNG"):
         render_report(figures={"bad": b"GIF89a"})

@@ -196,7 +196,7 @@ def _marginal_panel(top: Any, bottom: Any, h: MarginalHistogram, *, log: bool,
 def plot_null(*, t_null: ArrayLike, t_obs: float, z: float | None = None,
               p_value: float | None = None, chi2_scale: float | None = None,
               chi2_dof: float | None = None, z_chi2: float | None = None, label: str = "",
-              bins: int = 40, style: str | None = "CMS",
+              t_obs_sets: ArrayLike | None = None, bins: int = 40, style: str | None = "CMS",
               save: str | os.PathLike[str] | None = None, formats: Sequence[str] = ("png", "pdf"),
               dpi: int = 150) -> Figure:
     """Null distribution of the test statistic with ``t_obs`` and a scaled χ² (paper Fig. 2).
@@ -208,6 +208,8 @@ def plot_null(*, t_null: ArrayLike, t_obs: float, z: float | None = None,
         chi2_scale, chi2_dof: ``a`` and ``ν`` of the fitted ``a·χ²(ν)``, drawn when given.
         z_chi2: Z from the χ² extrapolation, shown (labelled) when given.
         label: variant name for the title (e.g. "ensemble with uncertainty").
+        t_obs_sets: t on each of several test sets, drawn as a second histogram (the paper
+            compares the null with the observed distribution); ``t_obs`` is then their median.
     """
     t = _vec("t_null", t_null)
     if t.size == 0:
@@ -215,10 +217,13 @@ def plot_null(*, t_null: ArrayLike, t_obs: float, z: float | None = None,
     with _style(style):
         fig = _figure(figsize=(7.5, 5.5), layout="constrained")
         ax = fig.add_subplot()
-        hi = max(float(np.max(t)), float(t_obs)) * 1.05
+        obs = None if t_obs_sets is None else _vec("t_obs_sets", t_obs_sets)
+        hi = max(float(np.max(t)), float(t_obs), float(np.max(obs)) if obs is not None
+                 else -np.inf) * 1.05
         lo = min(0.0, float(np.min(t)), float(t_obs))
-        ax.hist(t, bins=np.linspace(lo, hi, bins + 1), density=True, histtype="stepfilled",
-                color=_BAND2, edgecolor=_REF, label=f"null toys ({t.size})")
+        heights, _, _ = ax.hist(t, bins=np.linspace(lo, hi, bins + 1), density=True,
+                                histtype="stepfilled", color=_BAND2, edgecolor=_REF,
+                                label=f"null toys ({t.size})")
         if chi2_scale is not None and chi2_dof is not None:
             grid = np.linspace(max(lo, 1e-6), hi, 400)
             pdf = stats.chi2.pdf(grid / chi2_scale, chi2_dof) / chi2_scale
@@ -234,9 +239,14 @@ def plot_null(*, t_null: ArrayLike, t_obs: float, z: float | None = None,
         if lines:
             ax.text(0.97, 0.62, "\n".join(lines), transform=ax.transAxes, ha="right", va="top",
                     fontsize="x-small")
+        if obs is not None and obs.size:
+            ax.hist(obs, bins=np.linspace(lo, hi, bins + 1), density=True, histtype="step",
+                    color=_RECO, lw=1.6, ls="--", label=f"t on {obs.size} test sets")
+        # Scale to the toys, not the χ² curve (which diverges at 0 when ν < 2).
+        ax.set_ylim(0, 1.6 * float(np.max(heights)))
         ax.set_xlabel("t")
         ax.set_ylabel("Density")
-        ax.set_title(f"Null distribution{': ' + label if label else ''}", fontsize="medium")
+        ax.set_title(f"Null distribution{': ' + label if label else ''}", fontsize="small")
         ax.legend(loc="upper right", fontsize="x-small")
         return _finish(fig, save, formats, dpi)
 
@@ -364,6 +374,7 @@ def plot_training(*, train_loss: Sequence[ArrayLike], val_loss: Sequence[ArrayLi
         if best_epoch is not None:
             ax.plot([], [], "*", color="grey", label="best checkpoint")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("negative log-likelihood")
         ax.set_title(f"{n} members", fontsize="medium")
         ax.legend(loc="upper right", fontsize="x-small")
