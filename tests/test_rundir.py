@@ -98,3 +98,14 @@ def test_update_metadata_merges_and_layout(run):
     with pytest.raises(ValueError, match="unknown run-directory folder"):
         run.dir("tmp")
     json.loads(run.metadata_path.read_text())  # valid JSON on disk
+
+
+def test_non_finite_info_is_stored_as_strings(run):
+    import numpy as np
+
+    run.run_stage("split", lambda: {"z": np.float64(np.inf), "p": [np.nan, 0.5],
+                                    "n": np.int64(3), "ok": np.bool_(True)})
+    info = json.loads((run.root / ".stages" / "split.json").read_text())["info"]
+    assert info == {"z": "inf", "p": ["nan", 0.5], "n": 3, "ok": True}
+    run.update_metadata(extra={"z": float("-inf")})
+    assert run.metadata()["extra"] == {"z": "-inf"}

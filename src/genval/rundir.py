@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -35,12 +36,15 @@ from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from genval._atomic import atomic_write_json, atomic_write_text
 from genval._version import __version__
 from genval.config import Config, config_hash, dump_config, load_config
 from genval.errors import ArtifactError
 
-__all__ = ["STAGES", "DEPENDS", "RunDirError", "StageOutcome", "RunDir", "package_versions"]
+__all__ = ["STAGES", "DEPENDS", "RunDirError", "StageOutcome", "RunDir", "package_versions",
+           "to_jsonable"]
 
 STAGES = ("split", "train", "fit", "sample", "coverage", "gof", "report")
 """Pipeline stages in execution order."""
@@ -83,6 +87,28 @@ def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str | None
         except _md.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays as Python values and inf/NaN as strings.
+
+    Strict JSON has no inf or NaN (``atomic_write_json`` refuses them); a Z beyond reach is
+    legitimately infinite, so it is written as ``"inf"`` rather than failing the stage.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else str(value)
+    return obj
 
 
 def _now() -> str:
@@ -208,6 +234,7 @@ class RunDir:
                 meta[key] = {**meta[key], **value}
             else:
                 meta[key] = value
+        meta = to_jsonable(meta)
         atomic_write_json(self.metadata_path, meta)
         return meta
 
@@ -247,7 +274,7 @@ class RunDir:
         """Write the completion marker of ``stage`` and its timing into the metadata."""
         record = {"stage": stage, "finished": _now(), "seconds": round(seconds, 3),
                   "config_hash": config_hash(self.config()), "genval_version": __version__,
-                  "info": dict(info or {})}
+                  "info": to_jsonable(dict(info or {}))}
         self.update_metadata(stages={stage: {"finished": record["finished"],
                                              "seconds": record["seconds"]}})
         atomic_write_json(self._marker(stage), record)

@@ -6,7 +6,7 @@ import dataclasses
 import importlib
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,7 +19,7 @@ from genval.config import Config
 from genval.errors import GenvalError
 from genval.io import read_events
 from genval.members import KDEMembers, Members
-from genval.rundir import STAGES, RunDir
+from genval.rundir import STAGES, RunDir, to_jsonable
 from genval.splits import Splits
 
 __all__ = ["Log", "StageUnavailableError", "stage_seed", "split_events", "load_members",
@@ -111,18 +111,5 @@ def load_fit(run: RunDir) -> Any:
 
 
 def jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        return value if np.isfinite(value) else str(value)  # JSON has no inf/NaN
-    return obj
-
+    """See :func:`genval.rundir.to_jsonable`."""
+    return to_jsonable(obj)
