@@ -8,10 +8,10 @@ from genval.config import (
     dump_config,
     load_config,
     parse_config,
-    preset,
     with_overrides,
 )
 from genval.errors import InputError
+from genval.presets import preset
 
 
 def write(tmp_path, text):
@@ -135,3 +135,16 @@ def test_hash_ignores_runtime_keys_only():
     base = config_hash(Config())
     assert config_hash(parse_config({"device": "cuda", "quiet": True, "run_dir": "x"})) == base
     assert config_hash(parse_config({"seed": 1})) != base
+
+
+def test_commented_dump_loads_back_and_documents_every_key():
+    for cfg in (Config(), preset("quick"), parse_config({"splits": {
+            "train": [0, 0.5], "weight_fit": [0.5, 0.7], "centres": [0.7, 0.8],
+            "test": [0.8, 1]}})):
+        text = dump_config(cfg, comments=True)
+        assert parse_config(yaml.safe_load(text)) == cfg
+    text = dump_config(Config(), comments=True)
+    assert "  n_kernels: 100  # Gaussian kernels K of the alternative" in text
+    assert "gof:  # The learned likelihood-ratio test" in text
+    keys = [line for line in text.splitlines() if ":" in line and not line.endswith(":")]
+    assert all("#" in line for line in keys)

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 import click
 
-from genval.config import Config, dump_config, load_config, preset, with_overrides
+from genval.config import Config, dump_config, load_config, with_overrides
 from genval.errors import GenvalError
+from genval.presets import preset
 from genval.rundir import STAGES, RunDir
 
 __all__ = ["register"]
@@ -104,9 +105,9 @@ def register(group: click.Group) -> click.Group:
     @click.option("--preset", "preset_name", type=click.Choice(["default", "quick", "paper"]),
                   default="default", show_default=True)
     def config_cmd(preset_name: str) -> None:
-        """Print a complete configuration (every key with its default) to start from."""
+        """Print a complete configuration, every key with its default and meaning."""
         cfg = Config() if preset_name == "default" else preset(preset_name)
-        click.echo(dump_config(cfg), nl=False)
+        click.echo(dump_config(cfg, comments=True), nl=False)
 
     for stage in STAGES[1:]:
         group.add_command(_stage_command(stage))

@@ -25,6 +25,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,8 +54,6 @@ __all__ = [
     "config_hash",
     "RUNTIME_KEYS",
     "with_overrides",
-    "preset",
-    "PRESETS",
 ]
 
 SplitSpec = float | tuple[float, float]
@@ -77,9 +76,11 @@ class _Section(BaseModel):
 class GaussianSource(_Section):
     """Generated events from a diagonal Gaussian (paper Eq. 6), used when ``data.path`` is unset."""
 
-    mean: list[float] = Field(default_factory=lambda: [-0.5, 0.6])
-    std: list[float] = Field(default_factory=lambda: [0.25, 0.4])
-    n_events: int = Field(100_000, gt=0)
+    mean: list[float] = Field(
+        default_factory=lambda: [-0.5, 0.6], description="per-feature mean (paper Eq. 6)")
+    std: list[float] = Field(
+        default_factory=lambda: [0.25, 0.4], description="per-feature standard deviation")
+    n_events: int = Field(100_000, gt=0, description="events to generate")
 
     @model_validator(mode="after")
     def _same_length(self) -> GaussianSource:
@@ -103,10 +104,15 @@ class DataConfig(_Section):
         generate: the generated source used when ``path`` is ``None``.
     """
 
-    path: str | None = None
-    features: list[str] | None = None
-    test_path: str | None = None
-    generate: GaussianSource = Field(default_factory=GaussianSource)
+    path: str | None = Field(
+        None, description="FILE.{npy,npz,csv,parquet} | FILE.h5:DATASET | FILE.root:TREE; "
+                           "null: generate")
+    features: list[str] | None = Field(
+        None, description="feature (column, branch) names to read, in order; null: all")
+    test_path: str | None = Field(
+        None, description="separate file for the test events (then splits.test must be null)")
+    generate: GaussianSource = Field(
+        default_factory=GaussianSource, description="the source used when path is null")
 
     @field_validator("features")
     @classmethod
@@ -128,12 +134,16 @@ class SplitsConfig(_Section):
     not overlap: the test split never reaches training or the weight fit.
     """
 
-    train: SplitSpec = 0.6
-    weight_fit: SplitSpec = 0.2
-    centres: SplitSpec = 0.01
-    test: SplitSpec | None = 0.19
-    shuffle: bool = True
-    min_events: int = Field(20, ge=1)
+    train: SplitSpec = Field(
+        0.6, description="fraction (or [start, stop] range) of events to train the members")
+    weight_fit: SplitSpec = Field(
+        0.2, description="fraction (or range) to fit the weights ŵ and Cov(ŵ)")
+    centres: SplitSpec = Field(
+        0.01, description="fraction (or range) to draw the GoF kernel centres from")
+    test: SplitSpec | None = Field(
+        0.19, description="fraction (or range) held out for the GoF test; null: data.test_path")
+    shuffle: bool = Field(True, description="shuffle the events before cutting the splits")
+    min_events: int = Field(20, ge=1, description="the fewest events any split may hold")
 
     @model_validator(mode="after")
     def _consistent(self) -> SplitsConfig:
@@ -146,45 +156,53 @@ class SplitsConfig(_Section):
 class FlowConfig(_Section):
     """Normalizing-flow members (paper Sec. 3: RQ-spline MAF, 4 layers, 16 blocks, 128, 15)."""
 
-    layers: int = Field(4, ge=1)
-    hidden: int = Field(128, ge=1)
-    blocks: int = Field(16, ge=1)
-    bins: int = Field(15, ge=2)
-    learning_rate: float = Field(5e-6, gt=0)
-    batch_size: int = Field(512, ge=1)
-    max_epochs: int = Field(1000, ge=1)
-    patience: int = Field(10, ge=1)
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    bootstrap: bool = True
+    layers: int = Field(4, ge=1, description="autoregressive RQ-spline layers")
+    hidden: int = Field(128, ge=1, description="hidden features of each MADE")
+    blocks: int = Field(16, ge=1, description="residual blocks of each MADE")
+    bins: int = Field(15, ge=2, description="spline bins")
+    learning_rate: float = Field(
+        5e-6, gt=0, description="Adam learning rate (paper 5e-6 with its architecture)")
+    batch_size: int = Field(512, ge=1, description="events per member per optimiser step")
+    max_epochs: int = Field(1000, ge=1, description="upper limit on epochs")
+    patience: int = Field(
+        10, ge=1, description="early stopping: epochs without validation improvement")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="fraction of the train split held out for early stopping")
+    bootstrap: bool = Field(
+        True, description="train each member on its own bootstrap replica (paper)")
 
 
 class KDEConfig(_Section):
     """Gaussian-KDE members on bootstrap replicas (:class:`genval.members.KDEMembers`)."""
 
-    bandwidth: Literal["scott", "silverman"] | float = "scott"
+    bandwidth: Literal["scott", "silverman"] | float = Field(
+        "scott", description="scott | silverman | a width in feature units")
 
 
 class MembersConfig(_Section):
     """The M density estimators combined by the w_i f_i fit."""
 
-    kind: Literal["flow", "kde"] = "flow"
-    n_members: int = Field(60, ge=1)
-    flow: FlowConfig = Field(default_factory=FlowConfig)
-    kde: KDEConfig = Field(default_factory=KDEConfig)
+    kind: Literal["flow", "kde"] = Field(
+        "flow", description="flow (normalizing flows) | kde (Gaussian KDEs, bootstrap replicas)")
+    n_members: int = Field(60, ge=1, description="ensemble size M")
+    flow: FlowConfig = Field(default_factory=FlowConfig, description="settings of kind: flow")
+    kde: KDEConfig = Field(default_factory=KDEConfig, description="KDE settings (kind: kde)")
 
 
 class WifiConfig(_Section):
     """The weight fit of paper Eq. (1)."""
 
-    max_iter: int = Field(100, ge=1)
-    tol: float = Field(1e-14, gt=0)
+    max_iter: int = Field(100, ge=1, description="Newton iteration cap")
+    tol: float = Field(
+        1e-14, gt=0, description="stop when the predicted decrease of L falls below this")
 
 
 class SampleConfig(_Section):
     """Oversampled events drawn from the fitted mixture."""
 
-    n_events: int = Field(200_000, ge=1)
-    output: str = "samples.npy"
+    n_events: int = Field(200_000, ge=1, description="events to draw from the fitted mixture")
+    output: str = Field(
+        "samples.npy", description="file name under samples/; the extension picks the format")
 
     @field_validator("output")
     @classmethod
@@ -205,12 +223,15 @@ class CoverageConfig(_Section):
     member integrals; ``truth`` overrides the generator's mean as O*.
     """
 
-    enabled: bool = True
-    n_datasets: int = Field(284, ge=2)
-    n_events: int | None = Field(None, ge=1)
-    n_generated: int = Field(200_000, ge=1)
-    z_alpha: float = Field(1.0, gt=0)
-    truth: list[float] | None = None
+    enabled: bool = Field(True, description="run the coverage study (generated data only)")
+    n_datasets: int = Field(284, ge=2, description="synthetic data sets")
+    n_events: int | None = Field(
+        None, ge=1, description="weight-fit events per data set; null: weight-fit split size")
+    n_generated: int = Field(
+        200_000, ge=1, description="generated events per data set for the member integrals")
+    z_alpha: float = Field(1.0, gt=0, description="interval half-width in σ (1: 68.3 %)")
+    truth: list[float] | None = Field(
+        None, description="true first moments O*; null: the generator's mean")
 
 
 class GofConfig(_Section):
@@ -222,20 +243,25 @@ class GofConfig(_Section):
     ``redrawn`` from N(0, C_r) per toy or ``fixed`` at 0 (the paper's text).
     """
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="run the goodness-of-fit test")
     variants: list[Literal["single", "frozen", "ensemble"]] = Field(
-        default_factory=lambda: list(VARIANTS))
-    single_member: int = Field(0, ge=0)
-    n_kernels: int = Field(100, ge=1)
-    sigma: float = Field(0.05, gt=0)
-    standardize: bool = False
-    lambda_net: float = Field(1e-6, ge=0)
-    n_toys: int = Field(200, ge=1)
-    pool_size: int | None = Field(None, ge=1)
-    constraint_centre: Literal["redrawn", "fixed"] = "redrawn"
-    toy_size: Literal["fixed", "poisson"] = "fixed"
-    n_test_sets: int = Field(1, ge=1)
-    n_jobs: int = Field(1, ge=1)
+        default_factory=lambda: list(VARIANTS),
+        description="single | frozen | ensemble (with uncertainty)")
+    single_member: int = Field(0, ge=0, description="the member of the single variant")
+    n_kernels: int = Field(100, ge=1, description="Gaussian kernels K of the alternative")
+    sigma: float = Field(0.05, gt=0, description="kernel width")
+    standardize: bool = Field(
+        False, description="measure sigma in units of each feature's standard deviation")
+    lambda_net: float = Field(1e-6, ge=0, description="weak L2 penalty on kernel coefficients")
+    n_toys: int = Field(200, ge=1, description="null toys per variant")
+    pool_size: int | None = Field(
+        None, ge=1, description="events in the toy pool; null: max(10 N_test, 20000)")
+    constraint_centre: Literal["redrawn", "fixed"] = Field(
+        "redrawn", description="redrawn (z0 ~ N(0, C_r) per toy) | fixed (z0 = 0)")
+    toy_size: Literal["fixed", "poisson"] = Field(
+        "fixed", description="fixed (N_test events per toy) | poisson")
+    n_test_sets: int = Field(1, ge=1, description="disjoint test sets (median Z, 16-84 % band)")
+    n_jobs: int = Field(1, ge=1, description="threads fitting toys")
 
     @field_validator("variants")
     @classmethod
@@ -248,19 +274,21 @@ class GofConfig(_Section):
 class ReportConfig(_Section):
     """Figures and the HTML report."""
 
-    formats: list[Literal["png", "pdf"]] = Field(default_factory=lambda: ["png", "pdf"])
-    bins: int = Field(40, ge=2)
-    dpi: int = Field(150, ge=20)
-    title: str = "genval report"
+    formats: list[Literal["png", "pdf"]] = Field(
+        default_factory=lambda: ["png", "pdf"], description="figure formats")
+    bins: int = Field(40, ge=2, description="bins of the marginal histograms")
+    dpi: int = Field(150, ge=20, description="PNG resolution")
+    title: str = Field("genval report", description="report title")
 
 
 class Config(_Section):
     """A complete run configuration; every field has a default."""
 
-    seed: int = 0
-    device: str = "cpu"
-    quiet: bool = False
-    run_dir: str = "genval-run"
+    seed: int = Field(0, description="master seed; every stage derives its own from it")
+    device: str = Field(
+        "cpu", description="cpu | cuda | cuda:N | mps | auto (does not change the config hash)")
+    quiet: bool = Field(False, description="no progress bars or stage messages")
+    run_dir: str = Field("genval-run", description="run directory")
     data: DataConfig = Field(default_factory=DataConfig)
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
     members: MembersConfig = Field(default_factory=MembersConfig)
@@ -383,9 +411,36 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(obj, source=str(p))
 
 
-def dump_config(config: Config) -> str:
-    """The fully resolved configuration as YAML (every default written out)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def dump_config(config: Config, *, comments: bool = False) -> str:
+    """The fully resolved configuration as YAML (every default written out).
+
+    With ``comments``, each key carries its description as a trailing comment: the output of
+    ``genval config`` and a complete reference of the schema.
+    """
+    if not comments:
+        return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return "\n".join(_commented(config, 0)) + "\n"
+
+
+def _commented(model: BaseModel, depth: int) -> list[str]:
+    pad = "  " * depth
+    values = model.model_dump(mode="json")
+    lines = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            doc = re.sub(r":\w+:`~?([^`]+)`|``([^`]+)``", lambda m: m[1] or m[2],
+                         (type(value).__doc__ or "").strip().splitlines()[0])
+            lines.append(f"{pad}{name}:  # {doc}")
+            lines += _commented(value, depth + 1)
+            continue
+        # Lists inline ("[a, b]"), scalars as plain "key: value", so each key is one line.
+        flow = isinstance(values[name], list)
+        text = f"{name}: " + yaml.safe_dump(values[name], default_flow_style=flow,
+                                            width=10_000).removesuffix("\n...\n").strip()
+        note = f"  # {field.description}" if field.description else ""
+        lines.append(f"{pad}{text}{note}")
+    return lines
 
 
 RUNTIME_KEYS = ("device", "quiet", "run_dir")
@@ -417,37 +472,3 @@ def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
             node = node.setdefault(key, {})
         node[leaf] = value
     return parse_config(tree, source="config with overrides")
-
-
-# --- demo presets ---------------------------------------------------------------------------
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Sized to run end to end on 2 CPU cores in minutes: small flows, fewer toys and datasets.
-    "quick": {
-        "run_dir": "genval-demo",
-        "data": {"generate": {"n_events": 20_000}},
-        "members": {"n_members": 10, "flow": {"layers": 2, "hidden": 32, "blocks": 2, "bins": 8,
-                                              "learning_rate": 1e-3, "batch_size": 512,
-                                              "max_epochs": 40, "patience": 5}},
-        "sample": {"n_events": 40_000},
-        "coverage": {"n_datasets": 50, "n_generated": 40_000},
-        "gof": {"n_toys": 100, "n_kernels": 50},
-    },
-    # The paper's sizes (Sec. 3): 10^5 events, M = 60, the paper architecture; for a GPU.
-    "paper": {
-        "run_dir": "genval-paper",
-        "data": {"generate": {"n_events": 100_000}},
-        "splits": {"train": 0.6, "weight_fit": 0.2, "centres": 0.01, "test": 0.19},
-        "members": {"n_members": 60},
-        "sample": {"n_events": 200_000},
-        "coverage": {"n_datasets": 284, "n_generated": 200_000},
-        "gof": {"n_toys": 1000, "n_kernels": 100},
-    },
-}
-
-
-def preset(name: str) -> Config:
-    """The demo configuration ``quick`` (laptop, default) or ``paper`` (GPU)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return parse_config(json.loads(json.dumps(PRESETS[name])), source=f"preset {name!r}")

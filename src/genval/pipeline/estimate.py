@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from genval._atomic import atomic_write_json
 from genval.io import write_events
@@ -84,10 +85,13 @@ def stage_coverage(run: RunDir) -> dict[str, Any]:
     members = load_members(run)
     n_events = cfg.coverage.n_events or int(Splits.load(run.splits_path).sizes()["weight_fit"])
     seed = stage_seed(cfg, "coverage")
+    # The first level is the one judged (Eq. 4 with z_alpha); 2σ is kept for the record.
+    level = float(2 * stats.norm.cdf(cfg.coverage.z_alpha) - 1)
     result = run_coverage(members, lambda n, rng: rng.normal(mean, std, size=(n, mean.size)),
                           truth, n_datasets=cfg.coverage.n_datasets, n_events=n_events,
                           oversampling=cfg.coverage.n_generated / n_events, seed=seed,
-                          levels=(0.6827, 0.9545), progress=not cfg.quiet)
+                          levels=(level, 0.9545) if abs(level - 0.9545) > 1e-3 else (level,),
+                          progress=not cfg.quiet)
     out = run.dir("coverage")
     save_npz(out / "coverage.npz", estimates=result.estimates, stds=result.stds,
              stds_weights=result.stds_weights, truth=result.truth,
@@ -99,9 +103,9 @@ def stage_coverage(run: RunDir) -> dict[str, Any]:
                "n_generated": cfg.coverage.n_generated, "messages": list(result.messages)}
     atomic_write_json(out / "coverage.json", jsonable(summary))
     plots.plot_coverage(estimates=result.estimates, sigmas=result.stds, truth=result.truth,
-                        names=names, reference=PAPER_COVERAGE if is_paper_toy(cfg) else None,
+                        z_alpha=cfg.coverage.z_alpha, names=names, reference=PAPER_COVERAGE if is_paper_toy(cfg) else None,
                         save=run.dir("figures") / "coverage", formats=cfg.report.formats,
                         dpi=cfg.report.dpi)
     run.update_metadata(seeds={"coverage": seed})
-    return {"fractions_1sigma": np.asarray(result.fractions)[..., 0].tolist()
-            if np.ndim(result.fractions) > 1 else np.asarray(result.fractions).tolist()}
+    return {"coverage": dict(zip(names, result.fractions[:, 0].tolist(), strict=True)),
+            "level": level}
