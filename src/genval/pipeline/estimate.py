@@ -103,7 +103,8 @@ def stage_coverage(run: RunDir) -> dict[str, Any]:
                "n_generated": cfg.coverage.n_generated, "messages": list(result.messages)}
     atomic_write_json(out / "coverage.json", jsonable(summary))
     plots.plot_coverage(estimates=result.estimates, sigmas=result.stds, truth=result.truth,
-                        z_alpha=cfg.coverage.z_alpha, names=names, reference=PAPER_COVERAGE if is_paper_toy(cfg) else None,
+                        z_alpha=cfg.coverage.z_alpha, names=names,
+                        reference=PAPER_COVERAGE if is_paper_toy(cfg) else None,
                         save=run.dir("figures") / "coverage", formats=cfg.report.formats,
                         dpi=cfg.report.dpi)
     run.update_metadata(seeds={"coverage": seed})
