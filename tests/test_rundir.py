@@ -109,3 +109,28 @@ def test_non_finite_info_is_stored_as_strings(run):
     assert info == {"z": "inf", "p": ["nan", 0.5], "n": 3, "ok": True}
     run.update_metadata(extra={"z": float("-inf")})
     assert run.metadata()["extra"] == {"z": "-inf"}
+
+
+def test_lock_excludes_a_live_holder_and_takes_over_a_dead_one(run):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with run.lock():
+        assert (run.root / ".lock").exists()
+        with pytest.raises(RunDirError, match=r"is in use by process \d+"):
+            with run.lock():
+                pass
+    assert not (run.root / ".lock").exists()
+    # A lock left by a process that no longer exists (e.g. killed with SIGKILL) is stale.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (run.root / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "since": "x",
+                                                "host": socket.gethostname()}))
+    with run.lock():
+        assert json.loads((run.root / ".lock").read_text())["pid"] == os.getpid()
+    (run.root / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "x"}))
+    with pytest.raises(RunDirError, match="on elsewhere"):
+        with run.lock():
+            pass

@@ -139,9 +139,10 @@ def _stage_command(stage: str) -> click.Command:
         # Runtime keys only: the config hash, and so the finished stages, are unchanged.
         cfg = with_overrides(cfg, {"device": device, "quiet": quiet})
         run = RunDir.create(run_dir, cfg, force=force)
-        if stage == "train":
-            run_stage(run, "split", log=_log(cfg.quiet))  # the first stage after a fresh start
-        run_stage(run, stage, force=force, log=_log(cfg.quiet))
+        with run.lock():
+            if stage == "train":
+                run_stage(run, "split", log=_log(cfg.quiet))  # first stage after a fresh start
+            run_stage(run, stage, force=force, log=_log(cfg.quiet))
 
     return command
 

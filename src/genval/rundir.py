@@ -14,6 +14,7 @@ Layout::
       figures/             PNG and PDF figures
       report.html          self-contained report
       .stages/STAGE.json   completion markers
+      .lock                held while a process runs stages
 
 A stage that finished leaves a marker; re-running skips it unless forced, so a killed run
 resumes where it stopped. Re-running a stage removes the markers of the stages after it, whose
@@ -22,15 +23,17 @@ inputs it is about to replace. Every file is written atomically (:mod:`genval._a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata as _md
 from pathlib import Path
@@ -308,9 +311,61 @@ class RunDir:
         say(f"[{stage}] done in {seconds:.1f} s")
         return StageOutcome(stage, True, seconds, info)
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``RUN/.lock`` while stages run, so two processes never write one run at once.
+
+        A lock left by a process that was killed is taken over when that process no longer
+        exists on this host; a lock from another host must be removed by hand.
+
+        Raises:
+            RunDirError: if another live process holds the lock.
+        """
+        path = self.root / ".lock"
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+        self.root.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder is not None and _alive(holder):
+                    raise RunDirError(
+                        f"{self.root} is in use by process {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('since')}; if that run is "
+                        f"gone, delete {path}") from None
+                path.unlink(missing_ok=True)  # stale: its owner was killed
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            break
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
     def status(self) -> dict[str, bool]:
         """Which stages have finished."""
         return {s: self.is_done(s) for s in STAGES}
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # vanished or half-written: treat as stale
+
+
+def _alive(holder: Mapping[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot check a process on another machine: assume it runs
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True
 
 
 def _check_stage(stage: str) -> str:

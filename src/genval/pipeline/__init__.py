@@ -85,6 +85,7 @@ def run_pipeline(config: Config, *, run_dir: str | Path | None = None, force: bo
     every stage and lets a run directory of another configuration be overwritten.
     """
     run = RunDir.create(run_dir if run_dir is not None else config.run_dir, config, force=force)
-    for stage in stages:
-        run_stage(run, stage, force=force, log=log)
+    with run.lock():
+        for stage in stages:
+            run_stage(run, stage, force=force, log=log)
     return run
