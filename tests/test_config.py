@@ -148,3 +148,14 @@ def test_commented_dump_loads_back_and_documents_every_key():
     assert "gof:  # The learned likelihood-ratio test" in text
     keys = [line for line in text.splitlines() if ":" in line and not line.endswith(":")]
     assert all("#" in line for line in keys)
+
+
+def test_docs_config_reference_is_current():
+    from pathlib import Path
+
+    doc = Path(__file__).parents[1] / "docs" / "pipeline.md"
+    text = doc.read_text(encoding="utf-8")
+    block = text.split("## Configuration reference", 1)[1].split("```yaml\n", 1)[1]
+    block = block.split("```", 1)[0]
+    assert block == dump_config(Config(), comments=True), (
+        "docs/pipeline.md is stale: paste the output of `genval config` into its reference")
