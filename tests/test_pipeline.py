@@ -68,7 +68,7 @@ def test_crash_after_training_resumes_without_retraining(tmp_path, monkeypatch):
     cfg = tiny(tmp_path)
     real_fit = pipeline.STAGE_FUNCTIONS["fit"]
 
-    def crash(run):
+    def crash(run, **_):
         raise KeyboardInterrupt  # what a Ctrl-C (or a kill) mid-fit leaves behind
 
     monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "fit", crash)
@@ -79,7 +79,7 @@ def test_crash_after_training_resumes_without_retraining(tmp_path, monkeypatch):
     trained_at = json.loads((run.root / ".stages" / "train.json").read_text())["finished"]
     monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "fit", real_fit)
     calls = []
-    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "train", lambda r: calls.append(r) or {})
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "train", lambda r, **_: calls.append(r) or {})
     pipeline.run_pipeline(cfg, stages=FAST)
     assert calls == []  # not retrained
     assert json.loads((run.root / ".stages" / "train.json").read_text())["finished"] == \

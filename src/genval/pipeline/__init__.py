@@ -68,7 +68,7 @@ def run_stage(run: RunDir, stage: str, *, force: bool = False, log: Log | None =
     def work() -> dict[str, Any]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            info = STAGE_FUNCTIONS[stage](run)
+            info = STAGE_FUNCTIONS[stage](run, log=say)
         messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
         for message in messages:
             say(f"[{stage}] warning: {message}")

@@ -22,11 +22,16 @@ from genval.members import KDEMembers, Members
 from genval.rundir import STAGES, RunDir, to_jsonable
 from genval.splits import Splits
 
-__all__ = ["Log", "StageUnavailableError", "stage_seed", "split_events", "load_members",
+__all__ = ["Log", "quiet", "StageUnavailableError", "stage_seed", "split_events", "load_members",
            "load_fit", "FIT_ARRAYS", "resolve_device", "jsonable", "save_npz", "module",
            "is_paper_toy"]
 
 Log = Callable[[str], None]
+"""Receives one-line progress messages (the CLI prints them on stderr unless --quiet)."""
+
+
+def quiet(_message: str) -> None:
+    """A :data:`Log` that discards messages."""
 
 
 class StageUnavailableError(GenvalError, RuntimeError):

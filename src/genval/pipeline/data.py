@@ -12,7 +12,9 @@ from genval.errors import InputError
 from genval.io import EventTable, read_events, write_events
 from genval.members import KDEMembers
 from genval.pipeline._common import (
+    Log,
     module,
+    quiet,
     resolve_device,
     save_npz,
     split_events,
@@ -35,7 +37,7 @@ def _generate(config: Config) -> EventTable:
     return EventTable(x=x, names=list(names), source="generated")
 
 
-def stage_split(run: RunDir) -> dict[str, Any]:
+def stage_split(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """Read (or generate) the events, cut the disjoint splits and record both in the run."""
     cfg = run.config()
     table = _generate(cfg) if cfg.data.path is None else read_events(cfg.data.path,
@@ -65,7 +67,7 @@ def stage_split(run: RunDir) -> dict[str, Any]:
     return {"sizes": splits.sizes(), "hash": splits.hash}
 
 
-def stage_train(run: RunDir) -> dict[str, Any]:
+def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """Train (or build) the M members on the train split and save them under ``models/``."""
     cfg = run.config()
     x_train, _ = split_events(run, "train")
@@ -83,6 +85,7 @@ def stage_train(run: RunDir) -> dict[str, Any]:
     flows = module("genval.flows", "members.kind: flow")
     device = resolve_device(cfg.device)
     run.update_metadata(device={"resolved": device})
+    log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}")
     fc = cfg.members.flow
     ens = flows.FlowEnsemble(x_train.shape[1], cfg.members.n_members, layers=fc.layers,
                              hidden=fc.hidden, blocks=fc.blocks, bins=fc.bins, seed=seed)

@@ -13,10 +13,12 @@ from genval.io import write_events
 from genval.members import log_density_matrix
 from genval.pipeline._common import (
     FIT_ARRAYS,
+    Log,
     is_paper_toy,
     jsonable,
     load_fit,
     load_members,
+    quiet,
     save_npz,
     split_events,
     stage_seed,
@@ -27,7 +29,7 @@ from genval.splits import Splits
 __all__ = ["stage_fit", "stage_sample", "stage_coverage"]
 
 
-def stage_fit(run: RunDir) -> dict[str, Any]:
+def stage_fit(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """Fit ŵ and Cov(ŵ) (Eqs. 1–2) on the weight-fit split; save ``fit/fit.npz`` and JSON."""
     from genval.wifi import fit_weights
 
@@ -48,10 +50,13 @@ def stage_fit(run: RunDir) -> dict[str, Any]:
 
     plots.plot_weights(weights=fit.weights, cov=fit.cov, save=run.dir("figures") / "weights",
                        formats=cfg.report.formats, dpi=cfg.report.dpi)
+    log(f"[fit] {'converged' if fit.converged else 'NOT converged'} in {fit.n_iter} Newton "
+        f"iterations on {len(x_fit)} events; cond(V) = {fit.hessian_condition:.3g}, "
+        f"effective rank {fit.effective_rank:.2f} of {fit.n_members}")
     return {"converged": bool(fit.converged), "n_iter": int(fit.n_iter), "nll": float(fit.nll)}
 
 
-def stage_sample(run: RunDir) -> dict[str, Any]:
+def stage_sample(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """Draw ``sample.n_events`` events from f(x; ŵ) and write them with f̂ and σ_f̂ (Eq. 3)."""
     from genval.products import oversample
 
@@ -64,11 +69,13 @@ def stage_sample(run: RunDir) -> dict[str, Any]:
     path = write_events(out / cfg.sample.output, drawn.x, names)
     save_npz(out / "density.npz", density=drawn.density, density_std=drawn.density_std)
     run.update_metadata(seeds={"sample": seed})
+    log(f"[sample] {cfg.sample.n_events} events -> {path.name} "
+        f"(acceptance {drawn.acceptance_rate:.1%})")
     return {"path": str(path.relative_to(run.root)), "n_events": cfg.sample.n_events,
             "acceptance_rate": float(drawn.acceptance_rate)}
 
 
-def stage_coverage(run: RunDir) -> dict[str, Any]:
+def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """The first-moment coverage study (Eq. 4) on synthetic data sets from the known truth."""
     cfg = run.config()
     if not cfg.coverage.enabled:
@@ -108,5 +115,8 @@ def stage_coverage(run: RunDir) -> dict[str, Any]:
                         save=run.dir("figures") / "coverage", formats=cfg.report.formats,
                         dpi=cfg.report.dpi)
     run.update_metadata(seeds={"coverage": seed})
+    log("[coverage] " + ", ".join(f"{n}: {100 * c:.1f} %" for n, c in
+                                  zip(names, result.fractions[:, 0], strict=True))
+        + f" at nominal {100 * level:.1f} % over {result.n_datasets} data sets")
     return {"coverage": dict(zip(names, result.fractions[:, 0].tolist(), strict=True)),
             "level": level}

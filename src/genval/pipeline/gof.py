@@ -11,10 +11,12 @@ from numpy.typing import NDArray
 from genval._atomic import atomic_write_json
 from genval.members import Members
 from genval.pipeline._common import (
+    Log,
     jsonable,
     load_fit,
     load_members,
     module,
+    quiet,
     split_events,
     stage_seed,
 )
@@ -23,7 +25,7 @@ from genval.rundir import RunDir
 __all__ = ["stage_gof"]
 
 
-def stage_gof(run: RunDir) -> dict[str, Any]:
+def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """The learned likelihood-ratio test (Eq. 5) for every configured variant.
 
     Writes ``gof/VARIANT.json`` (t_obs, p, Z, χ² extrapolation, t_null), the null figure of
@@ -47,6 +49,7 @@ def stage_gof(run: RunDir) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     observed: dict[str, Any] = {}
     for variant in cfg.gof.variants:
+        log(f"[gof] {variant}: {cfg.gof.n_toys} toys x {len(chunks)} test set(s)")
         results = [gof.goodness_of_fit(
             members, fit, chunk, basis, n_toys=cfg.gof.n_toys, seed=seed + i, variant=variant,
             member=cfg.gof.single_member if variant == "single" else None,
@@ -72,6 +75,10 @@ def stage_gof(run: RunDir) -> dict[str, Any]:
         summary[variant] = {"t_obs": float(res.t_obs), "z": float(res.z),
                             "z_chi2": float(res.z_chi2)}
         observed[variant] = res.observed
+        bound = "≥ " if res.z_is_bound else ""
+        log(f"[gof] {variant}: t_obs = {res.t_obs:.4g}, p = {res.p_value:.3g}, "
+            f"Z = {bound}{res.z:.2f} ({res.n_toys} toys), Z(χ² extrapolation) = "
+            f"{res.z_chi2:.2f}")
     # LRT RECO of Fig. 1 is the alternative profiled for the ensemble with uncertainty.
     reco_stat = observed.get("ensemble", observed[cfg.gof.variants[-1]])
     _marginals_figure(run, members, fit, basis, x_test, names, reco_stat, seed)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from genval.pipeline._common import Log, quiet
 from genval.rundir import STAGES, RunDir
 
 __all__ = ["stage_report"]
@@ -23,7 +24,7 @@ _FIGURE_CAPTIONS = {
 }
 
 
-def stage_report(run: RunDir) -> dict[str, Any]:
+def stage_report(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """Write ``report.html`` from whatever the earlier stages produced."""
     from genval.report import CoverageRow, GofRow, write_report
 
