@@ -196,3 +196,13 @@ def test_stage_seeds_are_distinct_and_reproducible():
     assert len(set(seeds.values())) == 3
     assert seeds["gof"] == pipeline.stage_seed(parse_config({"seed": 3}), "gof")
     assert seeds["gof"] != pipeline.stage_seed(parse_config({"seed": 4}), "gof")
+
+
+def test_missing_matplotlib_skips_figures_with_a_recorded_warning(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    run = pipeline.run_pipeline(cfg, stages=["split", "train", "fit", "report"])
+    assert not (run.root / "figures" / "weights.png").exists()
+    info = json.loads((run.root / ".stages" / "fit.json").read_text())["info"]
+    assert any("FigureSkippedWarning" in w and "genval[plots]" in w for w in info["warnings"])
+    assert "figure &#x27;weights&#x27; skipped" in (run.root / "report.html").read_text()

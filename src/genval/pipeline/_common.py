@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -15,16 +16,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from genval._atomic import atomic_write_bytes
+from genval._optional import MissingDependencyError
 from genval.config import Config
-from genval.errors import GenvalError
+from genval.errors import GenvalError, GenvalWarning
 from genval.io import read_events
 from genval.members import KDEMembers, Members
 from genval.rundir import STAGES, RunDir, to_jsonable
 from genval.splits import Splits
 
-__all__ = ["Log", "quiet", "StageUnavailableError", "stage_seed", "split_events", "load_members",
-           "load_fit", "FIT_ARRAYS", "resolve_device", "jsonable", "save_npz", "module",
-           "is_paper_toy"]
+__all__ = ["Log", "quiet", "draw", "FigureSkippedWarning", "StageUnavailableError",
+           "stage_seed", "split_events", "load_members", "load_fit", "FIT_ARRAYS",
+           "resolve_device", "jsonable", "save_npz", "module", "is_paper_toy"]
 
 Log = Callable[[str], None]
 """Receives one-line progress messages (the CLI prints them on stderr unless --quiet)."""
@@ -47,6 +49,24 @@ def module(name: str, purpose: str) -> ModuleType:
             raise
         raise StageUnavailableError(f"{purpose} needs {name}, which this build of genval does "
                                     "not include yet") from exc
+
+
+class FigureSkippedWarning(GenvalWarning):
+    """A figure was not drawn (matplotlib is not installed); the run goes on without it."""
+
+
+def draw(run: RunDir, stem: str, plot: Callable[..., Any], **kwargs: Any) -> None:
+    """Call a :mod:`genval.plots` function, saving ``figures/STEM`` in the configured formats.
+
+    Without matplotlib the figure is skipped with a :class:`FigureSkippedWarning` (recorded in
+    the stage marker and the report) instead of failing a long run at its last step.
+    """
+    cfg = run.config()
+    try:
+        plot(**kwargs, save=run.dir("figures") / stem, formats=cfg.report.formats,
+             dpi=cfg.report.dpi)
+    except MissingDependencyError as exc:
+        warnings.warn(f"figure {stem!r} skipped: {exc}", FigureSkippedWarning, stacklevel=2)
 
 
 def stage_seed(config: Config, stage: str) -> int:

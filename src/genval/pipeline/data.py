@@ -13,6 +13,7 @@ from genval.io import EventTable, read_events, write_events
 from genval.members import KDEMembers
 from genval.pipeline._common import (
     Log,
+    draw,
     module,
     quiet,
     resolve_device,
@@ -105,11 +106,8 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
 def _training_figure(run: RunDir, history: Any) -> None:
     from genval import plots
 
-    cfg = run.config()
     # History arrays are (epochs, M) with NaN after a member stopped: one curve per member.
     train = [c[np.isfinite(c)] for c in np.asarray(history.train_loss).T]
     val = [c[np.isfinite(c)] for c in np.asarray(history.val_loss).T]
-    plots.plot_training(train_loss=train, val_loss=val,
-                        best_epoch=[int(b) + 1 for b in history.best_epoch],
-                        save=run.dir("figures") / "training", formats=cfg.report.formats,
-                        dpi=cfg.report.dpi)
+    draw(run, "training", plots.plot_training, train_loss=train, val_loss=val,
+         best_epoch=[int(b) + 1 for b in history.best_epoch])

@@ -14,6 +14,7 @@ from genval.members import log_density_matrix
 from genval.pipeline._common import (
     FIT_ARRAYS,
     Log,
+    draw,
     is_paper_toy,
     jsonable,
     load_fit,
@@ -48,8 +49,7 @@ def stage_fit(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                                          "weight_std": fit.weight_std.tolist()})
     from genval import plots
 
-    plots.plot_weights(weights=fit.weights, cov=fit.cov, save=run.dir("figures") / "weights",
-                       formats=cfg.report.formats, dpi=cfg.report.dpi)
+    draw(run, "weights", plots.plot_weights, weights=fit.weights, cov=fit.cov)
     log(f"[fit] {'converged' if fit.converged else 'NOT converged'} in {fit.n_iter} Newton "
         f"iterations on {len(x_fit)} events; cond(V) = {fit.hessian_condition:.3g}, "
         f"effective rank {fit.effective_rank:.2f} of {fit.n_members}")
@@ -109,11 +109,9 @@ def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                "n_datasets": result.n_datasets, "n_events": n_events,
                "n_generated": cfg.coverage.n_generated, "messages": list(result.messages)}
     atomic_write_json(out / "coverage.json", jsonable(summary))
-    plots.plot_coverage(estimates=result.estimates, sigmas=result.stds, truth=result.truth,
-                        z_alpha=cfg.coverage.z_alpha, names=names,
-                        reference=PAPER_COVERAGE if is_paper_toy(cfg) else None,
-                        save=run.dir("figures") / "coverage", formats=cfg.report.formats,
-                        dpi=cfg.report.dpi)
+    draw(run, "coverage", plots.plot_coverage, estimates=result.estimates, sigmas=result.stds,
+         truth=result.truth, z_alpha=cfg.coverage.z_alpha, names=names,
+         reference=PAPER_COVERAGE if is_paper_toy(cfg) else None)
     run.update_metadata(seeds={"coverage": seed})
     log("[coverage] " + ", ".join(f"{n}: {100 * c:.1f} %" for n, c in
                                   zip(names, result.fractions[:, 0], strict=True))

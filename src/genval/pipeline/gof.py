@@ -12,6 +12,7 @@ from genval._atomic import atomic_write_json
 from genval.members import Members
 from genval.pipeline._common import (
     Log,
+    draw,
     jsonable,
     load_fit,
     load_members,
@@ -45,7 +46,7 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                                         standardize=cfg.gof.standardize, seed=seed)
     # Several test sets: disjoint chunks of the test split, one result each (median Z, band).
     chunks = np.array_split(x_test, cfg.gof.n_test_sets)
-    out, figures = run.dir("gof"), run.dir("figures")
+    out = run.dir("gof")
     summary: dict[str, Any] = {}
     observed: dict[str, Any] = {}
     for variant in cfg.gof.variants:
@@ -66,12 +67,15 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                                  for r in results]
         atomic_write_json(out / f"{variant}.json", record)
         res = results[0]
-        plots.plot_null(t_null=res.t_null, t_obs=res.t_obs, z=res.z, p_value=res.p_value,
-                        chi2_scale=res.chi2_fit.scale, chi2_dof=res.chi2_fit.dof,
-                        z_chi2=res.z_chi2, label=_variant_label(variant),
-                        t_obs_sets=[r.t_obs for r in results] if len(results) > 1 else None,
-                        save=figures / f"null_{variant}", formats=cfg.report.formats,
-                        dpi=cfg.report.dpi)
+        # Several test sets: the figure shows their median t and Z, and every t_obs.
+        several = len(results) > 1
+        draw(run, f"null_{variant}", plots.plot_null, t_null=res.t_null,
+             t_obs=float(np.median([r.t_obs for r in results])) if several else res.t_obs,
+             z=record["z_summary"]["median"] if several else res.z,
+             p_value=None if several else res.p_value, chi2_scale=res.chi2_fit.scale,
+             chi2_dof=res.chi2_fit.dof, z_chi2=None if several else res.z_chi2,
+             label=_variant_label(variant),
+             t_obs_sets=[r.t_obs for r in results] if several else None)
         summary[variant] = {"t_obs": float(res.t_obs), "z": float(res.z),
                             "z_chi2": float(res.z_chi2)}
         observed[variant] = res.observed
@@ -119,5 +123,4 @@ def _marginals_figure(run: RunDir, members: Members, fit: Any, basis: Any,
             reco = bin_integrals(pool.x[:, j], edges, reco_density, f)[0][:, 0]
         hists.append(plots.MarginalHistogram(name, edges, ref.fraction, ref.std,
                                              histogram_counts(x_test[:, j], edges), reco))
-    plots.plot_marginals(hists, save=run.dir("figures") / "marginals",
-                         formats=cfg.report.formats, dpi=cfg.report.dpi)
+    draw(run, "marginals", plots.plot_marginals, hists=hists)
