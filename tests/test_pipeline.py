@@ -105,6 +105,7 @@ def test_killed_process_resumes_without_retraining(tmp_path):
     proc.wait()
     assert marker.exists()
     run = RunDir.open(cfg.run_dir)
+    assert not run.status()["report"]  # it really died mid-run
     outcomes = [pipeline.run_stage(run, s) for s in FAST]
     assert not outcomes[1].ran  # train skipped
     assert all(run.status()[s] for s in FAST)
