@@ -193,8 +193,9 @@ def test_missing_module_stage_is_reported(tmp_path, monkeypatch):
 
 def test_stage_seeds_are_distinct_and_reproducible():
     cfg = parse_config({"seed": 3})
-    seeds = {s: pipeline.stage_seed(cfg, s) for s in ("split", "train", "gof")}
-    assert len(set(seeds.values())) == 3
+    names = ("data", "split", "train", "gof", "figures", "sample", "coverage")
+    seeds = {s: pipeline.stage_seed(cfg, s) for s in names}
+    assert len(set(seeds.values())) == len(names)
     assert seeds["gof"] == pipeline.stage_seed(parse_config({"seed": 3}), "gof")
     assert seeds["gof"] != pipeline.stage_seed(parse_config({"seed": 4}), "gof")
 

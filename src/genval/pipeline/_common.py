@@ -7,6 +7,7 @@ import importlib
 import io
 import json
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +22,7 @@ from genval.config import Config
 from genval.errors import GenvalError, GenvalWarning
 from genval.io import read_events
 from genval.members import KDEMembers, Members
-from genval.rundir import STAGES, RunDir, to_jsonable
+from genval.rundir import RunDir, to_jsonable
 from genval.splits import Splits
 
 __all__ = ["Log", "quiet", "draw", "FigureSkippedWarning", "StageUnavailableError",
@@ -70,9 +71,13 @@ def draw(run: RunDir, stem: str, plot: Callable[..., Any], **kwargs: Any) -> Non
 
 
 def stage_seed(config: Config, stage: str) -> int:
-    """An independent seed per stage derived from ``config.seed`` (recorded in metadata)."""
-    index = STAGES.index(stage) if stage in STAGES else len(STAGES)
-    return int(np.random.SeedSequence([config.seed, index]).generate_state(1)[0])
+    """An independent seed per stage (or other purpose) derived from ``config.seed``.
+
+    Keyed by a CRC of the name, so every purpose ("data", "split", ..., "figures") gets its
+    own stream and adding a stage never shifts the others. Recorded in ``metadata.json``.
+    """
+    key = zlib.crc32(stage.encode("utf-8"))
+    return int(np.random.SeedSequence([config.seed, key]).generate_state(1)[0])
 
 
 def is_paper_toy(config: Config) -> bool:

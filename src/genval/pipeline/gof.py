@@ -77,7 +77,7 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
              label=_variant_label(variant),
              t_obs_sets=[r.t_obs for r in results] if several else None)
         summary[variant] = {"t_obs": float(res.t_obs), "z": float(res.z),
-                            "z_chi2": float(res.z_chi2)}
+                            "z_chi2": float(res.z_chi2), "n_sets": len(results)}
         observed[variant] = res.observed
         bound = "≥ " if res.z_is_bound else ""
         log(f"[gof] {variant}: t_obs = {res.t_obs:.4g}, p = {res.p_value:.3g}, "
@@ -85,7 +85,8 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
             f"{res.z_chi2:.2f}")
     # LRT RECO of Fig. 1 is the alternative profiled for the ensemble with uncertainty.
     reco_stat = observed.get("ensemble", observed[cfg.gof.variants[-1]])
-    _marginals_figure(run, members, fit, basis, x_test, names, reco_stat, seed)
+    _marginals_figure(run, members, fit, basis, x_test, names, reco_stat,
+                      stage_seed(cfg, "figures"))
     run.update_metadata(seeds={"gof": seed})
     return summary
 
@@ -105,7 +106,9 @@ def _marginals_figure(run: RunDir, members: Members, fit: Any, basis: Any,
     from genval.sampling import sample_mixture
 
     cfg = run.config()
-    pool = sample_mixture(members, fit.weights, max(20 * len(x_test), 50_000), seed)
+    # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].
+    size = int(np.clip(20 * len(x_test), 50_000, 200_000))
+    pool = sample_mixture(members, fit.weights, size, seed)
     F = np.exp(pool.log_f)
     f = F @ fit.weights
     reco_density = None
