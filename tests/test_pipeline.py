@@ -33,7 +33,8 @@ def tiny(tmp_path, **extra):
             "members": {"kind": "kde", "n_members": 3, "kde": {"bandwidth": 0.15}},
             "sample": {"n_events": 500, "output": "samples.parquet"},
             "coverage": {"n_datasets": 3, "n_events": 200, "n_generated": 400},
-            "gof": {"n_kernels": 10}, "report": {"formats": ["png"], "dpi": 40}}
+            "gof": {"n_kernels": 10},
+            "report": {"formats": ["png"], "dpi": 40, "pool_size": 5000}}
     for key, value in extra.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_config(base)
@@ -208,3 +209,98 @@ def test_missing_matplotlib_skips_figures_with_a_recorded_warning(tmp_path, monk
     info = json.loads((run.root / ".stages" / "fit.json").read_text())["info"]
     assert any("FigureSkippedWarning" in w and "genval[plots]" in w for w in info["warnings"])
     assert "figure &#x27;weights&#x27; skipped" in (run.root / "report.html").read_text()
+
+
+class _FakeBasis:
+    """Stands in for genval.gof.KernelBasis: K isotropic Gaussians at the given centres."""
+
+    def __init__(self, centres, sigma):
+        self.centers, self.sigma = centres, sigma
+
+    @classmethod
+    def from_events(cls, x, n_kernels, sigma, *, standardize=False, seed=None):
+        rows = np.random.default_rng(seed).choice(len(x), n_kernels, replace=False)
+        return cls(x[rows], sigma)
+
+    def pdf(self, x):
+        d2 = ((x[:, None, :] - self.centers[None]) ** 2).sum(-1)
+        dim = x.shape[1]
+        return np.exp(-0.5 * d2 / self.sigma ** 2) / (2 * np.pi * self.sigma ** 2) ** (dim / 2)
+
+
+class _FakeResult:
+    def __init__(self, variant, weights, n_kernels, rng):
+        self.t_null = rng.chisquare(4, 12)
+        self.t_obs = {"single": 30.0, "frozen": 8.0, "ensemble": 3.0}[variant]
+        self.n_toys = 12
+        k = int(np.sum(self.t_null >= self.t_obs))
+        self.p_value = (1 + k) / 13
+        self.z = float(__import__("scipy").stats.norm.isf(self.p_value))
+        self.z_is_bound = k == 0
+        self.z_chi2 = self.z + 0.1
+        self.chi2_fit = type("Chi2", (), {"scale": 1.0, "dof": 4.0})()
+        self.observed = type("Stat", (), {"phi1": weights, "a": np.zeros(n_kernels)})()
+        self.variant = variant
+
+    def to_dict(self):
+        return {"t_obs": self.t_obs, "p_value": self.p_value, "z": self.z,
+                "z_is_lower_bound": self.z_is_bound, "z_chi2_extrapolated": self.z_chi2,
+                "n_toys": self.n_toys, "t_null": self.t_null.tolist(), "variant": self.variant,
+                "n_kernels": 10, "centre": "redrawn", "n_failed": 0}
+
+
+@pytest.fixture
+def fake_gof(monkeypatch):
+    """A stand-in genval.gof with the public contract of DESIGN.md (real one: issue 3)."""
+    import types
+
+    from genval.errors import FitError
+
+    calls = []
+
+    def goodness_of_fit(members, fit, x_test, basis, n_toys, seed, *, variant, member, **kw):
+        calls.append((variant, len(x_test), member, kw["centre"]))
+        if variant == "frozen" and fake.fail_frozen:
+            raise FitError("the mixture density f(x; ŵ) is <= 0 on 2 of 40 test events")
+        return _FakeResult(variant, fit.weights, basis.centers.shape[0],
+                           np.random.default_rng(seed))
+
+    def summarize_z(results):
+        zs = [r.z for r in results]
+        return types.SimpleNamespace(median=float(np.median(zs)), lower=min(zs),
+                                     upper=max(zs), n_sets=len(zs))
+
+    fake = types.ModuleType("genval.gof")
+    fake.KernelBasis, fake.goodness_of_fit, fake.summarize_z = (_FakeBasis, goodness_of_fit,
+                                                                 summarize_z)
+    fake.fail_frozen, fake.calls = False, calls
+    monkeypatch.setitem(sys.modules, "genval.gof", fake)
+    return fake
+
+
+def test_gof_stage_writes_results_figures_and_report(tmp_path, fake_gof):
+    cfg = tiny(tmp_path, gof={"n_kernels": 10, "n_toys": 12, "n_test_sets": 2})
+    run = pipeline.run_pipeline(cfg, stages=["split", "train", "fit", "gof", "report"])
+    assert [c[0] for c in fake_gof.calls] == ["single"] * 2 + ["frozen"] * 2 + ["ensemble"] * 2
+    assert {c[1] for c in fake_gof.calls} == {80}  # two disjoint halves of the 160 test events
+    assert fake_gof.calls[0][2] == 0 and fake_gof.calls[2][2] is None
+    for variant in ("single", "frozen", "ensemble"):
+        rec = json.loads((run.root / "gof" / f"{variant}.json").read_text())
+        assert rec["z_summary"]["n_sets"] == 2 and len(rec["per_set"]) == 2
+        assert (run.root / "figures" / f"null_{variant}.png").is_file()
+    assert (run.root / "figures" / "marginals.png").is_file()
+    report = (run.root / "report.html").read_text()
+    assert report.count("data:image/png") == 5  # marginals, 3 nulls, weights
+    assert "20.29 ± 0.10" in report and "ensemble with uncertainty" in report
+
+
+def test_one_undefined_gof_variant_does_not_stop_the_others(tmp_path, fake_gof):
+    fake_gof.fail_frozen = True
+    cfg = tiny(tmp_path, gof={"n_kernels": 10, "n_toys": 12})
+    run = pipeline.run_pipeline(cfg, stages=["split", "train", "fit", "gof", "report"])
+    assert "error" in json.loads((run.root / "gof" / "frozen.json").read_text())
+    assert (run.root / "figures" / "null_ensemble.png").is_file()
+    info = json.loads((run.root / ".stages" / "gof.json").read_text())["info"]
+    assert any("GofVariantWarning" in w and "'frozen' undefined" in w for w in info["warnings"])
+    report = (run.root / "report.html").read_text()
+    assert "undefined: the mixture density" in report

@@ -17,15 +17,16 @@ from genval.cli_pipeline import register  # noqa: E402
 
 TINY_FLOW = {
     "quiet": True,
-    "data": {"generate": {"n_events": 1200}},
-    "splits": {"train": 0.5, "weight_fit": 0.25, "centres": 0.05, "test": 0.2},
+    "data": {"generate": {"n_events": 2000}},
+    # A large weight-fit split keeps ŵ tame, so f(x; ŵ) > 0 on the test events.
+    "splits": {"train": 0.45, "weight_fit": 0.4, "centres": 0.05, "test": 0.1},
     "members": {"kind": "flow", "n_members": 3,
                 "flow": {"layers": 1, "hidden": 8, "blocks": 1, "bins": 4,
-                         "learning_rate": 1e-3, "max_epochs": 2, "patience": 2}},
+                         "learning_rate": 3e-3, "max_epochs": 8, "patience": 3}},
     "sample": {"n_events": 400, "output": "samples.csv"},
     "coverage": {"n_datasets": 2, "n_events": 100, "n_generated": 200},
     "gof": {"n_kernels": 10, "n_toys": 4, "pool_size": 1000},
-    "report": {"dpi": 30},
+    "report": {"dpi": 30, "pool_size": 5000},
 }
 
 ARTIFACTS = [

@@ -277,6 +277,9 @@ class ReportConfig(_Section):
     formats: list[Literal["png", "pdf"]] = Field(
         default_factory=lambda: ["png", "pdf"], description="figure formats")
     bins: int = Field(40, ge=2, description="bins of the marginal histograms")
+    pool_size: int | None = Field(
+        None, ge=1000, description="events from f(x; ŵ) for the marginals; null: 20 N_test "
+                                   "within [5e4, 2e5]")
     dpi: int = Field(150, ge=20, description="PNG resolution")
     title: str = Field("genval report", description="report title")
 

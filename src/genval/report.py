@@ -74,6 +74,8 @@ def _num(value: float | None, digits: int = 4) -> str:
     """Significant digits, with the special values spelled out."""
     if value is None:
         return "—"
+    if math.isnan(value):
+        return "—"
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
     return f"{value:.{digits}g}"
@@ -93,7 +95,7 @@ def _gof_table(rows: Sequence[GofRow]) -> str:
     body = []
     for r in rows:
         # t_obs beyond every toy: the toys only bound Z from below.
-        z = f"≥ {r.z:.2f}" if r.z_is_bound else f"{r.z:.2f}"
+        z = "—" if math.isnan(r.z) else f"≥ {r.z:.2f}" if r.z_is_bound else f"{r.z:.2f}"
         if r.z_band is not None:
             z += f" <sup>+{r.z_band[1] - r.z:.2f}</sup><sub>−{r.z - r.z_band[0]:.2f}</sub>"
         label = html.escape(VARIANT_LABELS.get(r.variant, r.variant))

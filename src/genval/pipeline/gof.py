@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from genval._atomic import atomic_write_json
+from genval.errors import FitError, GenvalWarning
 from genval.members import Members
 from genval.pipeline._common import (
     Log,
@@ -23,7 +25,11 @@ from genval.pipeline._common import (
 )
 from genval.rundir import RunDir
 
-__all__ = ["stage_gof"]
+__all__ = ["stage_gof", "GofVariantWarning"]
+
+
+class GofVariantWarning(GenvalWarning):
+    """A GoF variant could not be computed; the stage records why and runs the others."""
 
 
 def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
@@ -51,12 +57,21 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     observed: dict[str, Any] = {}
     for variant in cfg.gof.variants:
         log(f"[gof] {variant}: {cfg.gof.n_toys} toys x {len(chunks)} test set(s)")
-        results = [gof.goodness_of_fit(
-            members, fit, chunk, basis, n_toys=cfg.gof.n_toys, seed=seed + i, variant=variant,
-            member=cfg.gof.single_member if variant == "single" else None,
-            centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size,
-            pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs, lam=cfg.gof.lambda_net)
-            for i, chunk in enumerate(chunks)]
+        try:
+            results = [gof.goodness_of_fit(
+                members, fit, chunk, basis, n_toys=cfg.gof.n_toys, seed=seed + i,
+                variant=variant, member=cfg.gof.single_member if variant == "single" else None,
+                centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size,
+                pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs, lam=cfg.gof.lambda_net)
+                for i, chunk in enumerate(chunks)]
+        except FitError as exc:
+            # One variant undefined (e.g. a signed mixture <= 0 at test events) must not cost
+            # the others: record why, warn, and go on.
+            atomic_write_json(out / f"{variant}.json", {"variant": variant, "error": str(exc)})
+            warnings.warn(f"GoF variant {variant!r} undefined: {exc}", GofVariantWarning,
+                          stacklevel=2)
+            summary[variant] = {"error": str(exc)}
+            continue
         record = jsonable(results[0].to_dict())
         if len(results) > 1:
             z = gof.summarize_z(results)
@@ -84,7 +99,7 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
             f"Z = {bound}{res.z:.2f} ({res.n_toys} toys), Z(χ² extrapolation) = "
             f"{res.z_chi2:.2f}")
     # LRT RECO of Fig. 1 is the alternative profiled for the ensemble with uncertainty.
-    reco_stat = observed.get("ensemble", observed[cfg.gof.variants[-1]])
+    reco_stat = observed.get("ensemble", next(iter(observed.values()), None))
     _marginals_figure(run, members, fit, basis, x_test, names, reco_stat,
                       stage_seed(cfg, "figures"))
     run.update_metadata(seeds={"gof": seed})
@@ -107,7 +122,7 @@ def _marginals_figure(run: RunDir, members: Members, fit: Any, basis: Any,
 
     cfg = run.config()
     # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].
-    size = int(np.clip(20 * len(x_test), 50_000, 200_000))
+    size = cfg.report.pool_size or int(np.clip(20 * len(x_test), 50_000, 200_000))
     pool = sample_mixture(members, fit.weights, size, seed)
     F = np.exp(pool.log_f)
     f = F @ fit.weights

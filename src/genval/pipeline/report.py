@@ -37,6 +37,10 @@ def stage_report(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         if not path.is_file():
             continue
         rec = json.loads(path.read_text(encoding="utf-8"))
+        if "error" in rec:
+            gof_rows.append(GofRow(variant, float("nan"), float("nan"), float("nan"),
+                                   note=f"undefined: {rec['error']}"))
+            continue
         band = None
         z = float(rec["z"])
         if "z_summary" in rec:
