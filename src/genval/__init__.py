@@ -22,14 +22,17 @@ __all__ = [
     "members",
     "linalg",
     "sampling",
+    "stats",
     "wifi",
+    "products",
     "coverage",
     "gof",
     "flows",
     "goodness_of_fit",
 ]
 
-_SUBMODULES = {"errors", "members", "linalg", "sampling", "wifi", "coverage", "gof", "flows"}
+_SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
+               "gof", "flows"}
 
 
 def __getattr__(name: str) -> Any:
