@@ -14,7 +14,7 @@ from genval.config import Config, ConfigError, parse_config
 __all__ = ["PRESETS", "preset"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Sized to run end to end on 2 CPU cores in minutes (measured 3.5 min at load 7 on 2
+    # Sized to run end to end on 2 CPU cores in minutes (measured 4.1 min at load 7 on 2
     # cores, 2026-11-28): small flows stopped early enough that a single member is visibly
     # imperfect, a test split large enough to see it. Measured Z: single >= 2.33 (chi2
     # extrapolation 5.6) > frozen 1.18 > ensemble 0.68; coverage 43 % / 67 %.
