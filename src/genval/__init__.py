@@ -28,11 +28,21 @@ __all__ = [
     "coverage",
     "gof",
     "flows",
+    "config",
+    "presets",
+    "io",
+    "splits",
+    "rundir",
+    "binned",
+    "plots",
+    "report",
+    "pipeline",
     "goodness_of_fit",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
-               "gof", "flows"}
+               "gof", "flows", "config", "presets", "io", "splits", "rundir", "binned", "plots",
+               "report", "pipeline"}
 
 
 def __getattr__(name: str) -> Any:
