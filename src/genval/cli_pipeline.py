@@ -119,7 +119,8 @@ def _stage_command(stage: str) -> click.Command:
 
     doc = (STAGE_FUNCTIONS[stage].__doc__ or "").strip().splitlines()[0]
 
-    @click.command(stage, help=f"{doc} Reads and writes RUN_DIR (start one with --config).")
+    @click.command(stage, short_help=doc,
+                   help=f"{doc} Reads and writes RUN_DIR (start one with --config).")
     @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
     @click.option("--config", "-c", "config_file", default=None,
                   type=click.Path(dir_okay=False, path_type=Path),
