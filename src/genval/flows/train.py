@@ -36,7 +36,7 @@ from genval._validation import as_events
 from genval.errors import InputError
 from genval.flows.ensemble import FlowEnsemble
 
-__all__ = ["PAPER_TRAINING", "TrainingHistory", "train"]
+__all__ = ["PAPER_TRAINING", "TrainingHistory", "train", "bootstrap_replicas"]
 
 #: The paper's training settings (Sec. 3): 80k training / 20k validation events.
 PAPER_TRAINING: dict[str, Any] = {"lr": 5e-6, "batch_size": 512, "patience": 10,
@@ -61,6 +61,8 @@ class TrainingHistory:
         diverged: ``(M,)`` True where the loss became non-finite (the best parameters are kept).
         epoch_seconds: ``(epochs,)`` wall time per epoch, validation included.
         val_indices: indices of ``x`` used for validation (empty when ``x_val`` was given).
+        train_indices: indices of ``x`` forming the training split; the bootstrap replicas
+            (:func:`bootstrap_replicas`) index into it.
         settings: the arguments of the run.
     """
 
@@ -72,6 +74,7 @@ class TrainingHistory:
     diverged: NDArray[np.bool_]
     epoch_seconds: NDArray[np.float64]
     val_indices: NDArray[np.int64]
+    train_indices: NDArray[np.int64]
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,6 +102,21 @@ class TrainingHistory:
         return (f"TrainingHistory(members={self.best_epoch.size}, epochs={len(self.epoch_seconds)}"
                 f", best val NLL {span}, stopped early {int(self.stopped_early.sum())}, "
                 f"diverged {int(self.diverged.sum())}, {self.total_seconds:.1f} s)")
+
+
+def _stream_seed(seed: int, member_seed: int, purpose: int) -> int:
+    state = np.random.SeedSequence([int(seed), int(member_seed), purpose]).generate_state(1)
+    return int(state[0])
+
+
+def bootstrap_replicas(n_train: int, member_seeds: list[int], seed: int) -> NDArray[np.int64]:
+    """Bootstrap indices ``(M, n_train)`` into the training split, one stream per member.
+
+    Member m's replica depends only on ``(seed, member_seeds[m])``. The indices refer to the
+    training split only: validation events are removed before resampling.
+    """
+    return np.stack([np.random.default_rng(_stream_seed(seed, s, 0)).integers(0, n_train, n_train)
+                     for s in member_seeds])
 
 
 def _compact(work: FlowEnsemble, opt: torch.optim.Adam, keep: list[int], lr: float
@@ -155,7 +173,8 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
             default architecture).
         max_epochs: upper limit on epochs.
         patience: a member stops after this many epochs without validation improvement.
-        seed: seeds the split, the bootstrap replicas (one stream per member) and the order.
+        seed: seeds the split; with each member's seed it also seeds that member's bootstrap
+            replica and batch order (so a member trains as it would alone).
         device: ``"cpu"``, ``"cuda"``, ... (default: where the ensemble is); the ensemble stays
             there afterwards.
         progress: show a progress bar on stderr.
@@ -182,17 +201,17 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
         raise InputError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
     if not (lr > 0 and math.isfinite(lr)):
         raise InputError(f"lr must be positive, got {lr}")
-    streams = np.random.SeedSequence(seed).spawn(2 + ensemble.n_members)
     if x_val is None:
         if not 0 < val_fraction < 1:
             raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         n_val = max(1, int(round(val_fraction * len(events))))
         if n_val >= len(events):
             raise InputError(f"{len(events)} events leave nothing to train on")
-        order = np.random.default_rng(streams[0]).permutation(len(events))
-        val_idx, x_tr, x_va = order[:n_val], events[order[n_val:]], events[order[:n_val]]
+        order = np.random.default_rng(seed).permutation(len(events))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        x_tr, x_va = events[train_idx], events[val_idx]
     else:
-        val_idx = np.empty(0, dtype=np.int64)
+        val_idx, train_idx = np.empty(0, dtype=np.int64), np.arange(len(events))
         x_tr = events
         x_va = as_events(x_val, n_features=ensemble.n_features, name="validation events")
     if standardise:
@@ -203,14 +222,13 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
     y_tr = torch.as_tensor((x_tr - ensemble.loc) / ensemble.scale, dtype=dtype, device=dev)
     y_va = torch.as_tensor((x_va - ensemble.loc) / ensemble.scale, dtype=dtype, device=dev)
     const = ensemble.log_det_standardisation  # NLL in data units = NLL_std - const
-    if bootstrap:
-        replicas = np.stack([np.random.default_rng(s).integers(0, n_tr, n_tr)
-                             for s in streams[2:]])
-    else:
-        replicas = np.tile(np.arange(n_tr), (m_total, 1))
-    replicas_t = torch.as_tensor(replicas, device=dev)
-    shuffle = torch.Generator(device=dev).manual_seed(
-        int(streams[1].generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    replicas_t = torch.as_tensor(
+        bootstrap_replicas(n_tr, ensemble.member_seeds, seed) if bootstrap
+        else np.tile(np.arange(n_tr), (m_total, 1)), device=dev)
+    # One shuffling stream per member, keyed by (seed, member seed) like its replica: a member
+    # trains exactly as it would alone, whatever the other members do.
+    shufflers = [torch.Generator(device=dev).manual_seed(_stream_seed(seed, s, 1))
+                 for s in ensemble.member_seeds]
     batch, micro = int(batch_size), int(micro_batch or batch_size)
     val_chunk = ensemble._chunk(None)
 
@@ -230,9 +248,8 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
     try:
         for epoch in range(int(max_epochs)):
             start_time = time.perf_counter()
-            rows = replicas_t[torch.as_tensor(active, device=dev)]
-            keys = torch.rand(rows.shape, generator=shuffle, device=dev)
-            rows = rows.gather(1, keys.argsort(dim=1))  # each member its own random order
+            rows = torch.stack([replicas_t[g][torch.randperm(n_tr, generator=shufflers[g],
+                                                             device=dev)] for g in active])
             sums = torch.zeros(len(active), dtype=torch.float64, device=dev)
             work._autocast = _PRECISIONS[precision]
             params = list(work.parameters())
@@ -289,7 +306,7 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
         train_loss=np.array(train_curve).reshape(-1, m_total),
         val_loss=np.array(val_curve).reshape(-1, m_total), best_epoch=best_epoch,
         best_val_loss=best_val, stopped_early=stopped_early, diverged=diverged,
-        epoch_seconds=np.asarray(seconds), val_indices=val_idx,
+        epoch_seconds=np.asarray(seconds), val_indices=val_idx, train_indices=train_idx,
         settings={"n_train": n_tr, "n_val": len(x_va), "val_fraction": None
                   if x_val is not None else float(val_fraction), "batch_size": batch,
                   "lr": float(lr), "max_epochs": int(max_epochs), "patience": int(patience),
