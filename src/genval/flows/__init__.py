@@ -15,7 +15,7 @@ from __future__ import annotations
 from genval.flows.ensemble import PAPER_ARCHITECTURE, FlowEnsemble
 from genval.flows.io import FORMAT, FORMAT_VERSION, load, read_metadata, save
 from genval.flows.spline import rational_quadratic_spline
-from genval.flows.train import PAPER_TRAINING, TrainingHistory, train
+from genval.flows.train import PAPER_TRAINING, TrainingHistory, bootstrap_replicas, train
 
 __all__ = [
     "FlowEnsemble",
@@ -23,6 +23,7 @@ __all__ = [
     "PAPER_TRAINING",
     "TrainingHistory",
     "train",
+    "bootstrap_replicas",
     "save",
     "load",
     "read_metadata",
