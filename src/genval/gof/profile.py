@@ -85,15 +85,16 @@ class Constraint:
         basis = sum_to_one_basis(m)
         c_r = basis.T @ (0.5 * (c + c.T)) @ basis
         vals, vecs = np.linalg.eigh(c_r)
-        top = float(vals[-1]) if vals.size else 0.0
+        size = float(np.abs(vals).max())
+        if vals[0] < -_PSD_TOL * size:
+            raise InputError(f"cov is not positive semi-definite on Σw = 1: eigenvalue "
+                             f"{vals[0]:.3g} vs largest magnitude {size:.3g}")
+        top = float(vals[-1])
         if top <= 0.0:
             warnings.warn("Cov(ŵ) is zero on the hyperplane Σw = 1: every weight direction is "
                           "pinned and the ensemble-with-uncertainty variant reduces to frozen "
                           "weights", IllConditionedWarning, stacklevel=3)
             return cls(w, np.zeros((m, 0)), vals, m - 1)
-        if vals[0] < -_PSD_TOL * top:
-            raise InputError(f"cov is not positive semi-definite on Σw = 1: eigenvalue "
-                             f"{vals[0]:.3g} vs largest {top:.3g}")
         keep = vals > _RANK_TOL * top
         n_pinned = int((~keep).sum())
         if n_pinned:
