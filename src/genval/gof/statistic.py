@@ -17,9 +17,10 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import FitError, InputError
 from genval.gof.newton import Solution, minimize_convex
-from genval.gof.profile import LAMBDA_NET, Constraint, scale_rows
+from genval.gof.profile import LAMBDA_NET, Constraint, ScaledRows, scale_rows
 
-__all__ = ["LRStatistic", "test_statistic", "profile_pair", "make_constraint", "Variant"]
+__all__ = ["LRStatistic", "test_statistic", "statistic_from_rows", "profile_pair",
+           "make_constraint", "Variant"]
 
 Variant = Literal["ensemble", "frozen", "single"]
 VARIANTS: tuple[str, ...] = ("ensemble", "frozen", "single")
@@ -178,9 +179,16 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
         Badaracco et al., Eq. (5).
     """
     rows = scale_rows(F, G, log=log)
-    n, m = rows.f.shape
-    constraint = make_constraint(fit, m, variant, member)
-    u0 = constraint.whiten(z0)
+    constraint = make_constraint(fit, rows.f.shape[1], variant, member)
+    return statistic_from_rows(rows, constraint, variant, constraint.whiten(z0), lam=lam,
+                               tol=tol, max_iter=max_iter, hessian_dtype=hessian_dtype)
+
+
+def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
+                        u0: NDArray[np.float64], *, lam: float = LAMBDA_NET, tol: float = 1e-10,
+                        max_iter: int = 100, hessian_dtype: type = np.float32) -> LRStatistic:
+    """:func:`test_statistic` on row-scaled data with a prepared constraint."""
+    n = rows.f.shape[0]
     c = rows.f @ constraint.weights
     if not np.all(c > 0):
         raise FitError(negative_density_message(c))
