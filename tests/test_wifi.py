@@ -1,0 +1,199 @@
+"""The w_i f_i weight fit (paper Eqs. 1-3): exactness, statistics and bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import optimize
+
+from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
+from genval.linalg import sum_to_one_basis
+from genval.members import GaussianMembers, log_density_matrix
+from genval.sampling import sample_mixture
+from genval.wifi import fit_weights
+
+
+def gaussian_members(rng, m=5, d=2):
+    means = rng.normal(0.0, 1.0, (m, d))
+    variances = rng.uniform(0.4, 1.5, (m, d))
+    return GaussianMembers(means, variances)
+
+
+def instance(rng, m=5, n=4000, weights=None):
+    members = gaussian_members(rng, m)
+    w = rng.dirichlet(np.ones(m)) if weights is None else np.asarray(weights)
+    drawn = sample_mixture(members, w, n, rng)
+    return members, w, drawn.log_f
+
+
+def scipy_reference(F):
+    def objective(w):
+        f = F @ w
+        return np.inf if np.any(f <= 0) else -np.mean(np.log(f)) + w.sum()
+
+    def gradient(w):
+        return 1.0 - (F / (F @ w)[:, None]).mean(axis=0)
+
+    def hessian(w):
+        a = F / (F @ w)[:, None]
+        return a.T @ a / len(F)
+
+    m = F.shape[1]
+    result = optimize.minimize(objective, np.full(m, 1.0 / m), jac=gradient, hess=hessian,
+                               method="trust-exact", options={"gtol": 1e-12, "maxiter": 500})
+    # trust-exact may stop with "bad approximation" once it is at rounding level: judge it by
+    # its gradient instead of its success flag.
+    assert np.max(np.abs(gradient(result.x))) < 1e-8, result
+    return result
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fit_matches_scipy_trust_exact(seed):
+    rng = np.random.default_rng(seed)
+    _, _, log_f = instance(rng)
+    F = np.exp(log_f)
+    fit = fit_weights(F)
+    ref = scipy_reference(F)
+    assert fit.converged
+    np.testing.assert_allclose(fit.weights, ref.x, atol=1e-8, rtol=0)
+    assert fit.nll <= ref.fun + 1e-12
+    assert abs(fit.weights.sum() - 1.0) < 1e-12  # λ = 1 makes Σw = 1 at the optimum
+    assert fit.grad_norm < 1e-10
+
+
+def test_log_input_equals_linear_input_and_survives_far_tails(rng):
+    _, _, log_f = instance(rng)
+    linear = fit_weights(np.exp(log_f))
+    logged = fit_weights(log_f, log=True)
+    np.testing.assert_allclose(logged.weights, linear.weights, atol=1e-12)
+    np.testing.assert_allclose(logged.nll, linear.nll, rtol=1e-12)
+    np.testing.assert_allclose(logged.cov, linear.cov, rtol=1e-8, atol=1e-16)
+    # Shifting a row of log F by -2000 underflows exp() but changes neither ŵ nor Cov.
+    shifted = log_f.copy()
+    shifted[:10] -= 2000.0
+    tail = fit_weights(shifted, log=True)
+    np.testing.assert_allclose(tail.weights, linear.weights, atol=1e-12)
+
+
+def test_sandwich_matches_explicit_per_event_construction(rng):
+    _, _, log_f = instance(rng, m=4, n=3000)
+    F = np.exp(log_f)
+    fit = fit_weights(F)
+    n, m = F.shape
+    basis = sum_to_one_basis(m)
+    a = F / (F @ fit.weights)[:, None]
+    scores = (1.0 - a) @ basis  # per-event gradients in the reduced coordinates
+    u = np.cov(scores, rowvar=False, ddof=0)
+    v = basis.T @ (a.T @ a / n) @ basis
+    v_inv = np.linalg.inv(v)
+    expected = basis @ (v_inv @ u @ v_inv / n) @ basis.T
+    np.testing.assert_allclose(fit.cov, expected, rtol=1e-9, atol=1e-15)
+    ones = np.ones(m)
+    assert abs(ones @ fit.cov @ ones) < 1e-14 * np.trace(fit.cov)
+    assert np.linalg.eigvalsh(fit.cov_reduced).min() > 0
+
+
+def test_density_and_band_match_direct_formula(rng):
+    _, _, log_f = instance(rng)
+    F = np.exp(log_f)
+    fit = fit_weights(F)
+    probe = F[:50]
+    np.testing.assert_allclose(fit.density(probe), probe @ fit.weights, rtol=1e-13)
+    direct = np.sqrt(np.einsum("ni,ij,nj->n", probe, fit.cov, probe))
+    np.testing.assert_allclose(fit.density_std(probe), direct, rtol=1e-8)
+    with pytest.raises(InputError, match="shape"):
+        fit.density(np.ones((3, 2)))
+
+
+def test_negative_weights_are_fitted(rng):
+    members = GaussianMembers([[0.0], [0.0], [2.0]], [[1.0], [0.25], [1.0]])
+    truth = np.array([1.4, -0.5, 0.1])
+    drawn = sample_mixture(members, truth, 50_000, rng)
+    fit = fit_weights(drawn.log_f, log=True)
+    assert fit.converged
+    assert np.all(np.abs(fit.weights - truth) < 5 * fit.weight_std)
+    assert fit.weights[1] < 0
+
+
+def test_weights_unbiased_and_sandwich_matches_spread():
+    """Over 300 independent data sets from a known mixture of the members, the mean of ŵ is
+    the truth (each component within 4 standard errors) and the spread of ŵ matches the mean
+    sandwich covariance (trace ratio within 20 %)."""
+    members = GaussianMembers([[0.0, 0.0], [1.0, 0.5], [-1.0, 1.0], [0.5, -1.0]],
+                              [[1.0, 1.0], [0.5, 1.5], [1.2, 0.6], [0.8, 0.8]])
+    truth = np.array([0.4, 0.3, 0.2, 0.1])
+    fits = []
+    for r in range(300):
+        drawn = sample_mixture(members, truth, 2000, np.random.default_rng([7, r]))
+        fits.append(fit_weights(drawn.log_f, log=True))
+    weights = np.array([f.weights for f in fits])
+    spread = np.cov(weights, rowvar=False)
+    mean_cov = np.mean([f.cov for f in fits], axis=0)
+    standard_error = np.sqrt(np.diag(spread) / len(fits))
+    assert np.all(np.abs(weights.mean(axis=0) - truth) < 4 * standard_error)
+    ratio = np.trace(spread) / np.trace(mean_cov)
+    assert 0.8 < ratio < 1.2, ratio
+    assert all(f.converged for f in fits)
+
+
+def test_bad_density_matrices_are_rejected():
+    good = np.random.default_rng(0).uniform(0.1, 1.0, (20, 3))
+    with pytest.raises(InputError, match="NaN"):
+        fit_weights(np.where(np.arange(60).reshape(20, 3) == 7, np.nan, good))
+    with pytest.raises(InputError, match=r"\+inf"):
+        fit_weights(np.where(np.arange(60).reshape(20, 3) == 7, np.inf, good))
+    with pytest.raises(InputError, match="negative"):
+        fit_weights(good - 0.5)
+    zero_row = good.copy()
+    zero_row[4] = 0.0
+    with pytest.raises(InputError, match="1 events have zero density under every member"):
+        fit_weights(zero_row)
+    with pytest.raises(InputError, match="zero density"):
+        fit_weights(np.where(zero_row > 0, np.log(np.maximum(zero_row, 1e-300)), -np.inf), log=True)
+    with pytest.raises(InputError, match="more events than members"):
+        fit_weights(good[:3])
+    with pytest.raises(InputError, match="at least 2 members"):
+        fit_weights(good[:, :1])
+    with pytest.raises(InputError, match="2D"):
+        fit_weights(good[:, 0])
+    with pytest.raises(FitError, match="non-positive"):
+        fit_weights(good, w0=[-1.0, 0.0, 0.0])
+
+
+def test_near_duplicate_members_are_named(rng):
+    members = gaussian_members(rng, m=4)
+    x = members.sample(3000, 0, rng)
+    log_f = log_density_matrix(members, x)
+    near = np.column_stack([log_f, log_f[:, 2] + 1e-5 * np.sin(x[:, 0])])
+    with pytest.warns(IllConditionedWarning, match=r"members \[(2, 4|4, 2)"):
+        fit = fit_weights(near, log=True)
+    assert any("ill-conditioned" in m for m in fit.messages)
+    exact = np.column_stack([log_f, log_f[:, 1]])
+    with pytest.warns(IllConditionedWarning, match=r"1 direction\(s\): members \[(1, 4|4, 1)"):
+        dup = fit_weights(exact, log=True)
+    # The duplicated pair shares its weight evenly (held at the start along the flat direction)
+    # and the pair's total, the density and its band are those of the fit without the twin.
+    single = fit_weights(log_f, log=True)
+    assert dup.n_unidentified == 1 and dup.converged
+    np.testing.assert_allclose(dup.weights[1], dup.weights[4], rtol=1e-6)
+    np.testing.assert_allclose(dup.weights[1] + dup.weights[4], single.weights[1], rtol=1e-8)
+    F = np.exp(exact[:20])
+    np.testing.assert_allclose(dup.density_std(F), single.density_std(F[:, :4]), rtol=1e-6)
+
+
+def test_non_convergence_is_reported(rng):
+    _, _, log_f = instance(rng)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        fit = fit_weights(log_f, log=True, max_iter=1)
+    assert not fit.converged
+    assert "NOT converged" in repr(fit)
+
+
+def test_repr_is_readable(rng):
+    _, _, log_f = instance(rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = fit_weights(log_f, log=True)
+    text = repr(fit)
+    assert "converged" in text and "cond(V)" in text and "effective rank" in text
+    assert 1.0 < fit.effective_rank <= fit.n_members
