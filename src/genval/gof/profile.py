@@ -62,8 +62,15 @@ class Constraint:
         return cls(w, np.zeros((w.size, 0)), np.zeros(max(w.size - 1, 0)), max(w.size - 1, 0))
 
     @classmethod
-    def from_cov(cls, weights: ArrayLike, cov: ArrayLike) -> Constraint:
+    def from_cov(cls, weights: ArrayLike, cov: ArrayLike, *, known_pinned: int = 0
+                 ) -> Constraint:
         """Whiten ``C_r = Bᵀ Cov B``.
+
+        Args:
+            weights: ŵ (M,).
+            cov: Cov(ŵ) (M, M); any variance along ``1`` is ignored (Σφ = 1 exactly).
+            known_pinned: directions the weight fit already reported as unidentifiable
+                (``WeightFit.n_unidentified``); only pinned directions beyond these warn.
 
         Raises:
             InputError: non-finite or wrongly shaped input, or a covariance with clearly
@@ -97,7 +104,7 @@ class Constraint:
             return cls(w, np.zeros((m, 0)), vals, m - 1)
         keep = vals > _RANK_TOL * top
         n_pinned = int((~keep).sum())
-        if n_pinned:
+        if n_pinned > known_pinned:
             warnings.warn(
                 f"Cov(ŵ) restricted to Σw = 1 is singular: {n_pinned} of {m - 1} directions "
                 f"have variance below {_RANK_TOL:g} x the largest ({top:.3g}) and are pinned "
@@ -110,7 +117,8 @@ class Constraint:
         """From a w_i f_i fit result (anything with ``.weights`` and ``.cov``)."""
         if not hasattr(fit, "weights") or not hasattr(fit, "cov"):
             raise InputError("fit must have .weights and .cov (a genval.wifi fit result)")
-        return cls.from_cov(fit.weights, fit.cov)
+        return cls.from_cov(fit.weights, fit.cov,
+                            known_pinned=int(getattr(fit, "n_unidentified", 0) or 0))
 
     def whiten(self, z0: ArrayLike | None) -> NDArray[np.float64]:
         """Constraint centre ``z₀`` in the M − 1 hyperplane coordinates → whitened ``u₀``."""

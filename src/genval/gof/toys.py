@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval._validation import as_events
 from genval.errors import FitError, InputError
+from genval.gof._blas import limit_blas_threads
 from genval.gof.kernels import KernelBasis
 from genval.gof.profile import LAMBDA_NET, Constraint, scale_rows
 from genval.gof.result import GoFResult
@@ -99,20 +101,33 @@ def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centr
     return pair.t, pair.converged, n
 
 
+def _n_jobs(n_jobs: int) -> int:
+    if n_jobs == -1:
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+    if n_jobs < 1:
+        raise InputError(f"n_jobs must be >= 1 or -1 (all cores), got {n_jobs}")
+    return n_jobs
+
+
 def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: int,
-             poisson: bool = False, centre: Centre = "redrawn", n_jobs: int = 1,
+             poisson: bool = False, centre: Centre = "redrawn", n_jobs: int = -1,
              **fit_kw: Any) -> ToyBatch:
     """Fit toys ``indices`` (each on its own RNG stream) and return their statistics."""
     def work(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
         return [_one_toy(pool, int(i), seed, n_test, poisson, centre, fit_kw) for i in chunk]
 
-    if n_jobs > 1 and indices.size > 1:
-        # numpy releases the GIL in BLAS and the large element-wise operations.
-        chunks = np.array_split(indices, min(indices.size, 4 * n_jobs))
-        with ThreadPoolExecutor(max_workers=n_jobs) as ex:
-            out = [row for part in ex.map(work, chunks) for row in part]
-    else:
-        out = work(indices)
+    jobs = _n_jobs(n_jobs)
+    with limit_blas_threads(1):  # one toy per core beats threaded BLAS on small GEMMs
+        if jobs > 1 and indices.size > 1:
+            # numpy releases the GIL in BLAS and the large element-wise operations.
+            chunks = np.array_split(indices, min(indices.size, 4 * jobs))
+            with ThreadPoolExecutor(max_workers=jobs) as ex:
+                out = [row for part in ex.map(work, chunks) for row in part]
+        else:
+            out = work(indices)
     t, conv, size = (np.array(col) for col in zip(*out, strict=True)) if out else (
         np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int64))
     return ToyBatch(indices.astype(np.int64), t.astype(np.float64), conv.astype(bool),
@@ -133,7 +148,7 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
                     member: int | None = None, centre: Centre = "redrawn",
                     toy_size: Literal["fixed", "poisson"] = "fixed",
                     pool_size: int | None = None, first_toy: int = 0,
-                    target_z: float | None = None, n_jobs: int = 1, lam: float = LAMBDA_NET,
+                    target_z: float | None = None, n_jobs: int = -1, lam: float = LAMBDA_NET,
                     tol: float = 1e-10, max_iter: int = 100, hessian_dtype: type = np.float32,
                     cl: float = 0.6827) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
@@ -158,7 +173,8 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
             :func:`~genval.gof.result.merge_results`.
         target_z: the significance you need to resolve; raises if ``n_toys`` cannot (the
             smallest p-value is 1 / (1 + B)).
-        n_jobs: threads fitting toys.
+        n_jobs: threads fitting toys (-1: one per available core), each with a
+            single-threaded BLAS.
         lam, tol, max_iter, hessian_dtype: see :func:`~genval.gof.test_statistic`.
         cl: level of the Clopper–Pearson interval on p.
 
@@ -201,8 +217,9 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     density = rows.f @ constraint.weights
     if not np.all(density > 0):
         raise FitError(_position_message(x, density))
-    observed = statistic_from_rows(rows, constraint, variant, np.zeros(constraint.rank),
-                                   **fit_kw)
+    with limit_blas_threads(1):
+        observed = statistic_from_rows(rows, constraint, variant, np.zeros(constraint.rank),
+                                       **fit_kw)
     del rows
     t_obs_done = time.perf_counter()
 
