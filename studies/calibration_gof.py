@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
+from genval.errors import FitError
 from genval.gof import KernelBasis, goodness_of_fit
 from genval.members import GaussianMembers, log_density_matrix
 from genval.sampling import sample_mixture
@@ -51,8 +52,12 @@ def experiment(members: GaussianMembers, w_true: np.ndarray, seed: int, args: ar
     out: dict[str, float] = {"sum_abs_w": float(np.abs(fit.weights).sum())}
     for name, kw in (("redrawn", {"centre": "redrawn"}), ("fixed", {"centre": "fixed"}),
                      ("frozen", {"variant": "frozen"})):
-        res = goodness_of_fit(members, fit, x_test, basis, n_toys=args.toys, seed=seed,
-                              n_jobs=-1, **kw)
+        try:
+            res = goodness_of_fit(members, fit, x_test, basis, n_toys=args.toys, seed=seed,
+                                  n_jobs=-1, **kw)
+        except FitError as exc:  # f(x; ŵ) <= 0 at a test event: the test is undefined
+            out["undefined"] = str(exc)
+            return out
         out[f"p_{name}"] = res.p_value
         out[f"t_{name}"] = res.t_obs
         out[f"failed_{name}"] = res.n_failed
@@ -80,15 +85,17 @@ def main() -> None:
         rows.append(experiment(members, w_true, args.seed * 1000 + e, args))
         if (e + 1) % 10 == 0:
             print(f"{e + 1} experiments, {time.perf_counter() - start:.0f} s", flush=True)
-    summary: dict[str, object] = {}
+    summary: dict[str, object] = {"undefined_experiments": sum("undefined" in r for r in rows)}
+    rows_ok = [r for r in rows if "undefined" not in r]
     for name in ("redrawn", "fixed", "frozen"):
-        p = np.array([r[f"p_{name}"] for r in rows])
+        p = np.array([r[f"p_{name}"] for r in rows_ok])
         ks = scipy.stats.kstest(p, "uniform")
         summary[name] = {
             "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
             "mean_p": float(p.mean()), "frac_p_below_0.05": float((p < 0.05).mean()),
             "frac_p_below_0.01": float((p < 0.01).mean()),
-            "failed_toys": int(sum(r[f"failed_{name}"] for r in rows)),
+            "failed_toys": int(sum(r[f"failed_{name}"] for r in rows_ok)),
+            "n_experiments": int(p.size),
         }
     record = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

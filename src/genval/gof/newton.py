@@ -102,14 +102,14 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
                     q: NDArray[np.float64], theta0: NDArray[np.float64] | None = None, *,
                     tol: float = 1e-10, max_iter: int = 100,
                     hessian_dtype: type = np.float32, refresh: float = 0.25,
-                    subsample_rows: int = 0) -> Solution:
-    """Minimise ``−Σ log(c + Aθ) + bᵀθ + ½ Σ q θ²`` exactly.
+                    subsample_rows: int = 0,
+                    row_weights: NDArray[np.float64] | None = None) -> Solution:
+    """Minimise ``−Σ_n w_n log(c + Aθ)_n + bᵀθ + ½ Σ q θ²`` exactly (w_n = 1 by default).
 
     Args:
         c: (N,) offsets, the density at θ = 0 (float64).
-        a: (N, p) design matrix (may be a column slice of a larger array). float64, or
-            float32 to halve the memory traffic of every product (toys): reductions and
-            the line search stay float64; the optimum moves by O(1e-7) relative.
+        a: (N, p) design matrix (may be a column slice of a larger array), float64 (float32
+            works but cannot reach tight tolerances: not used for the statistic).
         b: (p,) linear coefficients.
         q: (p,) positive diagonal of the quadratic term.
         theta0: feasible start (default 0).
@@ -122,6 +122,10 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
             since the last step (0: plain Newton, a fresh Hessian every step).
         subsample_rows: when > 0 and N is larger, form the Hessian from about this many rows
             while the decrement exceeds 1 (damped phase); full Hessians afterwards.
+        row_weights: optional positive (N,) weights of the log terms (small weights turn rows
+            into a log-barrier that keeps the density positive there).
+        row_weights: optional positive (N,) weights of the log terms (small weights turn rows
+            into a log-barrier that keeps the density positive there).
 
     Returns:
         :class:`Solution`.
@@ -150,6 +154,7 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
 
     if p == 0:
         return Solution(theta, f, 0.0, True, 0, 0, 0.0, 0.0)
+    sqrt_w = None if row_weights is None else np.sqrt(row_weights)
     dtype = hessian_dtype
     stride = max(1, n // subsample_rows) if subsample_rows > 0 else 1
     h = chol = None
@@ -160,7 +165,7 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
     it = 0
     for it in range(max_iter + 1):  # noqa: B007 -- `it` is reported
         r = 1.0 / f
-        g = -rprod(r) + b + q * theta
+        g = -rprod(r if row_weights is None else row_weights * r) + b + q * theta
         grad_norm = float(np.abs(g).max())
         step = None
         if h is not None:
@@ -172,7 +177,7 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
                 n_full += 1
                 if dtype != np.float64 and n_full > 3:
                     dtype = np.float64  # float32 Hessian no longer good enough: go exact
-            h = _hessian(a, r, q, dtype, use_stride)
+            h = _hessian(a, r if sqrt_w is None else sqrt_w * r, q, dtype, use_stride)
             chol = _factor(h)
             n_hess += 1
             step = -_solve(h, chol, g)
@@ -194,7 +199,8 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
         while True:
             # NLL(θ + α d) − NLL(θ), accumulated as differences so that it stays accurate
             # when both values are ~N and the change is ~1e-12.
-            delta = (-np.log1p(alpha * a_step * r).sum() + alpha * lin
+            logs = np.log1p(alpha * a_step * r)
+            delta = (-(logs.sum() if row_weights is None else row_weights @ logs) + alpha * lin
                      + float(q @ (alpha * theta * step + 0.5 * alpha**2 * step * step)))
             if delta <= _ARMIJO * alpha * slope:
                 break

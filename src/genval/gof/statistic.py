@@ -40,33 +40,47 @@ class PairSolution:
         return self.null.converged and self.alt.converged
 
 
+BARRIER = 1e-3
+
+
 def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: NDArray[np.float64],
-                 *, lam: float = LAMBDA_NET, tol: float = 1e-10, max_iter: int = 100,
+                 *, n_ref: int = 0, barrier: float = BARRIER, lam: float = LAMBDA_NET,
+                 tol: float = 1e-10, max_iter: int = 100,
                  hessian_dtype: type = np.float32) -> PairSolution:
     """Profile NLL0 over u and NLL1 over (u, a) on row-scaled data; return t.
 
     Args:
-        c: (N,) null density at ŵ, ``F̃ ŵ`` (row-scaled).
-        a: (N, rank + K) ``[F̃ T | G̃]``: whitened weight directions, then kernels.
+        c: (N + n_ref,) null density at ŵ, ``F̃ ŵ`` (row-scaled): the events, then the
+            positivity check points.
+        a: (N + n_ref, rank + K) ``[F̃ T | G̃]``: whitened weight directions, then kernels.
         rank: number of whitened weight directions (0 for frozen / single member).
         u0: (rank,) whitened constraint centre.
+        n_ref: the last ``n_ref`` rows are check points (e.g. the kernel centres) where both
+            densities must stay positive: they enter both NLLs as ``−barrier · log f``.
+        barrier: weight of each check point's log-barrier term.
     """
-    n = c.shape[0]
+    n = c.shape[0] - n_ref
     k = a.shape[1] - rank
+    weights = None
+    if n_ref:
+        weights = np.ones(n + n_ref)
+        weights[n:] = barrier
     q0 = np.ones(rank)
     # The null Hessian (rank ≤ M − 1 columns) is cheap: plain Newton. The alternative's
     # (rank + K columns) dominates the cost: reuse it while convergence stays fast, and form
     # it from a row subsample during the damped phase.
     null = minimize_convex(c, a[:, :rank], -u0, q0, tol=tol, max_iter=max_iter,
-                           hessian_dtype=hessian_dtype, refresh=0.0)
+                           hessian_dtype=hessian_dtype, refresh=0.0, row_weights=weights)
     b1 = np.concatenate([-u0, np.full(k, float(n))])
     q1 = np.concatenate([q0, np.full(k, 2.0 * lam * n)])
     start = np.concatenate([null.theta, np.zeros(k)])  # warm start: the null optimum, a = 0
     alt = minimize_convex(c, a, b1, q1, start, tol=tol, max_iter=max_iter,
-                          hessian_dtype=hessian_dtype, refresh=0.25, subsample_rows=5000)
+                          hessian_dtype=hessian_dtype, refresh=0.25, subsample_rows=5000,
+                          row_weights=weights)
     # t from per-event log ratios (not a difference of two ~N-sized sums): accurate to ~1e-12.
     diff = a @ (alt.theta - start)
-    log_ratio = np.log1p(diff / null.density).sum()
+    logs = np.log1p(diff / null.density)
+    log_ratio = logs.sum() if weights is None else weights @ logs
     t = 2.0 * (float(log_ratio) - alt.penalty + null.penalty)
     return PairSolution(t, null, alt, n)
 
@@ -148,7 +162,8 @@ def negative_density_message(density: NDArray[np.float64], where: str = "test ev
 def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
                    variant: Variant = "ensemble", member: int | None = None,
                    z0: ArrayLike | None = None, log: bool = False, lam: float = LAMBDA_NET,
-                   tol: float = 1e-10, max_iter: int = 100,
+                   F_ref: ArrayLike | None = None, G_ref: ArrayLike | None = None,
+                   barrier: float = BARRIER, tol: float = 1e-10, max_iter: int = 100,
                    hessian_dtype: type = np.float32) -> LRStatistic:
     """Learned likelihood-ratio statistic ``t = 2 [min NLL0 − min NLL1]`` of Eq. (5).
 
@@ -167,6 +182,15 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
         z0: constraint centre in the M − 1 coordinates of Σφ = 1 (default 0, i.e. at ŵ).
         log: F and G are log-densities (recommended: no underflow in the tails).
         lam: λ_net of the ℓ2 penalty on a (default 1e-6).
+        F_ref, G_ref: member and kernel densities at positivity check points (normally the
+            kernel centres; same ``log`` convention). The extended term rewards negative
+            kernel amplitudes wherever no test event lies, and with only the weak ℓ2 penalty
+            to stop it the exact optimum of Eq. (5) puts large negative mass there (t ~ 1e9
+            when a kernel sits in an empty region). Requiring both densities to stay positive
+            at the check points (a log-barrier of weight ``barrier`` per point, in both NLLs)
+            keeps the alternative a density. :func:`goodness_of_fit` always does this; without
+            check points the statistic is Eq. (5) verbatim.
+        barrier: weight of each check point's log-barrier term (default 1e-3).
         tol: convergence tolerance on each NLL (Newton decrement, absolute).
         max_iter: Newton iteration cap per fit.
         hessian_dtype: float32 (fast) or float64 accumulation of the data Hessian.
@@ -183,25 +207,50 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
     """
     rows = scale_rows(F, G, log=log)
     constraint = make_constraint(fit, rows.f.shape[1], variant, member)
-    return statistic_from_rows(rows, constraint, variant, constraint.whiten(z0), lam=lam,
-                               tol=tol, max_iter=max_iter, hessian_dtype=hessian_dtype)
+    ref = None
+    if (F_ref is None) != (G_ref is None):
+        raise InputError("give both F_ref and G_ref (densities at the check points) or neither")
+    if F_ref is not None:
+        ref = scale_rows(F_ref, G_ref, log=log)
+        if ref.f.shape[1] != rows.f.shape[1] or ref.g.shape[1] != rows.g.shape[1]:
+            raise InputError("F_ref and G_ref must have the columns of F and G")
+    return statistic_from_rows(rows, constraint, variant, constraint.whiten(z0), ref=ref,
+                               barrier=barrier, lam=lam, tol=tol, max_iter=max_iter,
+                               hessian_dtype=hessian_dtype)
 
 
 def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
-                        u0: NDArray[np.float64], *, lam: float = LAMBDA_NET, tol: float = 1e-10,
+                        u0: NDArray[np.float64], *, ref: ScaledRows | None = None,
+                        barrier: float = BARRIER, lam: float = LAMBDA_NET, tol: float = 1e-10,
                         max_iter: int = 100, hessian_dtype: type = np.float32) -> LRStatistic:
-    """:func:`test_statistic` on row-scaled data with a prepared constraint."""
+    """:func:`test_statistic` on row-scaled data with a prepared constraint.
+
+    ``ref``: densities at the positivity check points; points where f(x; ŵ) ≤ 0 already
+    (signed weights) are left out, as the null cannot be positive there.
+    """
     n = rows.f.shape[0]
     c = rows.f @ constraint.weights
     if not np.all(c > 0):
         raise FitError(negative_density_message(c))
     a = np.concatenate([rows.f @ constraint.transform, rows.g], axis=1)
-    pair = profile_pair(c, a, constraint.rank, u0, lam=lam, tol=tol, max_iter=max_iter,
-                        hessian_dtype=hessian_dtype)
+    n_ref = 0
+    if ref is not None:
+        c_ref = ref.f @ constraint.weights
+        ok = c_ref > 0
+        n_ref = int(ok.sum())
+        c = np.concatenate([c, c_ref[ok]])
+        a = np.concatenate([a, np.concatenate([ref.f[ok] @ constraint.transform, ref.g[ok]],
+                                              axis=1)])
+    pair = profile_pair(c, a, constraint.rank, u0, n_ref=n_ref, barrier=barrier, lam=lam,
+                        tol=tol, max_iter=max_iter, hessian_dtype=hessian_dtype)
     k = rows.g.shape[1]
     const = float(0.5 * u0 @ u0 - rows.log_s.sum())
-    nll0 = -float(np.log(pair.null.density).sum()) + pair.null.penalty + const
-    nll1 = -float(np.log(pair.alt.density).sum()) + pair.alt.penalty + const
+    w = np.ones(c.size)
+    w[n:] = barrier
+    if n_ref:
+        const -= barrier * float(ref.log_s[ref.f @ constraint.weights > 0].sum())
+    nll0 = -float(w @ np.log(pair.null.density)) + pair.null.penalty + const
+    nll1 = -float(w @ np.log(pair.alt.density)) + pair.alt.penalty + const
     r = constraint.rank
     return LRStatistic(
         pair.t, variant=variant, nll0=nll0, nll1=nll1,

@@ -36,7 +36,13 @@ from genval.gof._blas import limit_blas_threads
 from genval.gof.kernels import KernelBasis
 from genval.gof.profile import LAMBDA_NET, Constraint, scale_rows
 from genval.gof.result import GoFResult
-from genval.gof.statistic import Variant, make_constraint, profile_pair, statistic_from_rows
+from genval.gof.statistic import (
+    BARRIER,
+    Variant,
+    make_constraint,
+    profile_pair,
+    statistic_from_rows,
+)
 from genval.members import Members, log_density_matrix
 from genval.sampling import sample_mixture
 
@@ -56,27 +62,59 @@ class ToyPool:
         a: (P, r + K) row-scaled ``[F T | G]`` (whitened weight directions, then kernels).
         rank: r, number of free (whitened) weight directions.
         acceptance: acceptance rate of the signed-mixture sampler.
+        n_ref: the last ``n_ref`` rows of ``c`` and ``a`` are the positivity check points
+            (kernel centres), appended to every toy.
     """
 
     c: NDArray[np.float64]
     a: NDArray[np.float64]
     rank: int
     acceptance: float
+    n_ref: int = 0
 
     @property
     def size(self) -> int:
-        return int(self.c.size)
+        """Pool events (without the check points)."""
+        return int(self.c.size) - self.n_ref
+
+
+def _check_points(members: Members, constraint: Constraint, basis: KernelBasis
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Rows of the kernel centres where f(x; ŵ) > 0: the alternative's positivity checks."""
+    rows = scale_rows(log_density_matrix(members, basis.centers), basis.log_pdf(basis.centers),
+                      log=True)
+    c = rows.f @ constraint.weights
+    ok = c > 0
+    a = np.concatenate([rows.f[ok] @ constraint.transform, rows.g[ok]], axis=1)
+    return c[ok], a
 
 
 def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size: int,
-              seed: int) -> ToyPool:
-    """Draw the pool from ``f(x; constraint.weights)`` and evaluate F and G on it once."""
-    sample = sample_mixture(members, constraint.weights, int(size),
-                            np.random.default_rng([seed, POOL_STREAM]))
-    rows = scale_rows(sample.log_f, basis.log_pdf(sample.x), log=True)
-    c = rows.f @ constraint.weights
-    a = np.concatenate([rows.f @ constraint.transform, rows.g], axis=1)
-    return ToyPool(c, a, constraint.rank, sample.acceptance_rate)
+              seed: int, *, max_proposals_per_chunk: int = 2_000_000) -> ToyPool:
+    """Draw the pool from ``f(x; constraint.weights)`` and evaluate F and G on it once.
+
+    The signed-mixture sampler accepts a fraction ``1 / Σ|ŵ|`` of its proposals; with
+    near-duplicate members Σ|ŵ| reaches 10²–10³, so the pool is drawn in chunks that bound
+    the proposals (and the memory of their densities) per call.
+    """
+    rng = np.random.default_rng([seed, POOL_STREAM])
+    sum_abs = max(float(np.abs(constraint.weights).sum()), 1.0)
+    chunk = max(1000, int(max_proposals_per_chunk / sum_abs))
+    c_parts, a_parts = [], []
+    n_acc = n_prop = 0
+    for start in range(0, int(size), chunk):
+        n = min(chunk, int(size) - start)
+        # the sampler's default cap assumes Σ|ŵ| < 1000; allow 10x the expected proposals
+        sample = sample_mixture(members, constraint.weights, n, rng,
+                                max_proposals=int(10 * sum_abs * n) + 100_000)
+        rows = scale_rows(sample.log_f, basis.log_pdf(sample.x), log=True)
+        c_parts.append(rows.f @ constraint.weights)
+        a_parts.append(np.concatenate([rows.f @ constraint.transform, rows.g], axis=1))
+        n_acc += sample.n_accepted
+        n_prop += sample.n_proposed
+    c_ref, a_ref = _check_points(members, constraint, basis)
+    return ToyPool(np.concatenate(c_parts + [c_ref]), np.concatenate(a_parts + [a_ref]),
+                   constraint.rank, n_acc / max(n_prop, 1), n_ref=c_ref.size)
 
 
 @dataclass(frozen=True)
@@ -97,7 +135,9 @@ def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centr
         raise InputError(f"toy {i} needs {n} events but the pool has {pool.size}")
     idx = np.sort(rng.choice(pool.size, size=n, replace=False))  # sorted: cache-friendly gather
     u0 = rng.standard_normal(pool.rank) if centre == "redrawn" else np.zeros(pool.rank)
-    pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0, **fit_kw)
+    if pool.n_ref:
+        idx = np.concatenate([idx, np.arange(pool.size, pool.size + pool.n_ref)])
+    pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0, n_ref=pool.n_ref, **fit_kw)
     return pair.t, pair.converged, n
 
 
@@ -149,6 +189,7 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
                     toy_size: Literal["fixed", "poisson"] = "fixed",
                     pool_size: int | None = None, first_toy: int = 0,
                     target_z: float | None = None, n_jobs: int = -1, lam: float = LAMBDA_NET,
+                    barrier: float = BARRIER,
                     tol: float = 1e-10, max_iter: int = 100, hessian_dtype: type = np.float32,
                     cl: float = 0.6827) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
@@ -176,6 +217,8 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         n_jobs: threads fitting toys (-1: one per available core), each with a
             single-threaded BLAS.
         lam, tol, max_iter, hessian_dtype: see :func:`~genval.gof.test_statistic`.
+        barrier: weight of the log-barrier keeping both densities positive at every kernel
+            centre (see ``F_ref`` in :func:`~genval.gof.test_statistic`); same in data and toys.
         cl: level of the Clopper–Pearson interval on p.
 
     Returns:
@@ -211,15 +254,17 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     n_test = x.shape[0]
     constraint = make_constraint(fit, members.n_members, variant, member)
     fit_kw: dict[str, Any] = {"lam": lam, "tol": tol, "max_iter": max_iter,
-                              "hessian_dtype": hessian_dtype}
+                              "hessian_dtype": hessian_dtype, "barrier": barrier}
 
     rows = scale_rows(log_density_matrix(members, x), basis.log_pdf(x), log=True)
     density = rows.f @ constraint.weights
     if not np.all(density > 0):
         raise FitError(_position_message(x, density))
+    ref = scale_rows(log_density_matrix(members, basis.centers), basis.log_pdf(basis.centers),
+                     log=True)
     with limit_blas_threads(1):
         observed = statistic_from_rows(rows, constraint, variant, np.zeros(constraint.rank),
-                                       **fit_kw)
+                                       ref=ref, **fit_kw)
     del rows
     t_obs_done = time.perf_counter()
 
