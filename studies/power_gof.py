@@ -11,6 +11,7 @@ t_obs lies beyond every toy), the frozen-weights and single-member variants, and
 with its 16–84 % band over several test sets.
 
 Run: python studies/power_gof.py [--shift 0.05] [--sets 5] [--toys 300]
+     python studies/power_gof.py --kernels 10 --sigma 1.0 --standardize   (smooth deviations)
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ def main() -> None:
     parser.add_argument("--test-events", type=int, default=20_000)
     parser.add_argument("--kernels", type=int, default=100)
     parser.add_argument("--sigma", type=float, default=0.05)
+    parser.add_argument("--standardize", action="store_true",
+                        help="sigma in units of each feature's standard deviation")
     parser.add_argument("--sets", type=int, default=5)
     parser.add_argument("--toys", type=int, default=300)
-    parser.add_argument("--pool", type=int, default=100_000)
+    parser.add_argument("--pool", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -66,7 +69,8 @@ def main() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = fit_weights(log_density_matrix(members, truth(args.fit_events)), log=True)
-    basis = KernelBasis.from_events(truth(20_000), args.kernels, args.sigma, seed=rng)
+    basis = KernelBasis.from_events(truth(20_000), args.kernels, args.sigma,
+                                    standardize=args.standardize, seed=rng)
     sets = []
     for s in range(args.sets):
         x_test = truth(args.test_events, args.shift)
@@ -102,7 +106,9 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"power_gof_shift{args.shift:g}.json").write_text(json.dumps(record, indent=1))
+    name = (f"power_gof_shift{args.shift:g}_K{args.kernels}_sigma{args.sigma:g}"
+            f"{'_std' if args.standardize else ''}.json")
+    (args.out / name).write_text(json.dumps(record, indent=1))
     print(json.dumps(summary, indent=1))
 
 
