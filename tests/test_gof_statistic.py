@@ -29,9 +29,16 @@ def _instance(seed: int, m: int = 5, n: int = 1500, k: int = 12, sigma: float = 
     return members, fit, x, log_f, basis.log_pdf(x), rng
 
 
-def _reference_t(F, G, fit, variant, z0, lam=1e-6):
-    """Same objectives in the paper's coordinates (z, a), solved by scipy trust-exact."""
+def _reference_t(F, G, fit, variant, z0, lam=1e-6, F_ref=None, G_ref=None, barrier=1e-3):
+    """Same objectives in the paper's coordinates (z, a), solved by scipy trust-exact.
+
+    With check points, their rows join the data with weight ``barrier`` (log-barrier).
+    """
     n, m = F.shape
+    wts = np.ones(n)
+    if F_ref is not None:
+        F, G = np.vstack([F, F_ref]), np.vstack([G, G_ref])
+        wts = np.concatenate([wts, np.full(len(F_ref), barrier)])
     w = fit.weights
     if variant == "ensemble":
         B = sum_to_one_basis(m)
@@ -39,7 +46,7 @@ def _reference_t(F, G, fit, variant, z0, lam=1e-6):
         A = F @ B
         p = m - 1
     else:
-        A, cinv, p = np.zeros((n, 0)), np.zeros((0, 0)), 0
+        A, cinv, p = np.zeros((len(F), 0)), np.zeros((0, 0)), 0
         z0 = np.zeros(0)
     c = F @ w
     k = G.shape[1]
@@ -61,15 +68,15 @@ def _reference_t(F, G, fit, variant, z0, lam=1e-6):
 
         def fun(theta):
             f, _, pen, _, _ = parts(theta)
-            return np.inf if np.any(f <= 0) else float(-np.log(f).sum() + pen)
+            return np.inf if np.any(f <= 0) else float(-wts @ np.log(f) + pen)
 
         def jac(theta):
             f, X_, _, gp, _ = parts(theta)
-            return -(X_ / f[:, None]).sum(axis=0) + gp[:len(theta)]
+            return -((wts / f) @ X_) + gp[:len(theta)]
 
         def hess(theta):
             f, X_, _, _, hp = parts(theta)
-            r = X_ / f[:, None]
+            r = X_ * (np.sqrt(wts) / f)[:, None]
             return r.T @ r + hp
 
         return fun, jac, hess
@@ -104,6 +111,28 @@ def test_matches_scipy_trust_exact(variant, seed, shift):
     assert t.nll0 == pytest.approx(nll0, rel=1e-10)
     assert t.nll1 == pytest.approx(nll1, rel=1e-10)
     assert t >= 0
+
+
+def test_check_points_match_reference_and_keep_alternative_a_density():
+    members, fit, x, log_f, log_g, rng = _instance(12, n=800, k=6)
+    # one kernel far from every test event: Eq. (5) verbatim drives its amplitude to about
+    # -1/(2 λ_net), i.e. large negative mass where no event lies
+    centers = np.vstack([rng.normal(size=(5, 2)) * 0.3, [[4.0, 4.0]]])
+    basis = KernelBasis(centers, 0.3)
+    F, G = np.exp(log_f), basis.pdf(x)
+    F_ref, G_ref = np.exp(log_density_matrix(members, centers)), basis.pdf(centers)
+    verbatim = test_statistic(F, G, fit)
+    kept = test_statistic(F, G, fit, F_ref=F_ref, G_ref=G_ref)
+    assert verbatim > 1e3 and verbatim.a.min() < -1e2
+    assert kept < 100 and kept.converged
+    alt_at_centres = F_ref @ kept.phi1 + G_ref @ kept.a
+    assert np.all(alt_at_centres > 0)
+    t_ref, nll0, nll1 = _reference_t(F, G, fit, "ensemble", np.zeros(F.shape[1] - 1),
+                                     F_ref=F_ref, G_ref=G_ref)
+    assert float(kept) == pytest.approx(t_ref, rel=1e-6)
+    assert kept.nll1 == pytest.approx(nll1, rel=1e-10)
+    with pytest.raises(InputError, match="both F_ref and G_ref"):
+        test_statistic(F, G, fit, F_ref=F_ref)
 
 
 def test_single_member_matches_reference():
