@@ -285,3 +285,12 @@ def test_kernel_basis_normalised_and_shapes(rng):
         KernelBasis.from_events(x_held[:5], n_kernels=10)
     far = KernelBasis(np.zeros((1, 2)), 0.05).log_pdf(np.array([[100.0, 0.0]]))
     assert np.isfinite(far).all()  # no underflow to -inf in log space
+
+
+def test_iteration_cap_warns():
+    from genval.errors import ConvergenceWarning
+
+    _, fit, _, log_f, log_g, _ = _instance(13, n=300, shift=0.3)
+    with pytest.warns(ConvergenceWarning, match="NOT CONVERGED"):
+        t = test_statistic(log_f, log_g, fit, log=True, max_iter=1)
+    assert not t.converged

@@ -188,9 +188,11 @@ class GoFResult:
                      f"chi2({chi2.dof:.3g})]")
         except InputError:
             extra = "  Z_chi2 unavailable (too few toys)"
+        obs_ok = getattr(self.observed, "converged", True)
         return (
             f"GoFResult(variant={self.variant!r}, centre={self.centre!r})\n"
-            f"  t_obs = {self.t_obs:.4g}   N_test = {self.n_test}, K = {self.n_kernels}\n"
+            f"  t_obs = {self.t_obs:.4g}   N_test = {self.n_test}, K = {self.n_kernels}"
+            f"{'' if obs_ok else '   (observed fit NOT converged)'}\n"
             f"  p = {self.p_value:.4g}  [{lo:.3g}, {hi:.3g}] Clopper-Pearson "
             f"{100 * self.cl:.1f}% CL, k = {self.n_above} of B = {self.n_toys}\n"
             f"  Z = {self.z:.2f}  [{zlo:.2f}, {zhi:.2f}]{bound}\n"

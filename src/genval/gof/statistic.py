@@ -9,13 +9,14 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from genval.errors import FitError, InputError
+from genval.errors import ConvergenceWarning, FitError, InputError
 from genval.gof.newton import Solution, minimize_convex
 from genval.gof.profile import LAMBDA_NET, Constraint, ScaledRows, scale_rows
 
@@ -202,6 +203,10 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
         InputError: malformed input (shapes, NaN/inf, negative densities, bad covariance).
         FitError: f(x; ŵ) ≤ 0 on some test events (possible with signed weights).
 
+    Warns:
+        ConvergenceWarning: a fit hit ``max_iter`` (the result says which).
+        IllConditionedWarning: Cov(ŵ) singular on Σφ = 1 beyond what the fit reported.
+
     References:
         Badaracco et al., Eq. (5).
     """
@@ -214,9 +219,13 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
         ref = scale_rows(F_ref, G_ref, log=log)
         if ref.f.shape[1] != rows.f.shape[1] or ref.g.shape[1] != rows.g.shape[1]:
             raise InputError("F_ref and G_ref must have the columns of F and G")
-    return statistic_from_rows(rows, constraint, variant, constraint.whiten(z0), ref=ref,
+    stat = statistic_from_rows(rows, constraint, variant, constraint.whiten(z0), ref=ref,
                                barrier=barrier, lam=lam, tol=tol, max_iter=max_iter,
                                hessian_dtype=hessian_dtype)
+    if not stat.converged:
+        warnings.warn(f"a profile fit of Eq. (5) stopped before its tolerance: {stat!r}",
+                      ConvergenceWarning, stacklevel=2)
+    return stat
 
 
 def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
