@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--toys", type=int, default=300)
     parser.add_argument("--pool", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--variants", default="ensemble,frozen,single",
+                        help="comma-separated subset of ensemble,frozen,single")
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -77,6 +80,8 @@ def main() -> None:
         row: dict[str, object] = {}
         for variant, kw in (("ensemble", {}), ("frozen", {"variant": "frozen"}),
                             ("single", {"variant": "single", "member": 0})):
+            if variant not in args.variants.split(","):
+                continue
             n_toys = args.toys if variant == "ensemble" else max(50, args.toys // 3)
             res = goodness_of_fit(members, fit, x_test, basis, n_toys=n_toys,
                                   seed=args.seed * 100 + s, pool_size=args.pool, **kw)
@@ -107,7 +112,7 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     name = (f"power_gof_shift{args.shift:g}_K{args.kernels}_sigma{args.sigma:g}"
-            f"{'_std' if args.standardize else ''}.json")
+            f"{'_std' if args.standardize else ''}{'_' + args.tag if args.tag else ''}.json")
     (args.out / name).write_text(json.dumps(record, indent=1))
     print(json.dumps(summary, indent=1))
 
