@@ -67,16 +67,16 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
         weights = np.ones(n + n_ref)
         weights[n:] = barrier
     q0 = np.ones(rank)
-    # The null Hessian (rank ≤ M − 1 columns) is cheap: plain Newton. The alternative's
-    # (rank + K columns) dominates the cost: reuse it while convergence stays fast, and form
-    # it from a row subsample during the damped phase.
+    # Hessians cost N p² against N p per gradient: reuse each while the decrement still falls
+    # tenfold per step (measured best at M = 60, K = 100, N = 20k), and form the alternative's
+    # from a row subsample during its damped phase.
     null = minimize_convex(c, a[:, :rank], -u0, q0, tol=tol, max_iter=max_iter,
-                           hessian_dtype=hessian_dtype, refresh=0.0, row_weights=weights)
+                           hessian_dtype=hessian_dtype, refresh=0.1, row_weights=weights)
     b1 = np.concatenate([-u0, np.full(k, float(n))])
     q1 = np.concatenate([q0, np.full(k, 2.0 * lam * n)])
     start = np.concatenate([null.theta, np.zeros(k)])  # warm start: the null optimum, a = 0
     alt = minimize_convex(c, a, b1, q1, start, tol=tol, max_iter=max_iter,
-                          hessian_dtype=hessian_dtype, refresh=0.25, subsample_rows=5000,
+                          hessian_dtype=hessian_dtype, refresh=0.1, subsample_rows=5000,
                           row_weights=weights)
     # t from per-event log ratios (not a difference of two ~N-sized sums): accurate to ~1e-12.
     diff = a @ (alt.theta - start)
