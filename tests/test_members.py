@@ -19,7 +19,7 @@ def test_gaussian_members_match_scipy(rng):
 
 def test_kde_members_match_scipy_gaussian_kde(rng):
     x = rng.normal(size=(300, 2))
-    members = KDEMembers(x, n_members=2, bandwidth=0.3, seed=1, chunk_size=17)
+    members = KDEMembers(x, n_members=2, bandwidth=0.3, seed=1, block_elements=17 * 300)
     test = rng.normal(size=(40, 2))
     for m in range(2):
         replica = members._replicas[m]

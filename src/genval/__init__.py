@@ -22,14 +22,27 @@ __all__ = [
     "members",
     "linalg",
     "sampling",
+    "stats",
     "wifi",
+    "products",
     "coverage",
     "gof",
     "flows",
+    "config",
+    "presets",
+    "io",
+    "splits",
+    "rundir",
+    "binned",
+    "plots",
+    "report",
+    "pipeline",
     "goodness_of_fit",
 ]
 
-_SUBMODULES = {"errors", "members", "linalg", "sampling", "wifi", "coverage", "gof", "flows"}
+_SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
+               "gof", "flows", "config", "presets", "io", "splits", "rundir", "binned", "plots",
+               "report", "pipeline"}
 
 
 def __getattr__(name: str) -> Any:

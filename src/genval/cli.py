@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from genval._version import __version__
+from genval.cli_pipeline import register
 
 __all__ = ["main"]
 
@@ -13,3 +14,6 @@ __all__ = ["main"]
 @click.version_option(__version__, prog_name="genval")
 def main() -> None:
     """genval: uncertainty-aware validation of generative models."""
+
+
+register(main)

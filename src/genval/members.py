@@ -108,11 +108,12 @@ class KDEMembers:
         bandwidth: ``"scott"``, ``"silverman"`` (per feature, from each replica) or a value
             (scalar or per feature, in feature units).
         seed: seed of the bootstrap.
-        chunk_size: events per block in :meth:`log_prob`, bounding memory.
+        block_elements: events × centres per block in :meth:`log_prob` (default 2^21, i.e.
+            16 MiB of float64 temporaries), bounding memory whatever the sizes.
     """
 
     def __init__(self, x_train: ArrayLike, n_members: int, *, bandwidth: str | float | ArrayLike
-                 = "scott", seed: int | None = 0, chunk_size: int = 4096) -> None:
+                 = "scott", seed: int | None = 0, block_elements: int = 2**21) -> None:
         events = as_events(x_train, min_events=2)
         if n_members < 1:
             raise InputError(f"n_members must be >= 1, got {n_members}")
@@ -120,7 +121,7 @@ class KDEMembers:
         n = events.shape[0]
         self._replicas = [events[rng.integers(0, n, size=n)] for _ in range(n_members)]
         self._bandwidths = [_bandwidth(r, bandwidth) for r in self._replicas]
-        self._chunk_size = int(chunk_size)
+        self._block_elements = int(block_elements)
 
     @property
     def n_members(self) -> int:
@@ -142,8 +143,9 @@ class KDEMembers:
             c = centres / h
             c_sq = np.einsum("ij,ij->i", c, c)
             norm = -np.log(len(c)) - np.log(h).sum() - 0.5 * len(h) * np.log(2 * np.pi)
-            for start in range(0, events.shape[0], self._chunk_size):
-                z = events[start:start + self._chunk_size] / h
+            rows = max(1, self._block_elements // len(c))
+            for start in range(0, events.shape[0], rows):
+                z = events[start:start + rows] / h
                 # |z - c|^2 through one GEMM; clamp the rounding below zero.
                 d2 = np.einsum("ij,ij->i", z, z)[:, None] + c_sq[None, :] - 2.0 * (z @ c.T)
                 np.maximum(d2, 0.0, out=d2)

@@ -1,0 +1,477 @@
+"""The run configuration: a YAML file validated by pydantic.
+
+Every field has a default, so an empty file is a valid configuration (the paper's toy study on
+generated Gaussian data). Unknown or mistyped keys are errors that name the key and suggest the
+closest valid one; nothing is silently ignored.
+
+Example::
+
+    data:
+      path: events.root:Events
+      features: [pt, eta]
+    members:
+      n_members: 20
+    gof:
+      n_toys: 500
+
+References:
+    Badaracco et al., "An end-to-end pipeline for uncertainty-aware validation of generative
+    AI", Sec. 3 (the defaults of :class:`FlowConfig`, :class:`GofConfig` and the demo presets).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genval.errors import InputError
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "DataConfig",
+    "GaussianSource",
+    "SplitsConfig",
+    "MembersConfig",
+    "FlowConfig",
+    "KDEConfig",
+    "WifiConfig",
+    "SampleConfig",
+    "CoverageConfig",
+    "GofConfig",
+    "ReportConfig",
+    "load_config",
+    "parse_config",
+    "dump_config",
+    "config_hash",
+    "RUNTIME_KEYS",
+    "with_overrides",
+]
+
+SplitSpec = float | tuple[float, float]
+"""A split given as a fraction of the events, or as a ``[start, stop]`` range of fractions."""
+
+SPLIT_NAMES = ("train", "weight_fit", "centres", "test")
+VARIANTS = ("single", "frozen", "ensemble")
+"""GoF variants: one member; the ensemble at ŵ frozen; the ensemble with its uncertainty."""
+
+
+class ConfigError(InputError):
+    """A configuration that cannot be used: unknown key, wrong type, inconsistent sections."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" turns a typo into an error instead of a silently ignored key.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GaussianSource(_Section):
+    """Generated events from a diagonal Gaussian (paper Eq. 6), used when ``data.path`` is unset."""
+
+    mean: list[float] = Field(
+        default_factory=lambda: [-0.5, 0.6], description="per-feature mean (paper Eq. 6)")
+    std: list[float] = Field(
+        default_factory=lambda: [0.25, 0.4], description="per-feature standard deviation")
+    n_events: int = Field(100_000, gt=0, description="events to generate")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> GaussianSource:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"mean ({len(self.mean)}) and std ({len(self.std)}) must have the "
+                             "same non-zero length")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the events come from.
+
+    Attributes:
+        path: ``file.npy``, ``file.npz[:key]``, ``file.csv``, ``file.parquet``,
+            ``file.h5:dataset`` or ``file.root:tree``; ``None`` generates :attr:`generate`.
+        features: feature (column, branch) names to read, in order; ``None`` reads all.
+        test_path: optional separate file for the test split (then ``splits.test`` must be
+            unset); it must not be the file the other splits come from.
+        generate: the generated source used when ``path`` is ``None``.
+    """
+
+    path: str | None = Field(
+        None, description="FILE.{npy,npz,csv,parquet} | FILE.h5:DATASET | FILE.root:TREE; "
+                           "null: generate")
+    features: list[str] | None = Field(
+        None, description="feature (column, branch) names to read, in order; null: all")
+    test_path: str | None = Field(
+        None, description="separate file for the test events (then splits.test must be null)")
+    generate: GaussianSource = Field(
+        default_factory=GaussianSource, description="the source used when path is null")
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("features must name at least one feature (or be omitted)")
+            dupes = sorted({v for v in value if value.count(v) > 1})
+            if dupes:
+                raise ValueError(f"duplicate feature names {dupes}")
+        return value
+
+
+class SplitsConfig(_Section):
+    """Disjoint train / weight-fit / kernel-centre / test splits (see :mod:`genval.splits`).
+
+    Each split is a fraction of the events (shuffled with ``seed``), or a ``[start, stop]``
+    range of fractions of the rows in file order. Fractions may not sum above 1 and ranges may
+    not overlap: the test split never reaches training or the weight fit.
+    """
+
+    train: SplitSpec = Field(
+        0.6, description="fraction (or [start, stop] range) of events to train the members")
+    weight_fit: SplitSpec = Field(
+        0.2, description="fraction (or range) to fit the weights ŵ and Cov(ŵ)")
+    centres: SplitSpec = Field(
+        0.01, description="fraction (or range) to draw the GoF kernel centres from")
+    test: SplitSpec | None = Field(
+        0.19, description="fraction (or range) held out for the GoF test; null: data.test_path")
+    shuffle: bool = Field(True, description="shuffle the events before cutting the splits")
+    min_events: int = Field(20, ge=1, description="the fewest events any split may hold")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitsConfig:
+        from genval.splits import check_split_specs  # splits imports nothing from config
+
+        check_split_specs({n: getattr(self, n) for n in SPLIT_NAMES})
+        return self
+
+
+class FlowConfig(_Section):
+    """Normalizing-flow members (paper Sec. 3: RQ-spline MAF, 4 layers, 16 blocks, 128, 15)."""
+
+    layers: int = Field(4, ge=1, description="autoregressive RQ-spline layers")
+    hidden: int = Field(128, ge=1, description="hidden features of each MADE")
+    blocks: int = Field(16, ge=1, description="residual blocks of each MADE")
+    bins: int = Field(15, ge=2, description="spline bins")
+    learning_rate: float = Field(
+        5e-6, gt=0, description="Adam learning rate (paper 5e-6 with its architecture)")
+    batch_size: int = Field(512, ge=1, description="events per member per optimiser step")
+    max_epochs: int = Field(1000, ge=1, description="upper limit on epochs")
+    patience: int = Field(
+        10, ge=1, description="early stopping: epochs without validation improvement")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="fraction of the train split held out for early stopping")
+    bootstrap: bool = Field(
+        True, description="train each member on its own bootstrap replica (paper)")
+
+
+class KDEConfig(_Section):
+    """Gaussian-KDE members on bootstrap replicas (:class:`genval.members.KDEMembers`)."""
+
+    bandwidth: Literal["scott", "silverman"] | float = Field(
+        "scott", description="scott | silverman | a width in feature units")
+
+
+class MembersConfig(_Section):
+    """The M density estimators combined by the w_i f_i fit."""
+
+    kind: Literal["flow", "kde"] = Field(
+        "flow", description="flow (normalizing flows) | kde (Gaussian KDEs, bootstrap replicas)")
+    n_members: int = Field(60, ge=1, description="ensemble size M")
+    flow: FlowConfig = Field(default_factory=FlowConfig, description="settings of kind: flow")
+    kde: KDEConfig = Field(default_factory=KDEConfig, description="KDE settings (kind: kde)")
+
+
+class WifiConfig(_Section):
+    """The weight fit of paper Eq. (1)."""
+
+    max_iter: int = Field(100, ge=1, description="Newton iteration cap")
+    tol: float = Field(
+        1e-14, gt=0, description="stop when the predicted decrease of L falls below this")
+
+
+class SampleConfig(_Section):
+    """Oversampled events drawn from the fitted mixture."""
+
+    n_events: int = Field(200_000, ge=1, description="events to draw from the fitted mixture")
+    output: str = Field(
+        "samples.npy", description="file name under samples/; the extension picks the format")
+
+    @field_validator("output")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from genval.io import FORMATS
+
+        if Path(value.split(":", 1)[0]).suffix.lower() not in FORMATS:
+            raise ValueError(f"output {value!r} has an unknown format; use one of {FORMATS}")
+        return value
+
+
+class CoverageConfig(_Section):
+    """The optional first-moment coverage study (paper Eq. 4, App. A).
+
+    Needs a known truth to draw synthetic data sets from, so it runs on generated data only
+    (skipped, with a note, for data read from a file). ``n_events`` weight-fit events per data
+    set (default: the weight-fit split size) and ``n_generated`` generated events for the
+    member integrals; ``truth`` overrides the generator's mean as O*.
+    """
+
+    enabled: bool = Field(True, description="run the coverage study (generated data only)")
+    n_datasets: int = Field(284, ge=2, description="synthetic data sets")
+    n_events: int | None = Field(
+        None, ge=1, description="weight-fit events per data set; null: weight-fit split size")
+    n_generated: int = Field(
+        200_000, ge=1, description="generated events per data set for the member integrals")
+    z_alpha: float = Field(1.0, gt=0, description="interval half-width in σ (1: 68.3 %)")
+    truth: list[float] | None = Field(
+        None, description="true first moments O*; null: the generator's mean")
+
+
+class GofConfig(_Section):
+    """The learned likelihood-ratio test (paper Eq. 5) and its calibration.
+
+    ``variants``: ``single`` (member ``single_member`` alone), ``frozen`` (the ensemble with
+    weights fixed at ŵ, no uncertainty) and ``ensemble`` (with the Cov(ŵ) constraint): the
+    paper's Z = 20.29, 4.13 and 0.92. ``constraint_centre``: the toys' constraint centre z₀,
+    ``redrawn`` from N(0, C_r) per toy or ``fixed`` at 0 (the paper's text).
+    """
+
+    enabled: bool = Field(True, description="run the goodness-of-fit test")
+    variants: list[Literal["single", "frozen", "ensemble"]] = Field(
+        default_factory=lambda: list(VARIANTS),
+        description="single | frozen | ensemble (with uncertainty)")
+    single_member: int = Field(0, ge=0, description="the member of the single variant")
+    n_kernels: int = Field(100, ge=1, description="Gaussian kernels K of the alternative")
+    sigma: float = Field(0.05, gt=0, description="kernel width")
+    standardize: bool = Field(
+        False, description="measure sigma in units of each feature's standard deviation")
+    lambda_net: float = Field(1e-6, ge=0, description="weak L2 penalty on kernel coefficients")
+    n_toys: int = Field(200, ge=1, description="null toys per variant")
+    pool_size: int | None = Field(
+        None, ge=1, description="events in the toy pool; null: max(10 N_test, 20000)")
+    constraint_centre: Literal["redrawn", "fixed"] = Field(
+        "redrawn", description="redrawn (z0 ~ N(0, C_r) per toy) | fixed (z0 = 0)")
+    toy_size: Literal["fixed", "poisson"] = Field(
+        "fixed", description="fixed (N_test events per toy) | poisson")
+    n_test_sets: int = Field(1, ge=1, description="disjoint test sets (median Z, 16-84 % band)")
+    n_jobs: int = Field(1, ge=1, description="threads fitting toys")
+
+    @field_validator("variants")
+    @classmethod
+    def _no_duplicates(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"variants must be a non-empty list without repeats, got {value}")
+        return value
+
+
+class ReportConfig(_Section):
+    """Figures and the HTML report."""
+
+    formats: list[Literal["png", "pdf"]] = Field(
+        default_factory=lambda: ["png", "pdf"], description="figure formats")
+    bins: int = Field(40, ge=2, description="bins of the marginal histograms")
+    pool_size: int | None = Field(
+        None, ge=1000, description="events from f(x; ŵ) for the marginals; null: 20 N_test "
+                                   "within [5e4, 2e5]")
+    dpi: int = Field(150, ge=20, description="PNG resolution")
+    title: str = Field("genval report", description="report title")
+
+
+class Config(_Section):
+    """A complete run configuration; every field has a default."""
+
+    seed: int = Field(0, description="master seed; every stage derives its own from it")
+    device: str = Field(
+        "cpu", description="cpu | cuda | cuda:N | mps | auto (does not change the config hash)")
+    quiet: bool = Field(False, description="no progress bars or stage messages")
+    run_dir: str = Field("genval-run", description="run directory")
+    data: DataConfig = Field(default_factory=DataConfig)
+    splits: SplitsConfig = Field(default_factory=SplitsConfig)
+    members: MembersConfig = Field(default_factory=MembersConfig)
+    wifi: WifiConfig = Field(default_factory=WifiConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    coverage: CoverageConfig = Field(default_factory=CoverageConfig)
+    gof: GofConfig = Field(default_factory=GofConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        if self.data.test_path is not None and self.splits.test is not None:
+            raise ValueError("data.test_path is set, so splits.test must be null (the test "
+                             "events come from that file)")
+        if self.data.test_path is None and self.splits.test is None:
+            raise ValueError("splits.test is null but data.test_path is not set: no test events")
+        if self.data.path is not None and self.data.test_path is not None:
+            if _same_file(self.data.path, self.data.test_path):
+                raise ValueError(f"data.test_path {self.data.test_path!r} is the file the "
+                                 "training splits come from: the test split would overlap them")
+        if "single" in self.gof.variants and self.gof.single_member >= self.members.n_members:
+            raise ValueError(f"gof.single_member={self.gof.single_member} but there are only "
+                             f"{self.members.n_members} members")
+        return self
+
+
+def _same_file(a: str, b: str) -> bool:
+    # "file.h5:x" and "file.h5:y" are different datasets of one file; only the same dataset
+    # (or the same single-table file) is certain overlap.
+    return os.path.realpath(a.split(":", 1)[0]) == os.path.realpath(b.split(":", 1)[0]) and (
+        a.partition(":")[2] == b.partition(":")[2])
+
+
+# --- loading and error messages -----------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_mapping)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model that owns the last key of ``loc`` (for did-you-mean suggestions)."""
+    model: type[BaseModel] = Config
+    for key in loc[:-1]:
+        field = model.model_fields.get(str(key))
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc) or "<config>"
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        hint = ""
+        if model is not None:
+            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1,
+                                              cutoff=0.6)
+            if close:
+                hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)"
+            else:
+                hint = f" (valid keys: {', '.join(model.model_fields)})"
+        return f"unknown key {dotted!r}{hint}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "model_type" or not loc or isinstance(err.get("input"), dict):
+        return f"{dotted}: {msg}"
+    return f"{dotted}: {msg} (got {err.get('input')!r})"
+
+
+def parse_config(obj: dict[str, Any] | None, *, source: str = "config") -> Config:
+    """Validate a mapping (e.g. from YAML) into a :class:`Config`.
+
+    Raises:
+        ConfigError: listing every problem, each naming its dotted key.
+    """
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got "
+                          f"{type(obj).__name__}")
+    try:
+        return Config.model_validate(obj)
+    except ValidationError as exc:
+        lines = [_format_error(dict(e)) for e in exc.errors()]
+        raise ConfigError(f"{source}: {len(lines)} problem(s):\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML configuration file (``yaml.safe_load`` semantics).
+
+    Raises:
+        ConfigError: if the file is missing, is not valid YAML, or fails validation.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        obj = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    return parse_config(obj, source=str(p))
+
+
+def dump_config(config: Config, *, comments: bool = False) -> str:
+    """The fully resolved configuration as YAML (every default written out).
+
+    With ``comments``, each key carries its description as a trailing comment: the output of
+    ``genval config`` and a complete reference of the schema.
+    """
+    if not comments:
+        return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return "\n".join(_commented(config, 0)) + "\n"
+
+
+def _commented(model: BaseModel, depth: int) -> list[str]:
+    pad = "  " * depth
+    values = model.model_dump(mode="json")
+    lines = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            doc = re.sub(r":\w+:`~?([^`]+)`|``([^`]+)``", lambda m: m[1] or m[2],
+                         (type(value).__doc__ or "").strip().splitlines()[0])
+            lines.append(f"{pad}{name}:  # {doc}")
+            lines += _commented(value, depth + 1)
+            continue
+        # Lists inline ("[a, b]"), scalars as plain "key: value", so each key is one line.
+        flow = isinstance(values[name], list)
+        text = f"{name}: " + yaml.safe_dump(values[name], default_flow_style=flow,
+                                            width=10_000).removesuffix("\n...\n").strip()
+        note = f"  # {field.description}" if field.description else ""
+        lines.append(f"{pad}{text}{note}")
+    return lines
+
+
+RUNTIME_KEYS = ("device", "quiet", "run_dir")
+"""Top-level keys that change where and how loudly a run executes, not its results: they are
+left out of :func:`config_hash`, so a run can resume on another device or from a moved folder."""
+
+
+def config_hash(config: Config | dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a config without :data:`RUNTIME_KEYS` (or of a dict)."""
+    if isinstance(config, BaseModel):
+        obj = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUNTIME_KEYS}
+    else:
+        obj = config
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """A new, re-validated config with dotted-key overrides, e.g. ``{"gof.n_toys": 50}``.
+
+    ``None`` values are skipped, so CLI options left unset do not override the file.
+    """
+    tree = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_config(tree, source="config with overrides")

@@ -1,0 +1,161 @@
+import pytest
+import yaml
+
+from genval.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    dump_config,
+    load_config,
+    parse_config,
+    with_overrides,
+)
+from genval.errors import InputError
+from genval.presets import preset
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_empty_file_is_the_paper_default(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg == Config()
+    assert cfg.data.generate.mean == [-0.5, 0.6]
+    assert cfg.data.generate.std == [0.25, 0.4]
+    assert (cfg.members.n_members, cfg.members.flow.bins, cfg.gof.sigma) == (60, 15, 0.05)
+    assert cfg.gof.variants == ["single", "frozen", "ensemble"]
+
+
+def test_valid_yaml_round_trips_through_dump(tmp_path):
+    cfg = load_config(write(tmp_path, """
+seed: 7
+data: {path: events.root:Events, features: [pt, eta]}
+members: {kind: kde, n_members: 5, kde: {bandwidth: 0.2}}
+splits: {train: [0.0, 0.5], weight_fit: [0.5, 0.7], centres: [0.7, 0.75], test: [0.75, 1.0]}
+"""))
+    assert cfg.seed == 7 and cfg.members.kde.bandwidth == 0.2
+    assert cfg.splits.test == (0.75, 1.0)
+    again = parse_config(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "gof:\n  n_kernel: 10\nseedd: 3\n"))
+    msg = str(err.value)
+    assert "unknown key 'gof.n_kernel' (did you mean 'gof.n_kernels'?)" in msg
+    assert "unknown key 'seedd' (did you mean 'seed'?)" in msg
+    assert "2 problem(s)" in msg
+    assert isinstance(err.value, InputError)
+
+
+def test_unknown_key_without_close_match_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'report.zzz' \(valid keys: formats"):
+        parse_config({"report": {"zzz": 1}})
+
+
+def test_wrong_type_names_the_key_and_value():
+    with pytest.raises(ConfigError, match=r"gof.n_toys: .*greater than or equal to 1.*got -5"):
+        parse_config({"gof": {"n_toys": -5}})
+    with pytest.raises(ConfigError, match=r"members.kind: .*'flow' or 'kde'"):
+        parse_config({"members": {"kind": "gan"}})
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"duplicate key 'seed' \(line 2\)"):
+        load_config(write(tmp_path, "seed: 1\nseed: 2\n"))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "seed: [1, 2\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_overlapping_splits_are_refused():
+    with pytest.raises(ConfigError, match=r"splits overlap: fractions sum to 1.1 > 1"):
+        parse_config({"splits": {"train": 0.7}})
+    with pytest.raises(ConfigError, match=r"splits 'train' \[0.0, 0.6\] and 'weight_fit' "
+                                          r"\[0.5, 0.8\] overlap"):
+        parse_config({"splits": {"train": [0, 0.6], "weight_fit": [0.5, 0.8],
+                                 "centres": [0.8, 0.81], "test": [0.81, 1]}})
+    with pytest.raises(ConfigError, match="mix fractions and"):
+        parse_config({"splits": {"train": [0, 0.6]}})
+
+
+def test_test_file_must_not_be_the_training_file():
+    with pytest.raises(ConfigError, match="is the file the training splits come from"):
+        parse_config({"data": {"path": "a.h5:x", "test_path": "./a.h5:x"},
+                      "splits": {"test": None}})
+    cfg = parse_config({"data": {"path": "a.h5:x", "test_path": "a.h5:y"},
+                        "splits": {"test": None}})
+    assert cfg.data.test_path == "a.h5:y"
+    with pytest.raises(ConfigError, match="splits.test must be null"):
+        parse_config({"data": {"test_path": "b.csv"}})
+    with pytest.raises(ConfigError, match="no test events"):
+        parse_config({"splits": {"test": None}})
+
+
+def test_cross_section_and_field_checks():
+    with pytest.raises(ConfigError, match="single_member=5 but there are only 3 members"):
+        parse_config({"members": {"n_members": 3}, "gof": {"single_member": 5}})
+    with pytest.raises(ConfigError, match="duplicate feature names"):
+        parse_config({"data": {"features": ["a", "a"]}})
+    with pytest.raises(ConfigError, match="unknown format"):
+        parse_config({"sample": {"output": "out.txt"}})
+    with pytest.raises(ConfigError, match="same non-zero length"):
+        parse_config({"data": {"generate": {"mean": [0.0], "std": [1.0, 2.0]}}})
+
+
+def test_overrides_and_presets():
+    cfg = with_overrides(Config(), {"seed": 3, "gof.n_toys": 9, "device": None})
+    assert (cfg.seed, cfg.gof.n_toys, cfg.device) == (3, 9, "cpu")
+    with pytest.raises(ConfigError, match="unknown key 'gof.ntoys'"):
+        with_overrides(Config(), {"gof.ntoys": 9})
+    quick, paper = preset("quick"), preset("paper")
+    assert quick.members.n_members < paper.members.n_members == 60
+    assert paper.data.generate.n_events == 100_000
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        preset("fast")
+
+
+def test_config_is_immutable():
+    cfg = Config()
+    with pytest.raises(Exception, match="frozen"):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+def test_hash_ignores_runtime_keys_only():
+    base = config_hash(Config())
+    assert config_hash(parse_config({"device": "cuda", "quiet": True, "run_dir": "x"})) == base
+    assert config_hash(parse_config({"seed": 1})) != base
+
+
+def test_commented_dump_loads_back_and_documents_every_key():
+    for cfg in (Config(), preset("quick"), parse_config({"splits": {
+            "train": [0, 0.5], "weight_fit": [0.5, 0.7], "centres": [0.7, 0.8],
+            "test": [0.8, 1]}})):
+        text = dump_config(cfg, comments=True)
+        assert parse_config(yaml.safe_load(text)) == cfg
+    text = dump_config(Config(), comments=True)
+    assert "  n_kernels: 100  # Gaussian kernels K of the alternative" in text
+    assert "gof:  # The learned likelihood-ratio test" in text
+    keys = [line for line in text.splitlines() if ":" in line and not line.endswith(":")]
+    assert all("#" in line for line in keys)
+
+
+def test_docs_config_reference_is_current():
+    from pathlib import Path
+
+    doc = Path(__file__).parents[1] / "docs" / "pipeline.md"
+    text = doc.read_text(encoding="utf-8")
+    block = text.split("## Configuration reference", 1)[1].split("```yaml\n", 1)[1]
+    block = block.split("```", 1)[0]
+    assert block == dump_config(Config(), comments=True), (
+        "docs/pipeline.md is stale: paste the output of `genval config` into its reference")

@@ -1,0 +1,74 @@
+import base64
+import io
+import re
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from genval import plots  # noqa: E402
+from genval.errors import InputError  # noqa: E402
+from genval.report import (  # noqa: E402
+    PAPER_COVERAGE,
+    PAPER_Z,
+    CoverageRow,
+    GofRow,
+    render_report,
+    write_report,
+)
+
+ROWS = [GofRow("single", 812.4, 1 / 201, 2.58, z_chi2=21.7, n_toys=200, z_is_bound=True,
+               note="Z beyond toys"),
+        GofRow("frozen", 40.2, 0.004975, 2.58, z_chi2=4.4, n_toys=200),
+        GofRow("ensemble", 9.1, 0.2, 0.84, n_toys=200, z_band=(0.70, 1.04))]
+COVERAGE = [CoverageRow("x0", -0.5, 0.65, 284), CoverageRow("x1", 0.6, 0.70, 284)]
+
+
+def png_bytes():
+    fig = plots.plot_weights(weights=[0.4, 0.6], style=None)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=30)
+    return buf.getvalue()
+
+
+def test_report_is_self_contained_with_paper_numbers(tmp_path):
+    png = png_bytes()
+    (tmp_path / "w.png").write_bytes(png)
+    path = write_report(tmp_path / "report.html", title="demo <quick>", gof=ROWS,
+                        coverage=COVERAGE, figures={"weights": tmp_path / "w.png",
+                                                    "again": png},
+                        fit={"converged": True, "n_iter": 7, "nll": -1.23456789},
+                        metadata={"seed": 0, "packages": {"numpy": "2.0"}},
+                        config_yaml="seed: 0\n", notes=["toys < 1000: Z extrapolated"])
+    text = path.read_text()
+    assert "demo &lt;quick&gt;" in text  # escaped
+    for variant, (z, _, _) in PAPER_Z.items():
+        assert f"{z:.2f}" in text, variant
+    assert "20.29 ± 0.10" in text and "0.92 <sup>+0.20</sup><sub>−0.14</sub>" in text
+    assert "ensemble with uncertainty" in text and "weights frozen" in text
+    assert "<b>≥ 2.58</b>" in text and "<b>2.58</b>" in text  # bound vs measured
+    assert "0.84 <sup>+0.20</sup><sub>−0.14</sub>" in text  # the 16-84 % band of our Z
+    for cov in PAPER_COVERAGE:
+        assert f"{100 * cov:.1f} %" in text
+    assert "65.0 ± 2.8 %" in text
+    # Figures are embedded, and nothing is loaded from elsewhere.
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", text)
+    assert len(images) == 2 and base64.b64decode(images[0]) == png
+    assert not re.search(r"(src|href)=['\"](?!data:)", text)
+    assert "toys &lt; 1000" in text and "-1.235" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "w.png"]
+
+
+def test_partial_report_and_bad_figure():
+    text = render_report(gof=ROWS[2:], gof_settings={"n_kernels": 100, "centre": "redrawn"})
+    assert "redrawn" in text
+    assert "Coverage" not in text and "Goodness of fit" in text
+    with pytest.raises(InputError, match="not a PNG"):
+        render_report(figures={"bad": b"GIF89a"})
+
+
+def test_special_values_are_spelled_out():
+    text = render_report(gof=[GofRow("custom", float("inf"), 0.0, np.inf)])
+    assert "∞" in text and "custom" in text
