@@ -175,7 +175,7 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
             use_stride = stride if (stride > 1 and prev_dec > 1.0 and dec > 1.0) else 1
             if use_stride == 1:
                 n_full += 1
-                if dtype != np.float64 and n_full > 3:
+                if dtype != np.float64 and n_full > 6:
                     dtype = np.float64  # float32 Hessian no longer good enough: go exact
             h = _hessian(a, r if sqrt_w is None else sqrt_w * r, q, dtype, use_stride)
             chol = _factor(h)
