@@ -39,8 +39,13 @@ def test_p_values_uniform_with_truth_in_span():
     assert scipy.stats.kstest(p, "uniform").pvalue > 0.01
 
 
-def test_five_percent_mean_shift_detected_with_smooth_kernels():
-    rng = np.random.default_rng(5)
+def test_five_percent_mean_shift_recorded_study_point():
+    """Reproduces the first test set of studies/power_gof.py (seed 7, K = 10, σ = 1 std).
+
+    Not a statistical guarantee: across ensembles the same shift gives Z from ~1.3 to ~5.5
+    (median ≈ 3, see studies/results/power_gof.md); this pins the recorded point.
+    """
+    rng = np.random.default_rng(7)
 
     def truth(n: int, shift: float = 0.0) -> np.ndarray:
         return MU + np.array([shift, 0.0]) * SD + SD * rng.standard_normal((n, 2))
@@ -56,7 +61,7 @@ def test_five_percent_mean_shift_detected_with_smooth_kernels():
         warnings.simplefilter("ignore")  # bootstrap members are near-duplicates: reported
         fit = fit_weights(log_density_matrix(members, truth(20_000)), log=True)
     basis = KernelBasis.from_events(truth(20_000), 10, 1.0, standardize=True, seed=rng)
-    res = goodness_of_fit(members, fit, truth(20_000, 0.05), basis, n_toys=200, seed=1,
-                          pool_size=40_000)
-    z = res.z_chi2 if res.z_is_bound else res.z
-    assert z > 3, res
+    res = goodness_of_fit(members, fit, truth(20_000, 0.05), basis, n_toys=800, seed=700,
+                          pool_size=50_000)
+    assert res.t_obs == pytest.approx(35.784, abs=1e-2)
+    assert res.z > 3 and res.z_chi2 > 3, res
