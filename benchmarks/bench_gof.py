@@ -1,0 +1,119 @@
+"""Benchmark: 1000 null toys of the learned likelihood-ratio test (paper Eq. 5).
+
+N = 20,000 test events, M = 60 members, K = 100 kernels (σ = 0.05), toys from one pool of
+10 N events drawn from f(x; ŵ) with the exact signed-mixture sampler (pool time included).
+The members are Gaussians jittered by 5 % around the paper's toy density (as in
+``bench_wifi.py``), ŵ and Cov(ŵ) from ``genval.wifi.fit_weights`` on 20,000 independent events.
+Also times the paper code's anchor: one full-batch Adam step on the alternative's objective
+(the paper fits every toy with up to 50,000 such steps).
+
+Run: python benchmarks/bench_gof.py [--toys 1000] [--jobs 1] [--hessian float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+
+from genval.gof import KernelBasis, goodness_of_fit
+from genval.members import GaussianMembers, log_density_matrix
+from genval.sampling import sample_mixture
+from genval.wifi import fit_weights
+
+JITTER = 0.5
+
+
+def make_problem(n_members: int, n_test: int, n_kernels: int, seed: int):
+    rng = np.random.default_rng(seed)
+    mu, sd = np.array([-0.5, 0.6]), np.array([0.25, 0.4])
+    means = mu + JITTER * sd * rng.standard_normal((n_members, 2))
+    variances = (sd * (1 + JITTER * rng.standard_normal((n_members, 2)))) ** 2
+    members = GaussianMembers(means, variances)
+    w_true = rng.dirichlet(np.full(n_members, 5.0))  # truth inside the ensemble's span
+
+    def truth(n: int) -> np.ndarray:
+        return sample_mixture(members, w_true, n, rng).x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # near-duplicate members: reported by the fit
+        fit = fit_weights(log_density_matrix(members, truth(20_000)), log=True)
+    x_test = truth(n_test)
+    basis = KernelBasis.from_events(truth(20_000), n_kernels, 0.05, seed=rng)
+    return members, fit, x_test, basis
+
+
+def adam_step_time(members, fit, x_test, basis, repeat: int = 20) -> float:
+    """Seconds per full-batch Adam step on NLL1 (the paper code's per-toy optimiser)."""
+    import torch
+
+    F = torch.tensor(np.exp(log_density_matrix(members, x_test)))
+    G = torch.tensor(basis.pdf(x_test))
+    w = torch.tensor(fit.weights, requires_grad=True)
+    a = torch.zeros(G.shape[1], dtype=torch.float64, requires_grad=True)
+    cinv = torch.tensor(np.linalg.pinv(fit.cov))
+    w_hat = torch.tensor(fit.weights)
+    opt = torch.optim.Adam([w, a], lr=1e-4)
+    n = F.shape[0]
+
+    def step() -> None:
+        opt.zero_grad()
+        d = w - w_hat
+        loss = (-torch.log(F @ w + G @ a).sum() + n * a.sum() + 1e-6 * n * (a * a).sum()
+                + 0.5 * d @ cinv @ d + n * (w.sum() - 1) ** 2)
+        loss.backward()
+        opt.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        step()
+    return (time.perf_counter() - start) / repeat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--toys", type=int, default=1000)
+    parser.add_argument("--members", type=int, default=60)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--kernels", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=-1)
+    parser.add_argument("--hessian", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--centre", choices=["redrawn", "fixed"], default="redrawn")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-adam", action="store_true")
+    args = parser.parse_args()
+    members, fit, x_test, basis = make_problem(args.members, args.events, args.kernels,
+                                               args.seed)
+    load_before = os.getloadavg()[0]
+    start, cpu_start = time.perf_counter(), time.process_time()
+    res = goodness_of_fit(members, fit, x_test, basis, n_toys=args.toys, seed=args.seed,
+                          n_jobs=args.jobs, hessian_dtype=getattr(np, args.hessian),
+                          centre=args.centre)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    adam = None if args.no_adam else adam_step_time(members, fit, x_test, basis)
+    out = {
+        "toys": args.toys, "events": args.events, "members": args.members,
+        "kernels": args.kernels, "free_weight_directions": int(res.observed.phi0.size - 1
+                                                               - fit.n_unidentified),
+        "jobs": args.jobs, "hessian": args.hessian, "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
+        "ms_per_toy": round(1e3 * res.timings["toys"] / args.toys, 2),
+        "n_failed": res.n_failed, "pool_size": res.pool_size,
+        "adam_step_ms": None if adam is None else round(1e3 * adam, 2),
+        "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    print(json.dumps(out, indent=1))
+    print(res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Result of the calibrated goodness-of-fit test: p-value, significance and their errors.
+
+p = (1 + k) / (1 + B) with k of B toys at or above t_obs, a Clopper–Pearson interval on the
+tail probability, Z = Φ⁻¹(1 − p). Beyond the toys' reach a scaled χ², ``t ~ a·χ²(ν)`` fitted to
+the null toys by maximum likelihood, extrapolates Z; it is always labelled as extrapolated.
+
+References:
+    Badaracco et al., Step 4 (calibration paragraph) and Fig. 2; DESIGN.md "Calibration".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+import scipy.special
+import scipy.stats
+from numpy.typing import ArrayLike, NDArray
+
+from genval.errors import InputError
+
+__all__ = ["GoFResult", "ChiSquareFit", "ZSummary", "clopper_pearson", "fit_scaled_chi2",
+           "summarize_z", "merge_results"]
+
+
+def clopper_pearson(k: int, n: int, cl: float = 0.6827) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) central interval on a binomial probability, k of n."""
+    alpha = 1.0 - cl
+    lo = 0.0 if k == 0 else float(scipy.stats.beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(scipy.stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class ChiSquareFit:
+    """Maximum-likelihood fit ``t ~ scale · χ²(dof)`` to the null toys."""
+
+    scale: float
+    dof: float
+
+    def sf(self, t: float) -> float:
+        return float(scipy.stats.chi2.sf(t / self.scale, self.dof))
+
+    def z(self, t: float) -> float:
+        """Extrapolated significance of ``t`` (via the log survival function: no underflow)."""
+        return float(-scipy.special.ndtri_exp(scipy.stats.chi2.logsf(t / self.scale, self.dof)))
+
+
+def fit_scaled_chi2(t: ArrayLike) -> ChiSquareFit:
+    """Fit ``a · χ²(ν)`` by maximum likelihood (a profiled analytically: a = mean / ν)."""
+    x = np.asarray(t, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2 or np.all(x <= 0):
+        raise InputError("need at least two positive toy statistics to fit a scaled chi2")
+    x = np.maximum(x, 1e-12 * np.median(x[x > 0]))  # t = 0 to rounding: keep logs finite
+    mean, mean_log = float(x.mean()), float(np.log(x).mean())
+
+    def nll(log_nu: float) -> float:
+        nu = np.exp(log_nu)
+        a = mean / nu
+        return float(-((nu / 2 - 1) * (mean_log - np.log(a)) - nu / 2 - nu / 2 * np.log(2)
+                       - scipy.special.gammaln(nu / 2) - np.log(a)))
+
+    res = scipy.optimize.minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e6)),
+                                         method="bounded", options={"xatol": 1e-10})
+    nu = float(np.exp(res.x))
+    return ChiSquareFit(mean / nu, nu)
+
+
+@dataclass(frozen=True, repr=False)
+class GoFResult:
+    """Calibrated learned likelihood-ratio test (Eq. 5) with its toy null distribution.
+
+    Attributes:
+        t_obs: observed statistic.
+        t_null: toy statistics (B,), in toy-index order; non-converged toys are kept and
+            counted in ``n_failed`` (never dropped silently).
+        toy_index: toy indices (B,); toy i uses the RNG stream ``(seed, i)``.
+        toy_converged: (B,) whether both fits of each toy converged.
+        toy_size: (B,) events per toy.
+        observed: the observed :class:`~genval.gof.LRStatistic` with its fits.
+        variant: "ensemble", "frozen" or "single".
+        centre: constraint centre in the toys, "redrawn" (z₀ ~ N(0, C_r)) or "fixed" (z₀ = 0).
+        seed: seed of the pool and of the toy streams.
+        pool_size: events in the pool drawn once from f(x; ŵ); toys are subsets of it.
+        n_test: test events. n_kernels: K.
+        poisson: toy sizes Poisson(n_test) instead of n_test.
+        timings: seconds spent on "observed", "pool", "toys" and "total".
+        cl: confidence level of the Clopper–Pearson interval (default 68.27 %).
+    """
+
+    t_obs: float
+    t_null: NDArray[np.float64]
+    toy_index: NDArray[np.int64]
+    toy_converged: NDArray[np.bool_]
+    toy_size: NDArray[np.int64]
+    observed: Any
+    variant: str
+    centre: str
+    seed: int
+    pool_size: int
+    n_test: int
+    n_kernels: int
+    poisson: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    cl: float = 0.6827
+
+    @property
+    def n_toys(self) -> int:
+        return int(self.t_null.size)
+
+    @property
+    def n_failed(self) -> int:
+        """Toys whose null or alternative fit did not converge (still included)."""
+        return int((~self.toy_converged).sum())
+
+    @property
+    def overlap(self) -> float:
+        """Expected fraction of events two toys share (toy size / pool size)."""
+        return self.n_test / self.pool_size
+
+    @property
+    def n_above(self) -> int:
+        """Toys with t ≥ t_obs."""
+        return int((self.t_null >= self.t_obs).sum())
+
+    @property
+    def p_value(self) -> float:
+        """``(1 + k) / (1 + B)``."""
+        return (1.0 + self.n_above) / (1.0 + self.n_toys)
+
+    @property
+    def p_interval(self) -> tuple[float, float]:
+        """Clopper–Pearson interval on the tail probability at level ``cl``."""
+        return clopper_pearson(self.n_above, self.n_toys, self.cl)
+
+    @property
+    def z(self) -> float:
+        """``Φ⁻¹(1 − p)``; a lower bound when ``z_is_bound`` (t_obs beyond every toy)."""
+        return float(scipy.stats.norm.isf(self.p_value))
+
+    @property
+    def z_interval(self) -> tuple[float, float]:
+        lo, hi = self.p_interval
+        return float(scipy.stats.norm.isf(hi)), float(scipy.stats.norm.isf(lo))
+
+    @property
+    def z_is_bound(self) -> bool:
+        """True when no toy reaches t_obs: Z is then only a lower bound (see ``z_chi2``)."""
+        return self.n_above == 0
+
+    @cached_property
+    def chi2_fit(self) -> ChiSquareFit:
+        """Scaled χ² ``a·χ²(ν)`` fitted to ``t_null`` by maximum likelihood."""
+        return fit_scaled_chi2(self.t_null)
+
+    @property
+    def z_chi2(self) -> float:
+        """Z of t_obs under the fitted scaled χ²: an EXTRAPOLATION beyond the toys."""
+        return self.chi2_fit.z(self.t_obs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the fitted parameters of the observed statistic)."""
+        chi2 = self.chi2_fit
+        return {
+            "t_obs": self.t_obs, "p_value": self.p_value, "p_interval": list(self.p_interval),
+            "cl": self.cl, "z": self.z, "z_interval": list(self.z_interval),
+            "z_is_lower_bound": self.z_is_bound, "z_chi2_extrapolated": self.z_chi2,
+            "chi2_scale": chi2.scale, "chi2_dof": chi2.dof, "n_toys": self.n_toys,
+            "n_failed": self.n_failed, "variant": self.variant, "centre": self.centre,
+            "seed": self.seed, "pool_size": self.pool_size, "n_test": self.n_test,
+            "overlap": self.overlap, "n_kernels": self.n_kernels, "poisson": self.poisson,
+            "timings": dict(self.timings), "t_null": self.t_null.tolist(),
+            "toy_index": self.toy_index.tolist(),
+        }
+
+    def __repr__(self) -> str:
+        lo, hi = self.p_interval
+        zlo, zhi = self.z_interval
+        bound = " (lower bound: t_obs beyond every toy)" if self.z_is_bound else ""
+        try:
+            chi2 = self.chi2_fit
+            extra = (f"  Z_chi2 = {self.z_chi2:.2f}  [extrapolated: t ~ {chi2.scale:.3g} · "
+                     f"chi2({chi2.dof:.3g})]")
+        except InputError:
+            extra = "  Z_chi2 unavailable (too few toys)"
+        obs_ok = getattr(self.observed, "converged", True)
+        return (
+            f"GoFResult(variant={self.variant!r}, centre={self.centre!r})\n"
+            f"  t_obs = {self.t_obs:.4g}   N_test = {self.n_test}, K = {self.n_kernels}"
+            f"{'' if obs_ok else '   (observed fit NOT converged)'}\n"
+            f"  p = {self.p_value:.4g}  [{lo:.3g}, {hi:.3g}] Clopper-Pearson "
+            f"{100 * self.cl:.1f}% CL, k = {self.n_above} of B = {self.n_toys}\n"
+            f"  Z = {self.z:.2f}  [{zlo:.2f}, {zhi:.2f}]{bound}\n"
+            f"{extra}\n"
+            f"  toys: {self.n_toys} ({self.n_failed} not converged, kept), "
+            f"{'Poisson' if self.poisson else 'fixed'} size, pool {self.pool_size} events "
+            f"(overlap {100 * self.overlap:.1f}%), seed {self.seed}\n"
+            f"  time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
+        )
+
+
+_MERGE_KEYS = ("variant", "centre", "seed", "pool_size", "n_test", "n_kernels", "poisson")
+
+
+def merge_results(results: Sequence[GoFResult]) -> GoFResult:
+    """Merge runs over disjoint toy ranges of the same test (same seed, pool, data).
+
+    The merged result equals a single run over the union of the toy indices.
+
+    Raises:
+        InputError: if the runs differ in their settings or observed t, or share toys.
+    """
+    if not results:
+        raise InputError("nothing to merge")
+    first = results[0]
+    for other in results[1:]:
+        for key in _MERGE_KEYS:
+            if getattr(other, key) != getattr(first, key):
+                raise InputError(f"cannot merge: {key} differs ({getattr(first, key)!r} vs "
+                                 f"{getattr(other, key)!r})")
+        if not np.isclose(other.t_obs, first.t_obs, rtol=1e-9, atol=1e-12):
+            raise InputError(f"cannot merge: t_obs differs ({first.t_obs} vs {other.t_obs}); "
+                             "different test data?")
+    index = np.concatenate([r.toy_index for r in results])
+    if np.unique(index).size != index.size:
+        raise InputError("cannot merge: toy index ranges overlap")
+    order = np.argsort(index, kind="stable")
+    timings: dict[str, float] = {}
+    for r in results:
+        for k, v in r.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    return replace(
+        first,
+        t_null=np.concatenate([r.t_null for r in results])[order],
+        toy_index=index[order],
+        toy_converged=np.concatenate([r.toy_converged for r in results])[order],
+        toy_size=np.concatenate([r.toy_size for r in results])[order],
+        timings=timings,
+    )
+
+
+@dataclass(frozen=True)
+class ZSummary:
+    """Median Z over several test sets with its 16–84 % band (as the paper quotes Z)."""
+
+    median: float
+    lower: float
+    upper: float
+    n_sets: int
+
+    def __repr__(self) -> str:
+        return (f"Z = {self.median:.2f} +{self.upper - self.median:.2f} "
+                f"-{self.median - self.lower:.2f} (median, 16-84% over {self.n_sets} test sets)")
+
+
+def summarize_z(results: Sequence[GoFResult] | ArrayLike) -> ZSummary:
+    """Median and 16/84 % quantiles of Z over several test sets (results or Z values)."""
+    zs = np.array([r.z if isinstance(r, GoFResult) else float(r) for r in results]) \
+        if isinstance(results, Sequence) else np.asarray(results, dtype=np.float64)
+    if zs.size < 1:
+        raise InputError("need at least one test set")
+    q16, q50, q84 = np.percentile(zs, [16, 50, 84])
+    return ZSummary(float(q50), float(q16), float(q84), int(zs.size))

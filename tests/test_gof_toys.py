@@ -1,0 +1,173 @@
+"""genval.gof: toys, calibration bookkeeping, merging by seed range, result objects."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import genval
+from genval.errors import FitError, InputError
+from genval.gof import (
+    GoFResult,
+    KernelBasis,
+    clopper_pearson,
+    fit_scaled_chi2,
+    goodness_of_fit,
+    merge_results,
+    summarize_z,
+)
+from genval.members import log_density_matrix
+from genval.sampling import sample_mixture
+from gof_support import gaussian_ensemble, quick_fit
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(42)
+    members = gaussian_ensemble(4, rng)
+    truth = np.full(4, 0.25)
+    fit = quick_fit(np.exp(log_density_matrix(members, sample_mixture(members, truth, 2000,
+                                                                       rng).x)))
+    basis = KernelBasis.from_events(sample_mixture(members, truth, 300, rng).x, 8, 0.4,
+                                    seed=rng)
+    x_test = sample_mixture(members, truth, 400, rng).x
+    return members, fit, basis, x_test
+
+
+def _run(setup, **kw):
+    members, fit, basis, x_test = setup
+    kw.setdefault("n_toys", 30)
+    kw.setdefault("seed", 7)
+    kw.setdefault("pool_size", 4000)
+    return goodness_of_fit(members, fit, x_test, basis, **kw)
+
+
+def test_public_api_names():
+    assert genval.goodness_of_fit is goodness_of_fit
+    for name in ("KernelBasis", "test_statistic", "goodness_of_fit"):
+        assert name in genval.gof.__all__
+
+
+def test_result_fields_and_repr(setup):
+    res = _run(setup)
+    assert isinstance(res, GoFResult)
+    assert res.n_toys == 30 and res.t_null.shape == (30,) and res.n_failed == 0
+    assert np.all(res.t_null >= -1e-9)
+    k = int((res.t_null >= res.t_obs).sum())
+    assert res.p_value == (1 + k) / 31
+    assert res.z == pytest.approx(scipy.stats.norm.isf(res.p_value))
+    lo, hi = res.p_interval
+    assert lo <= k / 30 <= hi
+    assert res.pool_size == 4000 and res.overlap == pytest.approx(400 / 4000)
+    text = repr(res)
+    for piece in ("t_obs", "Clopper-Pearson", "extrapolated", "pool 4000 events",
+                  "overlap 10.0%", "not converged", "redrawn"):
+        assert piece in text
+    d = res.to_dict()
+    json.dumps(d)
+    assert d["n_toys"] == 30 and d["z_chi2_extrapolated"] == res.z_chi2
+
+
+def test_reproducible_and_merge_equals_single_run(setup):
+    full = _run(setup, n_toys=24)
+    again = _run(setup, n_toys=24)
+    np.testing.assert_array_equal(full.t_null, again.t_null)
+    parts = [_run(setup, n_toys=10, first_toy=14, n_jobs=2), _run(setup, n_toys=14, n_jobs=1)]
+    merged = merge_results(parts)
+    np.testing.assert_array_equal(merged.toy_index, np.arange(24))
+    np.testing.assert_array_equal(merged.t_null, full.t_null)
+    assert merged.p_value == full.p_value and merged.z == full.z
+    other = _run(setup, n_toys=24, seed=8)
+    assert not np.array_equal(other.t_null, full.t_null)
+    with pytest.raises(InputError, match="seed differs"):
+        merge_results([full, _run(setup, n_toys=5, first_toy=24, seed=8)])
+    with pytest.raises(InputError, match="overlap"):
+        merge_results([full, parts[0]])
+
+
+def test_centre_treatments_and_toy_sizes(setup):
+    redrawn = _run(setup, centre="redrawn")
+    fixed = _run(setup, centre="fixed")
+    assert redrawn.t_obs == fixed.t_obs  # the observed statistic is centred at ŵ in both
+    assert not np.allclose(redrawn.t_null, fixed.t_null)
+    poisson = _run(setup, toy_size="poisson")
+    assert poisson.poisson and len(set(poisson.toy_size.tolist())) > 1
+    assert np.all(_run(setup).toy_size == 400)
+
+
+def test_variants_run(setup):
+    frozen = _run(setup, variant="frozen", n_toys=10)
+    single = _run(setup, variant="single", member=1, n_toys=10)
+    ens = _run(setup, n_toys=10)
+    assert frozen.variant == "frozen" and single.variant == "single"
+    assert frozen.t_obs >= ens.t_obs - 1e-9  # profiling φ can only lower t
+    members, fit, basis, x_test = setup
+    single_fit_free = goodness_of_fit(members, None, x_test, basis, n_toys=5, seed=1,
+                                      variant="single", member=1, pool_size=4000)
+    assert single_fit_free.t_obs == pytest.approx(single.t_obs)
+
+
+def test_too_few_toys_for_target_z(setup):
+    with pytest.raises(InputError, match=r"30 toys resolve Z up to 1\.85.*needs at least "
+                                         r"740 toys"):
+        _run(setup, target_z=3.0)
+    assert _run(setup, n_toys=30, target_z=1.5).n_toys == 30
+
+
+def test_bad_inputs(setup):
+    members, fit, basis, x_test = setup
+    x_bad = x_test.copy()
+    x_bad[3, 0] = np.inf
+    with pytest.raises(InputError, match="1 rows with NaN/inf.*row 3"):
+        goodness_of_fit(members, fit, x_bad, basis, n_toys=5)
+    with pytest.raises(InputError, match="pool_size"):
+        _run(setup, pool_size=500)
+    with pytest.raises(InputError, match="centre"):
+        _run(setup, centre="middle")
+    with pytest.raises(InputError, match="n_jobs"):
+        _run(setup, n_jobs=0)
+    with pytest.raises(InputError, match="features"):
+        goodness_of_fit(members, fit, x_test, KernelBasis(np.zeros((2, 3)), 0.1), n_toys=5)
+
+
+def test_negative_mixture_density_names_events(setup):
+    members, fit, basis, _ = setup
+    signed = type(fit)(np.array([2.0, -1.5, 0.3, 0.2]), fit.cov)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2)) * 1.5
+    F = np.exp(log_density_matrix(members, x))
+    n_bad = int((F @ signed.weights <= 0).sum())
+    assert n_bad > 0
+    with pytest.raises(FitError, match=rf"<= 0 on {n_bad} of 200 test events \(row \d+: x = \["):
+        goodness_of_fit(members, signed, x, basis, n_toys=5)
+
+
+def test_clopper_pearson_and_chi2_fit():
+    lo, hi = clopper_pearson(0, 100, 0.6827)
+    assert lo == 0.0 and hi == pytest.approx(1 - ((1 - 0.6827) / 2) ** (1 / 100), rel=1e-9)
+    lo, hi = clopper_pearson(50, 100, 0.95)
+    assert lo == pytest.approx(0.398, abs=2e-3) and hi == pytest.approx(0.602, abs=2e-3)
+    rng = np.random.default_rng(3)
+    t = 1.7 * rng.chisquare(12.0, size=4000)
+    fit = fit_scaled_chi2(t)
+    assert fit.scale == pytest.approx(1.7, rel=0.08) and fit.dof == pytest.approx(12, rel=0.08)
+    assert fit.z(1.7 * scipy.stats.chi2.isf(scipy.stats.norm.sf(6.0), 12.0)) == pytest.approx(
+        6.0, abs=0.3)
+    with pytest.raises(InputError):
+        fit_scaled_chi2([0.0])
+
+
+def test_z_bound_and_summary(setup):
+    res = _run(setup, n_toys=20)
+    beyond = dataclasses.replace(res, t_obs=1e6)
+    assert beyond.z_is_bound and "lower bound" in repr(beyond)
+    assert beyond.p_value == pytest.approx(1 / 21)
+    assert beyond.z_chi2 > beyond.z  # the extrapolation reaches further, labelled as such
+    summary = summarize_z([0.7, 0.9, 0.92, 1.0, 1.2])
+    assert summary.median == pytest.approx(0.92)
+    assert "median, 16-84%" in repr(summary) and summary.n_sets == 5
+    assert summarize_z([res, res]).median == pytest.approx(res.z)
