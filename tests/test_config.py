@@ -150,12 +150,13 @@ def test_commented_dump_loads_back_and_documents_every_key():
     assert all("#" in line for line in keys)
 
 
-def test_docs_config_reference_is_current():
+@pytest.mark.parametrize("document", ["docs/pipeline.md", "README.md"])
+def test_docs_config_reference_is_current(document):
     from pathlib import Path
 
-    doc = Path(__file__).parents[1] / "docs" / "pipeline.md"
+    doc = Path(__file__).parents[1] / document
     text = doc.read_text(encoding="utf-8")
     block = text.split("## Configuration reference", 1)[1].split("```yaml\n", 1)[1]
     block = block.split("```", 1)[0]
     assert block == dump_config(Config(), comments=True), (
-        "docs/pipeline.md is stale: paste the output of `genval config` into its reference")
+        f"{document} is stale: paste the output of `genval config` into its reference")
