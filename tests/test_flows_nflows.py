@@ -99,3 +99,9 @@ def test_initialisation_matches_nflows_distribution() -> None:
     assert made.w_blocks[0].abs().max() <= bound and made.w_blocks[0].abs().max() > 0.9 * bound
     assert made.w_out.shape[1:] == net.final_layer.weight.shape
     assert made.w_in.shape[1:] == net.initial_layer.weight.shape
+    # Same parameter count per member as the nflows flow (here and at the paper's size).
+    assert sum(p[0].numel() for p in ens.parameters()) == sum(p.numel() for p in flow.parameters())
+    paper = FlowEnsemble.paper(2, n_members=1)
+    ref = nflows_flow(2, 4, 128, 16, 15, 5.0, False, seed=0, noise=0.0)
+    assert sum(p.numel() for p in paper.parameters()) == sum(p.numel() for p in ref.parameters())
+    assert "parameters/member=2160480" in repr(paper)
