@@ -59,7 +59,7 @@ def copy_into(ens: FlowEnsemble, member: int, flow: Flow) -> None:
     (2, 4, 16, 2, 15, False, 0.3),
     (3, 2, 12, 1, 5, True, 0.3),
     # The paper's architecture: 16 residual blocks of 128 amplify a large perturbation.
-    pytest.param(2, 4, 128, 16, 15, False, 0.02, marks=pytest.mark.slow),
+    (2, 4, 128, 16, 15, False, 0.02),
 ])
 def test_log_prob_matches_nflows(d: int, layers: int, hidden: int, blocks: int, bins: int,
                                  random: bool, noise: float) -> None:
