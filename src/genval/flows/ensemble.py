@@ -271,10 +271,11 @@ class FlowEnsemble(nn.Module):
     def _chunk(self, chunk_size: int | None, passes: int = 1) -> int:
         if chunk_size is not None:
             return max(1, int(chunk_size))
-        # Bound one activation tensor (M, chunk, width). On a CPU keep it near 8 MB: large fresh
-        # allocations are page-faulted in on every use and run several times slower; on a GPU
-        # allow 1 GB so that a typical call is a single chunk.
-        budget = (1 << 30) if self.device.type == "cuda" else (1 << 23)
+        # Bound one activation tensor (M, chunk, width). On a CPU keep it near 32 MB: larger
+        # fresh allocations are page-faulted in on every use and run several times slower,
+        # while smaller chunks multiply the number of (thread-synchronised) kernel calls; on a
+        # GPU allow 1 GB so that a typical call is a single chunk.
+        budget = (1 << 30) if self.device.type == "cuda" else (1 << 25)
         width = max(self.config["hidden"], self.n_features * (3 * self.config["bins"] - 1))
         itemsize = torch.finfo(self.dtype).bits // 8
         return max(64, budget // (self.n_members * width * itemsize * passes))
