@@ -59,7 +59,7 @@ def copy_into(ens: FlowEnsemble, member: int, flow: Flow) -> None:
     (2, 4, 16, 2, 15, False, 0.3),
     (3, 2, 12, 1, 5, True, 0.3),
     # The paper's architecture: 16 residual blocks of 128 amplify a large perturbation.
-    pytest.param(2, 4, 128, 16, 15, False, 0.02, marks=pytest.mark.slow),
+    (2, 4, 128, 16, 15, False, 0.02),
 ])
 def test_log_prob_matches_nflows(d: int, layers: int, hidden: int, blocks: int, bins: int,
                                  random: bool, noise: float) -> None:
@@ -99,3 +99,9 @@ def test_initialisation_matches_nflows_distribution() -> None:
     assert made.w_blocks[0].abs().max() <= bound and made.w_blocks[0].abs().max() > 0.9 * bound
     assert made.w_out.shape[1:] == net.final_layer.weight.shape
     assert made.w_in.shape[1:] == net.initial_layer.weight.shape
+    # Same parameter count per member as the nflows flow (here and at the paper's size).
+    assert sum(p[0].numel() for p in ens.parameters()) == sum(p.numel() for p in flow.parameters())
+    paper = FlowEnsemble.paper(2, n_members=1)
+    ref = nflows_flow(2, 4, 128, 16, 15, 5.0, False, seed=0, noise=0.0)
+    assert sum(p.numel() for p in paper.parameters()) == sum(p.numel() for p in ref.parameters())
+    assert "parameters/member=2160480" in repr(paper)

@@ -169,6 +169,13 @@ class FlowEnsemble(nn.Module):
                 f"bins={c['bins']}, tail_bound={c['tail_bound']}, "
                 f"permutation={c['permutation']!r}")
 
+    def __repr__(self) -> str:
+        # nn.Module's default repr lists every stacked parameter; one line says more.
+        per_member = sum(p[0].numel() for p in self.parameters())
+        trained = "trained" if self.training_summary is not None else "untrained"
+        return (f"FlowEnsemble({self.extra_repr()}, parameters/member={per_member}, "
+                f"{self.dtype}, {self.device}, {trained})")
+
     # -- standardisation -----------------------------------------------------------------
     def set_standardisation(self, x: ArrayLike) -> None:
         """Standardise features with the mean and standard deviation of ``x`` (training data).
@@ -265,8 +272,9 @@ class FlowEnsemble(nn.Module):
         if chunk_size is not None:
             return max(1, int(chunk_size))
         # Bound one activation tensor (M, chunk, width). On a CPU keep it near 32 MB: larger
-        # fresh allocations are page-faulted in on every use and run several times slower; on
-        # a GPU allow 1 GB so that a typical call is a single chunk.
+        # fresh allocations are page-faulted in on every use and run several times slower,
+        # while smaller chunks multiply the number of (thread-synchronised) kernel calls; on a
+        # GPU allow 1 GB so that a typical call is a single chunk.
         budget = (1 << 30) if self.device.type == "cuda" else (1 << 25)
         width = max(self.config["hidden"], self.n_features * (3 * self.config["bins"] - 1))
         itemsize = torch.finfo(self.dtype).bits // 8
