@@ -1,0 +1,146 @@
+"""Training the flow ensemble: improvement, best checkpoint, independence of members."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genval.errors import InputError
+from genval.flows import FlowEnsemble, load, train
+from genval.flows.train import _clip_per_member, bootstrap_replicas
+
+MU, SIGMA = np.array([-0.5, 0.6]), np.array([0.25, 0.4])  # the paper's toy (Sec. 3)
+SMALL = dict(layers=2, hidden=12, blocks=1, bins=6)
+
+
+def gaussian(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(MU, SIGMA, size=(n, 2))
+
+
+def test_training_improves_and_keeps_best_checkpoint(tmp_path) -> None:
+    x = gaussian(2000, 0)
+    ens = FlowEnsemble(2, 3, **SMALL, seed=1)
+    hist = train(ens, x, max_epochs=6, patience=2, lr=5e-3, batch_size=128, progress=False,
+                 seed=2)
+    x_val = x[hist.val_indices]
+    assert len(x_val) == 400 and hist.settings["n_train"] == 1600
+    assert np.intersect1d(hist.val_indices, hist.train_indices).size == 0
+    # The initial flow (same seeds, same standardisation) is much worse on validation.
+    init = FlowEnsemble(2, 3, **SMALL, seed=1)
+    init.loc, init.scale = ens.loc, ens.scale
+    nll0 = -init.log_prob(x_val).mean(axis=1)
+    nll = -ens.log_prob(x_val).mean(axis=1)
+    assert np.all(nll < nll0 - 0.1), (nll0, nll)
+    # The kept parameters are the best-validation ones, for every member.
+    np.testing.assert_allclose(nll, hist.best_val_loss, rtol=1e-5)
+    best_rows = hist.val_loss[hist.best_epoch, np.arange(3)]
+    np.testing.assert_array_equal(best_rows, hist.best_val_loss)
+    assert np.all(hist.best_val_loss <= np.nanmin(hist.val_loss, axis=0))
+    # Close to the truth's entropy (about 0.52 nats): the flows learn the Gaussian.
+    true_nll = -np.mean(np.sum(-0.5 * ((x_val - MU) / SIGMA) ** 2 - np.log(SIGMA)
+                               - 0.5 * np.log(2 * np.pi), axis=1))
+    assert np.all(nll < true_nll + 0.15)
+    # History and summary: shapes, JSON, stored with the ensemble and saved.
+    assert hist.train_loss.shape == hist.val_loss.shape == (len(hist.epoch_seconds), 3)
+    json.dumps(hist.summary(), allow_nan=False)
+    assert "TrainingHistory(members=3" in repr(hist)
+    ens.save(tmp_path / "e.safetensors")
+    assert load(tmp_path / "e.safetensors").training_summary == ens.training_summary
+
+
+def test_validation_split_precedes_bootstrap() -> None:
+    x = gaussian(500, 3)
+    ens = FlowEnsemble(2, 4, **SMALL, seed=5)
+    hist = train(ens, x, max_epochs=1, progress=False, seed=9, val_fraction=0.3)
+    replicas = bootstrap_replicas(len(hist.train_indices), ens.member_seeds, 9)
+    used = np.unique(hist.train_indices[replicas])
+    assert np.intersect1d(used, hist.val_indices).size == 0
+    # Each member has its own replica, with duplicates (a bootstrap), of the training size.
+    assert replicas.shape == (4, 350)
+    assert len({tuple(r) for r in replicas}) == 4
+    assert all(len(np.unique(r)) < 350 for r in replicas)
+
+
+def test_member_trains_as_if_alone() -> None:
+    """The vectorised trainer is M independent trainings: a member's result does not depend on
+    the others (per-member replica, order, Adam state, clipping norm, early stopping)."""
+    x = gaussian(600, 4)
+    joint = FlowEnsemble(2, 3, **SMALL, seed=6).double()
+    h_joint = train(joint, x, max_epochs=4, patience=1, lr=2e-2, batch_size=100,
+                    clip_grad=0.5, progress=False, seed=8)
+    alone = FlowEnsemble(2, 1, **SMALL, member_seeds=[joint.member_seeds[1]]).double()
+    h_alone = train(alone, x, max_epochs=4, patience=1, lr=2e-2, batch_size=100,
+                    clip_grad=0.5, progress=False, seed=8)
+    assert h_alone.best_epoch[0] == h_joint.best_epoch[1]
+    np.testing.assert_allclose(h_alone.val_loss[:, 0], h_joint.val_loss[:len(h_alone.val_loss), 1],
+                               rtol=1e-9)
+    for p_joint, p_alone in zip(joint.parameters(), alone.parameters(), strict=True):
+        torch.testing.assert_close(p_joint[1:2], p_alone, rtol=1e-8, atol=1e-10)
+
+
+def test_micro_batches_give_the_same_update() -> None:
+    x = gaussian(400, 5)
+    results = []
+    for micro in (None, 37):
+        ens = FlowEnsemble(2, 2, **SMALL, seed=3).double()
+        train(ens, x, max_epochs=2, lr=1e-2, batch_size=128, micro_batch=micro,
+              progress=False, seed=1)
+        results.append(ens.log_prob(x[:50]))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-10)
+
+
+def test_clip_per_member_uses_each_members_norm() -> None:
+    p = torch.nn.Parameter(torch.zeros(3, 2, 2))
+    q = torch.nn.Parameter(torch.zeros(3, 1, 5))
+    p.grad = torch.stack([torch.full((2, 2), 10.0), torch.full((2, 2), 0.01), torch.zeros(2, 2)])
+    q.grad = torch.stack([torch.full((1, 5), 10.0), torch.full((1, 5), 0.01), torch.zeros(1, 5)])
+    small_p, small_q = p.grad[1].clone(), q.grad[1].clone()
+    _clip_per_member([p, q], 1.0)
+    norm0 = torch.sqrt(p.grad[0].square().sum() + q.grad[0].square().sum())
+    assert abs(norm0.item() - 1.0) < 1e-5
+    assert torch.equal(p.grad[1], small_p) and torch.equal(q.grad[1], small_q)
+    assert torch.all(p.grad[2] == 0)
+
+
+def test_early_stopping_and_explicit_validation(capsys: pytest.CaptureFixture[str]) -> None:
+    x, x_val = gaussian(400, 6), gaussian(200, 7)
+    ens = FlowEnsemble(2, 3, **SMALL, seed=2)
+    hist = train(ens, x, x_val=x_val, max_epochs=40, patience=1, lr=5e-2, batch_size=64,
+                 progress=True, seed=0)
+    err = capsys.readouterr()
+    assert "flow ensemble" in err.err and err.out == ""
+    assert hist.val_indices.size == 0 and hist.settings["n_val"] == 200
+    assert hist.stopped_early.all() and np.all(hist.n_epochs < 40)
+    # After stopping, a member's curve is NaN: it is no longer trained or evaluated.
+    for m in range(3):
+        assert np.isnan(hist.val_loss[hist.n_epochs[m]:, m]).all()
+        assert hist.n_epochs[m] == hist.best_epoch[m] + 2  # patience 1
+    np.testing.assert_allclose(-ens.log_prob(x_val).mean(1), hist.best_val_loss, rtol=1e-5)
+
+
+def test_bfloat16_autocast_training() -> None:
+    x = gaussian(1000, 8)
+    ens = FlowEnsemble(2, 2, **SMALL, seed=4)
+    hist = train(ens, x, max_epochs=3, lr=5e-3, batch_size=128, precision="bfloat16",
+                 progress=False, seed=0)
+    assert ens._autocast is None  # evaluation after training is in full precision
+    assert np.all(np.diff(hist.val_loss[:, 0])[:1] < 0)
+    assert np.isfinite(ens.log_prob(x[:10])).all()
+
+
+def test_training_input_errors() -> None:
+    ens = FlowEnsemble(2, 2, **SMALL)
+    x = gaussian(100, 0)
+    with pytest.raises(InputError):
+        train(ens, x, val_fraction=1.0, progress=False)
+    with pytest.raises(InputError):
+        train(ens, x, precision="float8", progress=False)
+    with pytest.raises(InputError):
+        train(ens, x, batch_size=0, progress=False)
+    with pytest.raises(InputError):
+        train(ens, np.vstack([x, [[np.nan, 0.0]]]), progress=False)
+    with pytest.raises(InputError):
+        train(ens, x[:, :1], progress=False)
