@@ -220,14 +220,27 @@ def test_bad_input_non_finite():
 
 
 def test_bad_input_negative_mixture_density():
+    from genval.errors import NegativeDensityWarning
+
     _, fit, _, log_f, log_g, _ = _instance(9, n=300)
-    F = np.exp(log_f)
-    signed = type(fit)(np.array([3.0, -2.5, 0.2, 0.2, 0.1]), fit.cov)
-    c = F @ signed.weights
-    n_bad = int((c <= 0).sum())
+    F, G = np.exp(log_f), np.exp(log_g)
+    # signed weights with a wide covariance (room to move back to a positive density)
+    signed = type(fit)(np.array([3.0, -2.5, 0.2, 0.2, 0.1]), fit.cov * 1e4)
+    n_bad = int((F @ signed.weights <= 0).sum())
     assert n_bad > 0
+    # frozen weights: nothing can make the null positive there -> a clear error
     with pytest.raises(FitError, match=rf"<= 0 on {n_bad} of 300 test events \(rows \["):
-        test_statistic(F, np.exp(log_g), signed)
+        test_statistic(F, G, signed, variant="frozen")
+    # with uncertainty: other weights on Σφ = 1 can -> profiled from a feasible point, warned
+    with pytest.warns(NegativeDensityWarning, match=rf"<= 0 on {n_bad} of 300 test events"):
+        t = test_statistic(F, G, signed)
+    assert t.converged and np.isfinite(float(t)) and t >= 0
+    assert np.all(F @ t.phi0 > 0)
+    # ... unless the covariance leaves no room: a clear error
+    tight = type(fit)(signed.weights, fit.cov)
+    with pytest.warns(NegativeDensityWarning), pytest.raises(FitError, match="no ensemble "
+                                                                           "weights within"):
+        test_statistic(F, G, tight)
 
 
 def test_singular_and_invalid_covariance():

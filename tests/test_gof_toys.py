@@ -135,15 +135,21 @@ def test_bad_inputs(setup):
 
 
 def test_negative_mixture_density_names_events(setup):
+    from genval.errors import NegativeDensityWarning
+
     members, fit, basis, _ = setup
-    signed = type(fit)(np.array([2.0, -1.5, 0.3, 0.2]), fit.cov)
+    signed = type(fit)(np.array([2.0, -1.5, 0.3, 0.2]), fit.cov * 1e4)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 2)) * 1.5
     F = np.exp(log_density_matrix(members, x))
     n_bad = int((F @ signed.weights <= 0).sum())
     assert n_bad > 0
     with pytest.raises(FitError, match=rf"<= 0 on {n_bad} of 200 test events \(row \d+: x = \["):
-        goodness_of_fit(members, signed, x, basis, n_toys=5)
+        goodness_of_fit(members, signed, x, basis, n_toys=5, variant="frozen")
+    with pytest.warns(NegativeDensityWarning, match=rf"<= 0 on {n_bad} of 200 test events "
+                                                    r"\(row \d+: x = \["):
+        res = goodness_of_fit(members, signed, x, basis, n_toys=5, pool_size=4000)
+    assert np.isfinite(res.t_obs)
 
 
 def test_clopper_pearson_and_chi2_fit():

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from genval.errors import ConvergenceWarning, FitError, InputError
+from genval.errors import ConvergenceWarning, FitError, InputError, NegativeDensityWarning
 from genval.gof.newton import Solution, minimize_convex
 from genval.gof.profile import LAMBDA_NET, Constraint, ScaledRows, scale_rows
 
@@ -46,8 +46,8 @@ BARRIER = 1e-3
 
 def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: NDArray[np.float64],
                  *, n_ref: int = 0, barrier: float = BARRIER, lam: float = LAMBDA_NET,
-                 tol: float = 1e-10, max_iter: int = 100,
-                 hessian_dtype: type = np.float32) -> PairSolution:
+                 tol: float = 1e-10, max_iter: int = 100, hessian_dtype: type = np.float32,
+                 null_start: NDArray[np.float64] | None = None) -> PairSolution:
     """Profile NLL0 over u and NLL1 over (u, a) on row-scaled data; return t.
 
     Args:
@@ -59,6 +59,7 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
         n_ref: the last ``n_ref`` rows are check points (e.g. the kernel centres) where both
             densities must stay positive: they enter both NLLs as ``−barrier · log f``.
         barrier: weight of each check point's log-barrier term.
+        null_start: feasible start of the null (default u = 0, i.e. ŵ).
     """
     n = c.shape[0] - n_ref
     k = a.shape[1] - rank
@@ -70,7 +71,7 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
     # Hessians cost N p² against N p per gradient: reuse each while the decrement still falls
     # tenfold per step (measured best at M = 60, K = 100, N = 20k), and form the alternative's
     # from a row subsample during its damped phase.
-    null = minimize_convex(c, a[:, :rank], -u0, q0, tol=tol, max_iter=max_iter,
+    null = minimize_convex(c, a[:, :rank], -u0, q0, null_start, tol=tol, max_iter=max_iter,
                            hessian_dtype=hessian_dtype, refresh=0.1, row_weights=weights)
     b1 = np.concatenate([-u0, np.full(k, float(n))])
     q1 = np.concatenate([q0, np.full(k, 2.0 * lam * n)])
@@ -152,6 +153,29 @@ def make_constraint(fit: Any, n_members: int, variant: str, member: int | None) 
     return Constraint.from_fit(fit)
 
 
+def feasible_start(c: NDArray[np.float64], a: NDArray[np.float64], box: float = 20.0
+                   ) -> NDArray[np.float64]:
+    """Whitened weights u with ``c + A u > 0`` on every row (max-margin LP), |u_i| ≤ box.
+
+    Raises:
+        FitError: if no such u exists within ``box`` standard deviations of ŵ.
+    """
+    import scipy.optimize
+
+    n, r = a.shape
+    # maximise s subject to c + A u ≥ s (row-scaled densities are ≤ 1, so s ≤ 1 bounds it)
+    res = scipy.optimize.linprog(
+        np.concatenate([np.zeros(r), [-1.0]]),
+        A_ub=np.hstack([-a, np.ones((n, 1))]), b_ub=c,
+        bounds=[(-box, box)] * r + [(None, 1.0)], method="highs")
+    if res.status != 0 or res.x[-1] <= 0:
+        raise FitError(f"no ensemble weights within {box:g} standard deviations of ŵ keep the "
+                       f"mixture density positive at all {n} events and check points (best margin "
+                       f"{res.x[-1] if res.x is not None else float('nan'):.3g}): Eq. (5) is "
+                       "undefined for these data")
+    return res.x[:r]
+
+
 def negative_density_message(density: NDArray[np.float64], where: str = "test events") -> str:
     bad = np.flatnonzero(~(density > 0))
     return (f"the mixture density f(x; ŵ) is <= 0 on {bad.size} of {density.size} {where} "
@@ -201,9 +225,13 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
 
     Raises:
         InputError: malformed input (shapes, NaN/inf, negative densities, bad covariance).
-        FitError: f(x; ŵ) ≤ 0 on some test events (possible with signed weights).
+        FitError: f(x; ŵ) ≤ 0 on some test events (possible with signed weights) and no
+            weights on Σφ = 1 near ŵ make it positive (always for the frozen and single
+            variants, which have no free weights).
 
     Warns:
+        NegativeDensityWarning: f(x; ŵ) ≤ 0 on some test events but other weights make the
+            density positive there: the null is profiled from such a point (max-margin LP).
         ConvergenceWarning: a fit hit ``max_iter`` (the result says which).
         IllConditionedWarning: Cov(ŵ) singular on Σφ = 1 beyond what the fit reported.
 
@@ -231,7 +259,8 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
 def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
                         u0: NDArray[np.float64], *, ref: ScaledRows | None = None,
                         barrier: float = BARRIER, lam: float = LAMBDA_NET, tol: float = 1e-10,
-                        max_iter: int = 100, hessian_dtype: type = np.float32) -> LRStatistic:
+                        max_iter: int = 100, hessian_dtype: type = np.float32,
+                        warn_negative: bool = True) -> LRStatistic:
     """:func:`test_statistic` on row-scaled data with a prepared constraint.
 
     ``ref``: densities at the positivity check points; points where f(x; ŵ) ≤ 0 already
@@ -239,8 +268,15 @@ def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
     """
     n = rows.f.shape[0]
     c = rows.f @ constraint.weights
-    if not np.all(c > 0):
-        raise FitError(negative_density_message(c))
+    infeasible_at_hat = not np.all(c > 0)
+    if infeasible_at_hat:
+        if constraint.rank == 0:
+            raise FitError(negative_density_message(c))
+        if warn_negative:
+            msg = negative_density_message(c).split(", so Eq. (5)")[0]
+            warnings.warn(f"{msg}; the null is profiled from a feasible φ on Σφ = 1 (max-margin "
+                          "linear program) instead of from ŵ", NegativeDensityWarning,
+                          stacklevel=3)
     a = np.concatenate([rows.f @ constraint.transform, rows.g], axis=1)
     n_ref = 0
     if ref is not None:
@@ -250,8 +286,10 @@ def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
         c = np.concatenate([c, c_ref[ok]])
         a = np.concatenate([a, np.concatenate([ref.f[ok] @ constraint.transform, ref.g[ok]],
                                               axis=1)])
+    start = feasible_start(c, a[:, :constraint.rank]) if infeasible_at_hat else None
     pair = profile_pair(c, a, constraint.rank, u0, n_ref=n_ref, barrier=barrier, lam=lam,
-                        tol=tol, max_iter=max_iter, hessian_dtype=hessian_dtype)
+                        tol=tol, max_iter=max_iter, hessian_dtype=hessian_dtype,
+                        null_start=start)
     k = rows.g.shape[1]
     const = float(0.5 * u0 @ u0 - rows.log_s.sum())
     w = np.ones(c.size)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,7 +32,7 @@ import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
 from genval._validation import as_events
-from genval.errors import FitError, InputError
+from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
 from genval.gof.kernels import KernelBasis
 from genval.gof.profile import LAMBDA_NET, Constraint, scale_rows
@@ -229,7 +230,12 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     Raises:
         InputError: bad input (non-finite events, shapes, settings), too few toys for
             ``target_z``.
-        FitError: f(x; ŵ) ≤ 0 at some test events (the message lists where).
+        FitError: f(x; ŵ) ≤ 0 at some test events (the message lists where) and no weights
+            near ŵ fix it (always so for the frozen and single variants).
+
+    Warns:
+        NegativeDensityWarning: f(x; ŵ) ≤ 0 at some test events (listed) but other weights
+            on Σφ = 1 make the density positive: t is still defined (and typically large).
 
     References:
         Badaracco et al., Eq. (5) and the calibration paragraph of Step 4.
@@ -260,13 +266,17 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
 
     rows = scale_rows(log_density_matrix(members, x), basis.log_pdf(x), log=True)
     density = rows.f @ constraint.weights
-    if not np.all(density > 0):
+    if not np.all(density > 0) and constraint.rank == 0:
         raise FitError(_position_message(x, density))
+    if not np.all(density > 0):
+        warnings.warn(_position_message(x, density).split(": signed")[0] + ": the null is "
+                      "profiled from a feasible φ on Σφ = 1 (max-margin linear program)",
+                      NegativeDensityWarning, stacklevel=2)
     ref = scale_rows(log_density_matrix(members, basis.centers), basis.log_pdf(basis.centers),
                      log=True)
     with limit_blas_threads(1):
         observed = statistic_from_rows(rows, constraint, variant, np.zeros(constraint.rank),
-                                       ref=ref, **fit_kw)
+                                       ref=ref, warn_negative=False, **fit_kw)
     del rows
     t_obs_done = time.perf_counter()
 
