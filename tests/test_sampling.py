@@ -88,3 +88,27 @@ def test_oversample_attaches_density_and_band(rng):
     np.testing.assert_allclose(events.density, F @ fit.weights, rtol=1e-10)
     np.testing.assert_allclose(events.density_std, fit.density_std(F), rtol=1e-8)
     assert 0 < events.acceptance_rate <= 1
+
+
+def test_sampler_memory_is_bounded_by_max_batch(rng):
+    """A large Σ|w| (acceptance 1/Σ|w|) must not make the sampler evaluate all proposals at
+    once: every batch stays within max_batch and the result is still exact."""
+    # 21 N(0,1) − 20 N(0,1) + 0: the density is N(0, 1), acceptance 1/41.
+    base = GaussianMembers([[0.0], [0.0], [2.0]], [[1.0], [1.0], [1.0]])
+    weights = np.array([21.0, -20.0, 0.0])
+    seen = []
+
+    class Recording:
+        n_members, n_features = base.n_members, base.n_features
+
+        def log_prob(self, x):
+            seen.append(len(x))
+            return base.log_prob(x)
+
+        def sample(self, n, member, rng=None):
+            return base.sample(n, member, rng)
+
+    drawn = sample_mixture(Recording(), weights, 5000, rng, max_batch=4096)
+    assert max(seen) <= 4096 and sum(seen) == drawn.n_proposed
+    assert abs(drawn.acceptance_rate - 1 / 41) < 5 * np.sqrt(1 / 41 / drawn.n_proposed)
+    assert stats.kstest(drawn.x[:, 0], stats.norm.cdf).pvalue > 0.01

@@ -62,7 +62,7 @@ def _draw_from_members(members: Members, counts: NDArray[np.int64],
 
 def sample_mixture(members: Members, weights: ArrayLike, n: int,
                    rng: np.random.Generator | int | None = None, *,
-                   max_proposals: int | None = None) -> MixtureSample:
+                   max_proposals: int | None = None, max_batch: int = 2**18) -> MixtureSample:
     """Draw ``n`` events exactly from ``Σ_k w_k f_k`` by envelope rejection.
 
     Args:
@@ -70,8 +70,12 @@ def sample_mixture(members: Members, weights: ArrayLike, n: int,
         weights: (M,) mixture weights, possibly negative, with ``Σ w > 0``.
         n: number of events wanted.
         rng: generator or seed.
-        max_proposals: stop with an error beyond this many proposals (default ``1000 n + 10^5``),
-            guarding against a mixture that is negative almost everywhere.
+        max_proposals: stop with an error beyond this many proposals (default 20 times the
+            expected ``n Σ|w|``, plus 10^5), guarding against a mixture that is negative almost
+            everywhere.
+        max_batch: proposals evaluated at once. Only accepted events are kept, so memory stays
+            bounded even when near-duplicate members make ``Σ|w|`` (and the number of
+            proposals) large.
 
     Returns:
         :class:`MixtureSample` with the events, their ``log F`` and the acceptance rate.
@@ -84,7 +88,8 @@ def sample_mixture(members: Members, weights: ArrayLike, n: int,
         raise InputError(f"weights sum to {w.sum():.3g} <= 0: not a density")
     abs_w = np.abs(w)
     probs = abs_w / abs_w.sum()
-    limit = max_proposals if max_proposals is not None else 1000 * int(n) + 100_000
+    limit = (max_proposals if max_proposals is not None
+             else int(20 * int(n) * abs_w.sum()) + 100_000)
     accepted_x: list[NDArray[np.float64]] = []
     accepted_logf: list[NDArray[np.float64]] = []
     n_accepted = n_proposed = 0
@@ -93,7 +98,8 @@ def sample_mixture(members: Members, weights: ArrayLike, n: int,
         if n_proposed >= limit:
             raise InputError(f"only {n_accepted} of {n} events accepted after {n_proposed} "
                              "proposals: the mixture is non-positive almost everywhere")
-        batch = int(min(limit - n_proposed, max(1024, 1.2 * (n - n_accepted) / max(rate, 1e-3))))
+        wanted = max(1024, 1.2 * (n - n_accepted) / rate)
+        batch = int(min(limit - n_proposed, max_batch, wanted))
         counts = gen.multinomial(batch, probs)
         x = _draw_from_members(members, counts, gen)
         log_f = log_density_matrix(members, x)
@@ -102,7 +108,7 @@ def sample_mixture(members: Members, weights: ArrayLike, n: int,
         accepted_logf.append(log_f[keep])
         n_accepted += int(keep.sum())
         n_proposed += len(x)
-        rate = max(n_accepted / n_proposed, 1e-3)
+        rate = max(n_accepted / n_proposed, 1e-6)
     x_all = np.concatenate(accepted_x)
     logf_all = np.concatenate(accepted_logf)
     # Proposals are grouped by member: shuffle, then keep exactly n.

@@ -22,17 +22,11 @@ import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import InputError
+from genval.stats import clopper_pearson
 
 __all__ = ["GoFResult", "ChiSquareFit", "ZSummary", "clopper_pearson", "fit_scaled_chi2",
            "summarize_z", "merge_results"]
 
-
-def clopper_pearson(k: int, n: int, cl: float = 0.6827) -> tuple[float, float]:
-    """Exact (Clopper–Pearson) central interval on a binomial probability, k of n."""
-    alpha = 1.0 - cl
-    lo = 0.0 if k == 0 else float(scipy.stats.beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(scipy.stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -136,7 +130,8 @@ class GoFResult:
     @property
     def p_interval(self) -> tuple[float, float]:
         """Clopper–Pearson interval on the tail probability at level ``cl``."""
-        return clopper_pearson(self.n_above, self.n_toys, self.cl)
+        lo, hi = clopper_pearson(self.n_above, self.n_toys, self.cl)
+        return float(lo), float(hi)
 
     @property
     def z(self) -> float:
