@@ -261,13 +261,20 @@ class GofConfig(_Section):
     toy_size: Literal["fixed", "poisson"] = Field(
         "fixed", description="fixed (N_test events per toy) | poisson")
     n_test_sets: int = Field(1, ge=1, description="disjoint test sets (median Z, 16-84 % band)")
-    n_jobs: int = Field(1, ge=1, description="threads fitting toys")
+    n_jobs: int = Field(-1, ge=-1, description="threads fitting toys; -1: one per core")
 
     @field_validator("variants")
     @classmethod
     def _no_duplicates(cls, value: list[str]) -> list[str]:
         if not value or len(set(value)) != len(value):
             raise ValueError(f"variants must be a non-empty list without repeats, got {value}")
+        return value
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _jobs(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("n_jobs must be -1 (one thread per core) or at least 1")
         return value
 
 
