@@ -196,4 +196,5 @@ def test_repr_is_readable(rng):
         fit = fit_weights(log_f, log=True)
     text = repr(fit)
     assert "converged" in text and "cond(V)" in text and "effective rank" in text
+    assert "sum|w|=" in text and fit.abs_weight_sum >= 1.0
     assert 1.0 < fit.effective_rank <= fit.n_members

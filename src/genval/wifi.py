@@ -143,6 +143,12 @@ class WeightFit:
         return sum_to_one_basis(self.n_members)
 
     @property
+    def abs_weight_sum(self) -> float:
+        """``Σ|ŵ_k|``: 1 for non-negative weights; large values mean cancelling weights of
+        near-duplicate members, and the exact sampler accepts ``1/Σ|ŵ|`` of its proposals."""
+        return float(np.abs(self.weights).sum())
+
+    @property
     def weight_std(self) -> NDArray[np.float64]:
         """Standard error of each weight, ``sqrt(diag Cov)``."""
         return np.sqrt(np.clip(np.diag(self.cov), 0.0, None))
@@ -176,7 +182,8 @@ class WeightFit:
             f"WeightFit(M={self.n_members}, N={self.n_events}, {status} in {self.n_iter} "
             f"Newton iterations, nll={self.nll:.10g}, |grad|={self.grad_norm:.2e},",
             f"          cond(V)={self.hessian_condition:.3g}, "
-            f"effective rank={self.effective_rank:.2f}, sum(w)={self.weights.sum():.12f},",
+            f"effective rank={self.effective_rank:.2f}, sum(w)={self.weights.sum():.12f}, "
+            f"sum|w|={self.abs_weight_sum:.4g},",
             f"          largest: {top_txt})",
         ]
         lines += [f"  warning: {m}" for m in self.messages]
