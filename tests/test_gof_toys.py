@@ -177,3 +177,11 @@ def test_z_bound_and_summary(setup):
     assert summary.median == pytest.approx(0.92)
     assert "median, 16-84%" in repr(summary) and summary.n_sets == 5
     assert summarize_z([res, res]).median == pytest.approx(res.z)
+
+
+def test_progress_bar_on_stderr(setup, capsys):
+    quiet = _run(setup, n_toys=6)
+    shown = _run(setup, n_toys=6, progress=True)
+    err = capsys.readouterr().err
+    assert "toys" in err and "6/6" in err
+    np.testing.assert_array_equal(quiet.t_null, shown.t_null)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.stats
 from numpy.typing import ArrayLike, NDArray
+from tqdm.auto import tqdm
 
 from genval._validation import as_events
 from genval.errors import FitError, InputError, NegativeDensityWarning
@@ -155,13 +156,22 @@ def _n_jobs(n_jobs: int) -> int:
 
 def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: int,
              poisson: bool = False, centre: Centre = "redrawn", n_jobs: int = -1,
-             **fit_kw: Any) -> ToyBatch:
-    """Fit toys ``indices`` (each on its own RNG stream) and return their statistics."""
+             progress: bool = False, **fit_kw: Any) -> ToyBatch:
+    """Fit toys ``indices`` (each on its own RNG stream) and return their statistics.
+
+    ``progress`` shows a bar on stderr, advanced as each toy finishes.
+    """
     def work(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
-        return [_one_toy(pool, int(i), seed, n_test, poisson, centre, fit_kw) for i in chunk]
+        rows = []
+        for i in chunk:
+            rows.append(_one_toy(pool, int(i), seed, n_test, poisson, centre, fit_kw))
+            bar.update(1)  # tqdm serialises updates from the worker threads
+        return rows
 
     jobs = _n_jobs(n_jobs)
-    with limit_blas_threads(1):  # one toy per core beats threaded BLAS on small GEMMs
+    with limit_blas_threads(1), tqdm(total=int(indices.size), desc="toys", unit="toy",
+                                     disable=not progress, leave=False) as bar:
+        # One toy per core beats threaded BLAS on small GEMMs.
         if jobs > 1 and indices.size > 1:
             # numpy releases the GIL in BLAS and the large element-wise operations.
             chunks = np.array_split(indices, min(indices.size, 4 * jobs))
@@ -192,7 +202,7 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
                     target_z: float | None = None, n_jobs: int = -1, lam: float = LAMBDA_NET,
                     barrier: float = BARRIER, tol: float = 1e-10, toy_tol: float = 1e-8,
                     max_iter: int = 100, hessian_dtype: type = np.float32,
-                    cl: float = 0.6827) -> GoFResult:
+                    cl: float = 0.6827, progress: bool = False) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
 
     Computes t on ``x_test`` and its null distribution from ``n_toys`` toys drawn from
@@ -223,6 +233,7 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         barrier: weight of the log-barrier keeping both densities positive at every kernel
             centre (see ``F_ref`` in :func:`~genval.gof.test_statistic`); same in data and toys.
         cl: level of the Clopper–Pearson interval on p.
+        progress: show a progress bar of the toys on stderr.
 
     Returns:
         :class:`~genval.gof.result.GoFResult`.
@@ -289,7 +300,8 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
 
     indices = np.arange(first_toy, first_toy + n_toys, dtype=np.int64)
     batch = run_toys(pool, indices, seed=seed, n_test=n_test, poisson=toy_size == "poisson",
-                     centre=centre, n_jobs=n_jobs, **{**fit_kw, "tol": toy_tol})
+                     centre=centre, n_jobs=n_jobs, progress=progress,
+                     **{**fit_kw, "tol": toy_tol})
     end = time.perf_counter()
     return GoFResult(
         t_obs=float(observed), t_null=batch.t, toy_index=batch.index,

@@ -62,7 +62,8 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                 members, fit, chunk, basis, n_toys=cfg.gof.n_toys, seed=seed + i,
                 variant=variant, member=cfg.gof.single_member if variant == "single" else None,
                 centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size,
-                pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs, lam=cfg.gof.lambda_net)
+                pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs, lam=cfg.gof.lambda_net,
+                progress=not cfg.quiet)
                 for i, chunk in enumerate(chunks)]
         except FitError as exc:
             # One variant undefined (e.g. a signed mixture <= 0 at test events) must not cost
