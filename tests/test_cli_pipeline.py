@@ -38,7 +38,10 @@ def test_commands_are_registered(cli):
 def test_config_command_prints_a_loadable_config(cli):
     result = invoke(cli, "config", "--preset", "quick")
     assert result.exit_code == 0
-    assert yaml.safe_load(result.output)["members"]["n_members"] == 10
+    from genval.presets import PRESETS
+
+    assert yaml.safe_load(result.output)["members"]["n_members"] == (
+        PRESETS["quick"]["members"]["n_members"])
 
 
 def test_stage_commands_run_in_order_and_resume(cli, tmp_path):

@@ -14,20 +14,19 @@ from genval.config import Config, ConfigError, parse_config
 __all__ = ["PRESETS", "preset"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Sized to run end to end on 2 CPU cores in minutes (measured 4.1 min at load 7 on 2
-    # cores, 2026-11-28): small flows stopped early enough that a single member is visibly
-    # imperfect, a test split large enough to see it. Measured Z: single >= 2.33 (chi2
-    # extrapolation 5.6) > frozen 1.18 > ensemble 0.68; coverage 43 % / 67 %.
+    # Sized to run end to end on 2 CPU cores in a few minutes (figures in BENCHMARKS.md):
+    # small flows stopped early enough that a single member is visibly imperfect, a test split
+    # large enough to see it, the paper's kernel basis.
     "quick": {
         "run_dir": "genval-demo",
-        "data": {"generate": {"n_events": 30_000}},
-        "splits": {"train": 0.4, "weight_fit": 0.25, "centres": 0.02, "test": 0.33},
-        "members": {"n_members": 10, "flow": {"layers": 2, "hidden": 32, "blocks": 2, "bins": 8,
+        "data": {"generate": {"n_events": 60_000}},
+        "splits": {"train": 0.5, "weight_fit": 0.2, "centres": 0.02, "test": 0.28},
+        "members": {"n_members": 20, "flow": {"layers": 2, "hidden": 32, "blocks": 2, "bins": 8,
                                               "learning_rate": 1e-3, "batch_size": 512,
-                                              "max_epochs": 25, "patience": 5}},
-        "sample": {"n_events": 40_000},
-        "coverage": {"n_datasets": 30, "n_generated": 20_000},
-        "gof": {"n_toys": 100, "n_kernels": 50},
+                                              "max_epochs": 40, "patience": 5}},
+        "sample": {"n_events": 60_000},
+        "coverage": {"n_datasets": 100, "n_generated": 40_000},
+        "gof": {"n_toys": 300, "n_kernels": 100},
     },
     # The paper's sizes (Sec. 3): 10^5 events, M = 60, the paper architecture; for a GPU.
     "paper": {
