@@ -185,3 +185,17 @@ def test_progress_bar_on_stderr(setup, capsys):
     err = capsys.readouterr().err
     assert "toys:" in err and "/6 [" in err  # the bar was drawn (then cleared: leave=False)
     np.testing.assert_array_equal(quiet.t_null, shown.t_null)
+
+
+def test_process_and_thread_parallelism_give_identical_toys(setup):
+    from genval.gof import Constraint, draw_pool, run_toys
+
+    members, fit, basis, x_test = setup
+    pool = draw_pool(members, Constraint.from_cov(fit.weights, fit.cov), basis, 4000, seed=3)
+    indices = np.arange(10, 22)
+    runs = [run_toys(pool, indices, seed=3, n_test=len(x_test), n_jobs=jobs, parallel=mode)
+            for jobs, mode in [(1, "threads"), (2, "threads"), (2, "processes")]]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other.t, runs[0].t)
+        np.testing.assert_array_equal(other.index, indices)
+    assert np.all(runs[0].t > -1e-9)

@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.linalg import solve_triangular
 from scipy.special import logsumexp
 
 from genval._validation import as_events, as_rng
@@ -198,7 +199,8 @@ class GaussianMembers:
         events = as_events(x, n_features=self.n_features)
         out = np.empty((self.n_members, events.shape[0]))
         for m in range(self.n_members):
-            z = np.linalg.solve(self._chol[m], (events - self.means[m]).T)
+            z = solve_triangular(self._chol[m], (events - self.means[m]).T, lower=True,
+                                 check_finite=False)
             out[m] = self._log_norm[m] - 0.5 * np.einsum("ij,ij->j", z, z)
         return out
 

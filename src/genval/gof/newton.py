@@ -77,14 +77,17 @@ def _solve(h: NDArray[np.float64], chol: tuple[NDArray[np.float64], bool],
 
 
 def _hessian(a: NDArray[np.floating], r: NDArray[np.float64], q: NDArray[np.float64],
-             dtype: type, stride: int = 1) -> NDArray[np.float64]:
+             dtype: type, stride: int = 1, a_cast: NDArray[np.floating] | None = None
+             ) -> NDArray[np.float64]:
     """``Aᵀ diag(r²) A + diag(q)``, optionally from every ``stride``-th row only.
 
     A row-subsampled Hessian (scaled up) is a cheap preconditioner for the damped phase; its
     diagonal is raised to the exact one (computed in O(N p)), which keeps it positive definite
     and restores directions carried by a few events (tail kernels) that the subsample missed.
+    ``a_cast`` is ``a`` already converted to ``dtype`` (converted once per fit, not per call).
     """
-    sub = a[::stride] if stride > 1 else a
+    source = a_cast if a_cast is not None and a_cast.dtype == dtype else a
+    sub = source[::stride] if stride > 1 else source
     rs = (r[::stride] if stride > 1 else r).astype(dtype, copy=False)
     ar = (sub if sub.dtype == dtype else sub.astype(dtype)) * rs[:, None]
     h = (ar.T @ ar).astype(np.float64)  # numpy dispatches X.T @ X to a symmetric rank-k update
@@ -124,8 +127,6 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
             while the decrement exceeds 1 (damped phase); full Hessians afterwards.
         row_weights: optional positive (N,) weights of the log terms (small weights turn rows
             into a log-barrier that keeps the density positive there).
-        row_weights: optional positive (N,) weights of the log terms (small weights turn rows
-            into a log-barrier that keeps the density positive there).
 
     Returns:
         :class:`Solution`.
@@ -158,6 +159,7 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
     dtype = hessian_dtype
     stride = max(1, n // subsample_rows) if subsample_rows > 0 else 1
     h = chol = None
+    casts: dict[type, NDArray[np.floating]] = {}
     prev_dec = np.inf
     n_hess = n_full = 0
     converged = False
@@ -177,7 +179,10 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
                 n_full += 1
                 if dtype != np.float64 and n_full > 6:
                     dtype = np.float64  # float32 Hessian no longer good enough: go exact
-            h = _hessian(a, r if sqrt_w is None else sqrt_w * r, q, dtype, use_stride)
+            if dtype != a.dtype and use_stride == 1 and dtype not in casts:
+                casts[dtype] = a.astype(dtype)  # reused by every later full Hessian
+            h = _hessian(a, r if sqrt_w is None else sqrt_w * r, q, dtype, use_stride,
+                         casts.get(dtype))
             chol = _factor(h)
             n_hess += 1
             step = -_solve(h, chol, g)
