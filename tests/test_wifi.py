@@ -158,6 +158,8 @@ def test_bad_density_matrices_are_rejected():
         fit_weights(good[:, 0])
     with pytest.raises(FitError, match="non-positive"):
         fit_weights(good, w0=[-1.0, 0.0, 0.0])
+    with pytest.raises(InputError, match="max_iter"):
+        fit_weights(good, max_iter=0)
 
 
 def test_near_duplicate_members_are_named(rng):

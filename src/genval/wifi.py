@@ -249,7 +249,7 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
 
     Raises:
         InputError: malformed F (see :func:`prepare_density_matrix`), fewer than 2 members,
-            or fewer events than members.
+            fewer events than members, or ``max_iter < 1``.
         FitError: infeasible ``w0``.
 
     Warns:
@@ -262,6 +262,8 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     References:
         Badaracco et al., Eqs. (1) and (2).
     """
+    if max_iter < 1:
+        raise InputError(f"max_iter must be at least 1, got {max_iter}")
     S, log_scale = prepare_density_matrix(F, log=log)
     n_events, n_members = S.shape
     if n_members < 2:
