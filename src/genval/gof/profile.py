@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import IllConditionedWarning, InputError
 from genval.linalg import sum_to_one_basis
+from genval.wifi import prepare_density_matrix
 
 __all__ = ["Constraint", "ScaledRows", "scale_rows", "LAMBDA_NET"]
 
@@ -180,21 +181,9 @@ def scale_rows(f: ArrayLike, g: ArrayLike, *, log: bool = False) -> ScaledRows:
         if bad.any():
             rows = np.flatnonzero(bad.any(axis=1))
             raise InputError(f"{name} has NaN/inf on {rows.size} events (first at row {rows[0]})")
-    if log:
-        log_s = fa.max(axis=1)
-        dead = np.isneginf(log_s)
-        if dead.any():
-            rows = np.flatnonzero(dead)
-            raise InputError(f"every member density is zero on {rows.size} events (first at "
-                             f"row {rows[0]}): the ensemble cannot describe them")
-        return ScaledRows(np.exp(fa - log_s[:, None]), np.exp(ga - log_s[:, None]), log_s)
-    for name, arr in (("F", fa), ("G", ga)):
-        if (arr < 0).any():
-            raise InputError(f"{name} must hold densities (>= 0); pass log=True for log-densities")
-    s = fa.max(axis=1)
-    dead = ~(s > 0)
-    if dead.any():
-        rows = np.flatnonzero(dead)
-        raise InputError(f"every member density is zero on {rows.size} events (first at row "
-                         f"{rows[0]}): the ensemble cannot describe them")
-    return ScaledRows(fa / s[:, None], ga / s[:, None], np.log(s))
+    if not log and (ga < 0).any():
+        raise InputError("G must hold densities (>= 0); pass log=True for log-densities")
+    # F's row scaling is the weight fit's (same checks: negative densities, dead rows).
+    f_scaled, log_s = prepare_density_matrix(fa, log=log)
+    g_scaled = np.exp(ga - log_s[:, None]) if log else ga / np.exp(log_s)[:, None]
+    return ScaledRows(f_scaled, g_scaled, log_s)
