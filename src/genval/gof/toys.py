@@ -97,9 +97,10 @@ def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size
               seed: int, *, max_proposals_per_chunk: int = 2_000_000) -> ToyPool:
     """Draw the pool from ``f(x; constraint.weights)`` and evaluate F and G on it once.
 
-    The signed-mixture sampler accepts a fraction ``1 / Σ|ŵ|`` of its proposals; with
-    near-duplicate members Σ|ŵ| reaches 10²–10³, so the pool is drawn in chunks that bound
-    the proposals (and the memory of their densities) per call.
+    The signed-mixture sampler accepts a fraction ``1 / Σ|ŵ|`` of its proposals (10²–10³
+    with near-duplicate members) and bounds its own proposal batches; the pool is drawn in
+    chunks of accepted events so that only their reduced rows (``c``, ``a``), not the full
+    F and G of the whole pool, are held at once.
     """
     rng = np.random.default_rng([seed, POOL_STREAM])
     sum_abs = max(float(np.abs(constraint.weights).sum()), 1.0)
@@ -108,7 +109,7 @@ def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size
     n_acc = n_prop = 0
     for start in range(0, int(size), chunk):
         n = min(chunk, int(size) - start)
-        # the sampler's default cap assumes Σ|ŵ| < 1000; allow 10x the expected proposals
+        # give up beyond 10x the expected proposals (a mixture negative almost everywhere)
         sample = sample_mixture(members, constraint.weights, n, rng,
                                 max_proposals=int(10 * sum_abs * n) + 100_000)
         rows = scale_rows(sample.log_f, basis.log_pdf(sample.x), log=True)
