@@ -130,7 +130,8 @@ def _marginals_figure(run: RunDir, members: Members, fit: Any, basis: Any,
     reco_density = None
     phi, a = getattr(stat, "phi1", None), getattr(stat, "a", None)
     if phi is not None and a is not None and np.shape(phi) == fit.weights.shape:
-        # INTEGRATION: assumes H_{φ,a} is the density F·φ + G·a in data units (gof's scaling).
+        # H_{φ,a} is the density F·φ + G·a: the GoF profiles scale each row of F and G by the
+        # same factor, so φ and a come back in density units.
         reco_density = F @ np.asarray(phi) + basis.pdf(pool.x) @ np.asarray(a)
     hists = []
     for j, name in enumerate(names):
