@@ -124,20 +124,29 @@ class EnsembleMADE(nn.Module):
             ``(M', N, D * multiplier)``; output ``[..., i * multiplier + k]`` depends only on
             inputs ``< i``.
         """
-        sel = slice(None) if members is None else members
-        w_in = self.w_in[sel] * self.mask_in
+        def take(p: Tensor) -> Tensor:
+            # No slice when every member is evaluated: a slice of a parameter costs a
+            # zero-filled full-size gradient plus a copy in the backward pass.
+            return p if members is None else p[members]
+
+        # Under autocast, cast the residual stream to the low-precision dtype *before* the
+        # ReLU: the matrix product would cast it anyway, and a ReLU (and its backward) on the
+        # narrower copy moves half the bytes. Same values: rounding preserves signs.
+        low = (torch.get_autocast_dtype(x.device.type)
+               if torch.is_autocast_enabled(x.device.type) else None)
+        w_in = take(self.w_in) * self.mask_in
         if x.dim() == 2:  # shared events: broadcasted matmul, no (M, N, D) copy
-            h = torch.matmul(x, w_in.transpose(1, 2)) + self.b_in[sel]
+            h = torch.matmul(x, w_in.transpose(1, 2)) + take(self.b_in)
         else:
-            h = torch.baddbmm(self.b_in[sel], x, w_in.transpose(1, 2))
+            h = torch.baddbmm(take(self.b_in), x, w_in.transpose(1, 2))
         for j in range(self.blocks):
-            w0, w1 = self.w_blocks[2 * j][sel], self.w_blocks[2 * j + 1][sel]
+            w0, w1 = take(self.w_blocks[2 * j]), take(self.w_blocks[2 * j + 1])
             if not self._hidden_dense:
                 w0, w1 = w0 * self.mask_hidden, w1 * self.mask_hidden
-            t = torch.relu(h)
-            t = torch.baddbmm(self.b_blocks[2 * j][sel], t, w0.transpose(1, 2))
+            t = torch.relu(h if low is None else h.to(low))
+            t = torch.baddbmm(take(self.b_blocks[2 * j]), t, w0.transpose(1, 2))
             t = torch.relu(t)
-            t = torch.baddbmm(self.b_blocks[2 * j + 1][sel], t, w1.transpose(1, 2))
+            t = torch.baddbmm(take(self.b_blocks[2 * j + 1]), t, w1.transpose(1, 2))
             h = h + t
-        w_out = self.w_out[sel] * self.mask_out
-        return torch.baddbmm(self.b_out[sel], h, w_out.transpose(1, 2))
+        w_out = take(self.w_out) * self.mask_out
+        return torch.baddbmm(take(self.b_out), h, w_out.transpose(1, 2))
