@@ -8,8 +8,14 @@ with nflows; genval trains all members in one step.
 Both are timed on the same machine in the same run, in alternating rounds so that a change of
 background load hits both; the best round of each is reported (load only ever adds time).
 By default each round times a few optimiser steps and the epoch time is extrapolated (steps
-per epoch x time per step; the report says so); ``--full-epoch`` also times one real genval
-epoch (80k training + 20k validation events) through ``genval.flows.train``.
+per epoch x time per step; the report says so); ``--full-epoch`` also times one real epoch
+(80k training + 20k validation events) of genval through ``genval.flows.train`` and of one
+nflows member (training loop plus validation; 60 members one after the other take 60 times
+as long).
+
+Both run in one process with glibc's allocator told to keep freed memory
+(``genval._allocator.retain_freed_memory``, which ``train`` applies anyway), so neither pays
+for page faults the other does not.
 
     python benchmarks/bench_flows.py                       # paper size, CPU, prints JSON
     python benchmarks/bench_flows.py --members 8 --blocks 2 --hidden 32   # quick look
@@ -31,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genval._allocator import retain_freed_memory
 from genval.flows import FlowEnsemble, train
 
 
@@ -69,8 +76,8 @@ def genval_steps(args: argparse.Namespace, x: np.ndarray, precision: str) -> flo
     return float(hist.epoch_seconds[0]) / args.steps
 
 
-def nflows_steps(args: argparse.Namespace, x: np.ndarray) -> float:
-    """Seconds per optimiser step of one nflows flow (the reference implementation)."""
+def nflows_flow(args: argparse.Namespace) -> torch.nn.Module:
+    """One nflows flow of the benchmark's architecture (the reference implementation)."""
     from nflows.distributions.normal import StandardNormal
     from nflows.flows.base import Flow
     from nflows.transforms.autoregressive import (
@@ -84,7 +91,12 @@ def nflows_steps(args: argparse.Namespace, x: np.ndarray) -> float:
         transforms += [ReversePermutation(2), Transform(
             2, args.hidden, num_bins=args.bins, tails="linear", tail_bound=args.tail_bound,
             num_blocks=args.blocks)]
-    flow = Flow(CompositeTransform(transforms), StandardNormal([2])).to(args.device)
+    return Flow(CompositeTransform(transforms), StandardNormal([2])).to(args.device)
+
+
+def nflows_steps(args: argparse.Namespace, x: np.ndarray) -> float:
+    """Seconds per optimiser step of one nflows flow."""
+    flow = nflows_flow(args)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     xt = torch.as_tensor(x, dtype=torch.float32, device=args.device)
     order = torch.randperm(len(xt), device=args.device)
@@ -103,6 +115,31 @@ def nflows_steps(args: argparse.Namespace, x: np.ndarray) -> float:
         step(i)
     sync(args.device)
     return (time.perf_counter() - start) / args.nflows_steps
+
+
+def nflows_full_epoch(args: argparse.Namespace, x: np.ndarray) -> float:
+    """Seconds for one real epoch of one nflows member: shuffled batches, then validation.
+
+    Like the reference code's loop (and genval's): every training event once in batches of
+    ``--batch``, then the validation NLL of the 20,000 held-out events without gradients.
+    """
+    flow = nflows_flow(args)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
+    xt = torch.as_tensor(x[:args.events], dtype=torch.float32, device=args.device)
+    xv = torch.as_tensor(x[args.events:], dtype=torch.float32, device=args.device)
+    sync(args.device)
+    start = time.perf_counter()
+    order = torch.randperm(len(xt), device=args.device)
+    for i in range(0, len(xt), args.batch):
+        opt.zero_grad()
+        loss = -flow.log_prob(xt[order[i:i + args.batch]]).mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        val = sum(-flow.log_prob(xv[i:i + 5000]).sum() for i in range(0, len(xv), 5000))
+    float(val)
+    sync(args.device)
+    return time.perf_counter() - start
 
 
 def log_prob_seconds(args: argparse.Namespace, x: np.ndarray) -> float:
@@ -139,13 +176,14 @@ def main() -> None:
                    help="also time one real epoch (events + 25%% validation) with genval")
     p.add_argument("--no-nflows", action="store_true")
     args = p.parse_args()
+    allocator_tuned = retain_freed_memory()
 
     x = np.random.default_rng(0).normal([-0.5, 0.6], [0.25, 0.4], size=(args.events + 20_000, 2))
     steps_per_epoch = math.ceil(args.events / args.batch)
     precisions = [s for s in args.precision.split(",") if s]
     report: dict[str, Any] = {"machine": machine(args.device), "date": time.strftime(
         "%Y-%m-%d %H:%M:%S %Z"), "settings": vars(args), "steps_per_epoch": steps_per_epoch,
-        "load_before": load()}
+        "load_before": load(), "allocator_retains_freed_memory": allocator_tuned}
     timings: dict[str, list[float]] = {f"genval_{s}": [] for s in precisions}
     if not args.no_nflows:
         timings["nflows"] = []
@@ -180,6 +218,13 @@ def main() -> None:
                          batch_size=args.batch, lr=1e-4, progress=False, device=args.device,
                          precision=prec, micro_batch=args.micro_batch, seed=0)
             report.setdefault("full_epoch_seconds", {})[prec] = float(hist.epoch_seconds[0])
+        if not args.no_nflows:
+            member = nflows_full_epoch(args, x)
+            report["full_epoch_seconds"]["nflows_one_member"] = member
+            report["full_epoch_seconds"]["nflows_sequential_ensemble"] = member * args.members
+            for prec in precisions:
+                report["full_epoch_seconds"][f"speedup_{prec}_vs_nflows"] = (
+                    member * args.members / report["full_epoch_seconds"][prec])
     report["log_prob"] = {"events": args.logprob_events, "members": args.members,
                           "seconds": log_prob_seconds(args, x)}
     report["load_after"] = load()

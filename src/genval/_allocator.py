@@ -6,8 +6,8 @@ heap once enough is free, so every step gets fresh pages that the kernel zero-fi
 touch. On two cores that made a 60-member flow step 25 % slower and its time erratic
 (BENCHMARKS.md, issue 4). Raising the ``mmap`` and trim thresholds makes freed blocks reusable.
 
-This is process-wide (``malloc`` has no scope), so it is done once, explicitly: by
-:func:`genval.flows.train` on a CPU unless ``tune_allocator=False``, and by the CLI.
+This is process-wide (``malloc`` has no scope), so it is done once and only where asked for:
+:func:`genval.flows.train` does it on a CPU unless ``tune_allocator=False``.
 """
 
 from __future__ import annotations
