@@ -22,7 +22,8 @@ TINY_FLOW = {
     "splits": {"train": 0.45, "weight_fit": 0.4, "centres": 0.05, "test": 0.1},
     "members": {"kind": "flow", "n_members": 3,
                 "flow": {"layers": 1, "hidden": 8, "blocks": 1, "bins": 4,
-                         "learning_rate": 3e-3, "max_epochs": 8, "patience": 3}},
+                         "learning_rate": 3e-3, "max_epochs": 8, "patience": 3,
+                         "precision": "bfloat16"}},
     "sample": {"n_events": 400, "output": "samples.csv"},
     "coverage": {"n_datasets": 2, "n_events": 100, "n_generated": 200},
     "gof": {"n_kernels": 10, "n_toys": 4, "pool_size": 1000},
@@ -54,6 +55,10 @@ def test_genval_run_end_to_end_with_flows_and_gof(tmp_path):
     meta = json.loads((root / "metadata.json").read_text())
     assert set(meta["stages"]) >= {"split", "train", "fit", "sample", "coverage", "gof"}
     assert meta["device"]["resolved"] == "cpu" and meta["packages"]["torch"]
+    from genval.flows import FlowEnsemble
+
+    trained = FlowEnsemble.load(root / "models" / "ensemble.safetensors")
+    assert trained.training_summary["settings"]["precision"] == "bfloat16"
     for variant in ("single", "frozen", "ensemble"):
         rec = json.loads((root / "gof" / f"{variant}.json").read_text())
         assert rec["n_toys"] == 4 and len(rec["t_null"]) == 4 and rec["variant"] == variant

@@ -93,7 +93,8 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     history = flows.train(ens, x_train, val_fraction=fc.validation_fraction,
                           batch_size=fc.batch_size, lr=fc.learning_rate,
                           max_epochs=fc.max_epochs, patience=fc.patience, seed=seed,
-                          device=device, progress=not cfg.quiet, bootstrap=fc.bootstrap)
+                          device=device, progress=not cfg.quiet, bootstrap=fc.bootstrap,
+                          precision=fc.precision)
     ens.save(models / "ensemble.safetensors")
     save_npz(models / "history.npz", train_loss=history.train_loss,
              val_loss=history.val_loss, best_epoch=history.best_epoch)
