@@ -19,12 +19,13 @@ for page faults the other does not.
 
     python benchmarks/bench_flows.py                       # paper size, CPU, prints JSON
     python benchmarks/bench_flows.py --members 8 --blocks 2 --hidden 32   # quick look
-    python benchmarks/bench_flows.py --device cuda --full-epoch
+    python benchmarks/bench_flows.py --device cuda --full-epoch --check
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -142,6 +143,51 @@ def nflows_full_epoch(args: argparse.Namespace, x: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
+def check_against_float64(args: argparse.Namespace, x: np.ndarray) -> dict[str, Any]:
+    """The fast path against a float64 CPU reference on random inputs (run before timing).
+
+    Perturbed paper-size members (far from the identity, so every layer matters): log_prob of
+    2,000 events in float32 on ``--device``, and the gradient of the mean NLL of one batch per
+    member in float32 and under bf16 autocast, each compared with float64 on the CPU.
+    """
+    ens = FlowEnsemble(2, args.members, args.layers, args.hidden, args.blocks, args.bins,
+                       tail_bound=args.tail_bound, seed=0)
+    ens.set_standardisation(x)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in ens.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    ref = copy.deepcopy(ens).double()
+    fast = ens.to(args.device)
+    events = x[:2000]
+    lp_ref, lp = ref.log_prob(events), fast.log_prob(events)
+    out: dict[str, Any] = {"log_prob_max_abs_error_float32": float(np.abs(lp - lp_ref).max()),
+                           "log_prob_range": [float(lp_ref.min()), float(lp_ref.max())]}
+    batch = torch.as_tensor((x[:args.batch] - ens.loc) / ens.scale)
+
+    def grads(model: FlowEnsemble, autocast: torch.dtype | None) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model._autocast = autocast
+        try:
+            y = batch.to(device=model.device, dtype=model.dtype)
+            model.log_prob_standardised(y).mean(dim=1).sum().backward()
+        finally:
+            model._autocast = None
+        return [p.grad.detach().double().cpu() for p in model.parameters()]
+
+    g_ref = grads(ref, None)
+    norm = math.sqrt(sum(float(g.square().sum()) for g in g_ref))
+    for name, autocast in (("float32", None), ("bfloat16", torch.bfloat16)):
+        diff = math.sqrt(sum(float((a - b).square().sum())
+                             for a, b in zip(grads(fast, autocast), g_ref, strict=True)))
+        out[f"gradient_relative_error_{name}"] = diff / norm
+    # float32 carries ~7 digits through 4 x 33 layers; bf16 ~3 (8-bit mantissa products).
+    out["passed"] = bool(out["log_prob_max_abs_error_float32"] < 1e-3
+                         and out["gradient_relative_error_float32"] < 1e-3
+                         and out["gradient_relative_error_bfloat16"] < 5e-2)
+    return out
+
+
 def log_prob_seconds(args: argparse.Namespace, x: np.ndarray) -> float:
     ens = FlowEnsemble(2, args.members, args.layers, args.hidden, args.blocks, args.bins,
                        tail_bound=args.tail_bound, seed=0).to(args.device)
@@ -175,6 +221,9 @@ def main() -> None:
     p.add_argument("--full-epoch", action="store_true",
                    help="also time one real epoch (events + 25%% validation) with genval")
     p.add_argument("--no-nflows", action="store_true")
+    p.add_argument("--check", action="store_true",
+                   help="first compare log_prob and gradients with a float64 CPU reference; "
+                   "exit 1 if they disagree")
     args = p.parse_args()
     allocator_tuned = retain_freed_memory()
 
@@ -184,6 +233,12 @@ def main() -> None:
     report: dict[str, Any] = {"machine": machine(args.device), "date": time.strftime(
         "%Y-%m-%d %H:%M:%S %Z"), "settings": vars(args), "steps_per_epoch": steps_per_epoch,
         "load_before": load(), "allocator_retains_freed_memory": allocator_tuned}
+    if args.check:
+        report["check"] = check_against_float64(args, x)
+        print(f"check: {report['check']}", file=sys.stderr)
+        if not report["check"]["passed"]:
+            print(json.dumps(report, indent=2))
+            sys.exit(1)
     timings: dict[str, list[float]] = {f"genval_{s}": [] for s in precisions}
     if not args.no_nflows:
         timings["nflows"] = []

@@ -198,7 +198,7 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
         standardise: set the feature standardisation from the training split first.
         precision: ``"float32"``, or ``"bfloat16"`` to run the MADE matrix products under
             autocast (the spline, the loss, validation and every later evaluation stay in the
-            ensemble's dtype); 2.5-3.6x faster than float32 on a 2-core AVX512-BF16 CPU
+            ensemble's dtype); 2.8x faster than float32 on a 2-core AVX512-BF16 CPU
             (BENCHMARKS), and the usual choice on GPUs.
         micro_batch: split each step's batch into pieces of this many events to bound memory
             (gradients are accumulated, so the update is unchanged).
