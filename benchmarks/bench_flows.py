@@ -146,8 +146,9 @@ def nflows_full_epoch(args: argparse.Namespace, x: np.ndarray) -> float:
 def check_against_float64(args: argparse.Namespace, x: np.ndarray) -> dict[str, Any]:
     """The fast path against a float64 CPU reference on random inputs (run before timing).
 
-    Perturbed paper-size members (far from the identity, so every layer matters): log_prob of
-    2,000 events in float32 on ``--device``, and the gradient of the mean NLL of one batch per
+    Members perturbed by 0.01 (weights ~10 %, residual blocks 10x their initial scale, so
+    every layer matters): log_prob of 2,000
+    events in float32 on ``--device``, and the gradient of the mean NLL of one batch per
     member in float32 and under bf16 autocast, each compared with float64 on the CPU.
     """
     ens = FlowEnsemble(2, args.members, args.layers, args.hidden, args.blocks, args.bins,
@@ -156,35 +157,42 @@ def check_against_float64(args: argparse.Namespace, x: np.ndarray) -> dict[str, 
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in ens.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
     ref = copy.deepcopy(ens).double()
     fast = ens.to(args.device)
     events = x[:2000]
     lp_ref, lp = ref.log_prob(events), fast.log_prob(events)
     out: dict[str, Any] = {"log_prob_max_abs_error_float32": float(np.abs(lp - lp_ref).max()),
                            "log_prob_range": [float(lp_ref.min()), float(lp_ref.max())]}
-    batch = torch.as_tensor((x[:args.batch] - ens.loc) / ens.scale)
+    def batch(i: int) -> torch.Tensor:
+        return torch.as_tensor((x[i * args.batch:(i + 1) * args.batch] - ens.loc) / ens.scale)
 
-    def grads(model: FlowEnsemble, autocast: torch.dtype | None) -> list[torch.Tensor]:
+    def grads(model: FlowEnsemble, autocast: torch.dtype | None, i: int = 0
+              ) -> list[torch.Tensor]:
         model.zero_grad(set_to_none=True)
         model._autocast = autocast
         try:
-            y = batch.to(device=model.device, dtype=model.dtype)
+            y = batch(i).to(device=model.device, dtype=model.dtype)
             model.log_prob_standardised(y).mean(dim=1).sum().backward()
         finally:
             model._autocast = None
         return [p.grad.detach().double().cpu() for p in model.parameters()]
 
+    def distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return math.sqrt(sum(float((u - v).square().sum()) for u, v in zip(a, b, strict=True)))
+
     g_ref = grads(ref, None)
-    norm = math.sqrt(sum(float(g.square().sum()) for g in g_ref))
+    # The yardstick for a gradient error: how much the gradient changes from one batch of
+    # events to the next (float64), i.e. the noise SGD already lives with.
+    batch_noise = distance(grads(ref, None, 1), g_ref)
     for name, autocast in (("float32", None), ("bfloat16", torch.bfloat16)):
-        diff = math.sqrt(sum(float((a - b).square().sum())
-                             for a, b in zip(grads(fast, autocast), g_ref, strict=True)))
-        out[f"gradient_relative_error_{name}"] = diff / norm
-    # float32 carries ~7 digits through 4 x 33 layers; bf16 ~3 (8-bit mantissa products).
+        out[f"gradient_error_over_batch_noise_{name}"] = (
+            distance(grads(fast, autocast), g_ref) / batch_noise)
+    # float32 carries ~7 digits through 4 x 33 layers, bf16 products ~3: bf16 may add at most
+    # 1/16 of the variance SGD already has (0.25 of its noise).
     out["passed"] = bool(out["log_prob_max_abs_error_float32"] < 1e-3
-                         and out["gradient_relative_error_float32"] < 1e-3
-                         and out["gradient_relative_error_bfloat16"] < 5e-2)
+                         and out["gradient_error_over_batch_noise_float32"] < 1e-3
+                         and out["gradient_error_over_batch_noise_bfloat16"] < 0.25)
     return out
 
 

@@ -264,15 +264,18 @@ def test_constructor_and_standardisation_errors() -> None:
 
 
 def _made_reference(made, x: torch.Tensor) -> torch.Tensor:
-    """The MADE as nflows writes it (ReLU on the float32 residual stream, then the product)."""
-    h = torch.baddbmm(made.b_in, x, (made.w_in * made.mask_in).transpose(1, 2))
+    """The MADE as nflows writes it (ReLU on the float32 residual stream, then the product),
+    with the input and output layers outside autocast."""
+    with torch.autocast("cpu", enabled=False):
+        h = torch.baddbmm(made.b_in, x, (made.w_in * made.mask_in).transpose(1, 2))
     for j in range(made.blocks):
         w0, w1 = made.w_blocks[2 * j], made.w_blocks[2 * j + 1]
         if not made._hidden_dense:
             w0, w1 = w0 * made.mask_hidden, w1 * made.mask_hidden
         t = torch.baddbmm(made.b_blocks[2 * j], torch.relu(h), w0.transpose(1, 2))
         h = h + torch.baddbmm(made.b_blocks[2 * j + 1], torch.relu(t), w1.transpose(1, 2))
-    return torch.baddbmm(made.b_out, h, (made.w_out * made.mask_out).transpose(1, 2))
+    with torch.autocast("cpu", enabled=False):
+        return torch.baddbmm(made.b_out, h, (made.w_out * made.mask_out).transpose(1, 2))
 
 
 @pytest.mark.parametrize("name", ["d2-reverse", "d3-random"])
@@ -280,8 +283,10 @@ def test_bfloat16_autocast_made_is_exact_and_close_to_float32(name: str) -> None
     """Under bf16 autocast the MADE casts before its ReLU (half the bytes moved).
 
     Rounding preserves signs, so output and gradients equal the ReLU-then-cast order bit for
-    bit; and mixed precision stays close to float32 on a freshly initialised ensemble (bf16
-    keeps 8 bits of mantissa: about 1e-2 relative).
+    bit. The input and output layers stay in float32, so mixed precision stays close to
+    float32 on a freshly initialised ensemble: measured 6e-6 of the output's scale and 9e-4
+    of the gradient norm. With those layers in bf16 too (the data themselves rounded to 3
+    digits) it was 5e-3 and 4e-3, and these bounds fail.
     """
     ens = perturbed(n_members=3, scale=0.0, dtype=torch.float32, **VARIANTS[name])
     made = ens.mades[0]
@@ -300,7 +305,7 @@ def test_bfloat16_autocast_made_is_exact_and_close_to_float32(name: str) -> None
     assert torch.equal(new, ref)
     assert all(torch.equal(a, b) for a, b in zip(g_new, g_ref, strict=True))
     full, g_full = out_and_grads(type(made).forward, False)
-    assert (new - full).abs().max() < 0.02 * full.abs().max()
+    assert (new - full).abs().max() < 5e-4 * full.abs().max()
     num = torch.sqrt(sum((a - b).square().sum() for a, b in zip(g_new, g_full, strict=True)))
     den = torch.sqrt(sum(b.square().sum() for b in g_full))
-    assert num / den < 0.03, float(num / den)
+    assert num / den < 2e-3, float(num / den)
