@@ -7,6 +7,8 @@ far from the identity and the autoregressive conditioning matters.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -280,32 +282,37 @@ def _made_reference(made, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["d2-reverse", "d3-random"])
 def test_bfloat16_autocast_made_is_exact_and_close_to_float32(name: str) -> None:
-    """Under bf16 autocast the MADE casts before its ReLU (half the bytes moved).
+    """Under bf16 autocast the MADE runs its residual blocks as one fused node.
 
-    Rounding preserves signs, so output and gradients equal the ReLU-then-cast order bit for
-    bit. The input and output layers stay in float32, so mixed precision stays close to
-    float32 on a freshly initialised ensemble: measured 6e-6 of the output's scale and 9e-4
-    of the gradient norm. With those layers in bf16 too (the data themselves rounded to 3
-    digits) it was 5e-3 and 4e-3, and these bounds fail.
+    Its output equals, bit for bit, nflows' arithmetic under autocast with a float32 residual
+    stream and float32 input/output layers; its gradient is at least as close to float64 (bias
+    gradients are float32 sums). Measured against float32 on a freshly initialised ensemble:
+    6e-6 of the output's scale and 9e-4 of the gradient norm. With the input layer and the
+    stream in bf16 as well (the data themselves rounded to 3 digits) it was 5e-3 and 4e-3, and
+    these bounds fail.
     """
     ens = perturbed(n_members=3, scale=0.0, dtype=torch.float32, **VARIANTS[name])
     made = ens.mades[0]
     x = torch.as_tensor(events(256, ens.n_features, seed=3, spread=1.0),
                         dtype=torch.float32).expand(3, -1, -1)
 
-    def out_and_grads(fn, autocast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        made.zero_grad(set_to_none=True)
+    def out_and_grads(fn, autocast: bool, module=made, xx=x
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        module.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = fn(made, x)
-        out.float().square().sum().backward()
-        return out.detach().float(), [p.grad.clone() for p in made.parameters()]
+            out = fn(module, xx)
+        out.double().square().sum().backward()
+        return out.detach().double(), [p.grad.double() for p in module.parameters()]
+
+    def distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return float(torch.sqrt(sum((u - v).square().sum() for u, v in zip(a, b, strict=True))))
 
     new, g_new = out_and_grads(type(made).forward, True)
     ref, g_ref = out_and_grads(_made_reference, True)
     assert torch.equal(new, ref)
-    assert all(torch.equal(a, b) for a, b in zip(g_new, g_ref, strict=True))
-    full, g_full = out_and_grads(type(made).forward, False)
-    assert (new - full).abs().max() < 5e-4 * full.abs().max()
-    num = torch.sqrt(sum((a - b).square().sum() for a, b in zip(g_new, g_full, strict=True)))
-    den = torch.sqrt(sum(b.square().sum() for b in g_full))
-    assert num / den < 2e-3, float(num / den)
+    exact, g_exact = out_and_grads(type(made).forward, False, copy.deepcopy(made).double(),
+                                   x.double())
+    norm = distance(g_exact, [torch.zeros_like(g) for g in g_exact])
+    assert distance(g_new, g_exact) <= 1.05 * distance(g_ref, g_exact)
+    assert (new - exact).abs().max() < 5e-4 * exact.abs().max()
+    assert distance(g_new, g_exact) / norm < 2e-3, distance(g_new, g_exact) / norm
