@@ -196,10 +196,12 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
             parameters); None disables.
         bootstrap: train each member on a bootstrap replica (paper); False: on the full split.
         standardise: set the feature standardisation from the training split first.
-        precision: ``"float32"``, or ``"bfloat16"`` to run the MADE matrix products under
-            autocast (the spline, the loss, validation and every later evaluation stay in the
-            ensemble's dtype); 2.8x faster than float32 on a 2-core AVX512-BF16 CPU
-            (BENCHMARKS), and the usual choice on GPUs.
+        precision: ``"float32"``, or ``"bfloat16"`` to run the products inside the MADEs'
+            residual blocks in bf16 (:mod:`genval.flows.residual`; the residual stream, the
+            input and output layers, the spline, the loss, validation and every later
+            evaluation stay in the ensemble's dtype): about 2.8x faster than float32 on a
+            2-core AVX512-BF16 CPU (BENCHMARKS), with a gradient error of 1-14 % of the
+            minibatch noise (docs/method.md).
         micro_batch: split each step's batch into pieces of this many events to bound memory
             (gradients are accumulated, so the update is unchanged).
         tune_allocator: on a CPU with glibc, let the process keep freed memory for reuse
