@@ -147,9 +147,9 @@ def check_against_float64(args: argparse.Namespace, x: np.ndarray) -> dict[str, 
     """The fast path against a float64 CPU reference on random inputs (run before timing).
 
     Members perturbed by 0.01 (weights ~10 %, residual blocks 10x their initial scale, so
-    every layer matters): log_prob of 2,000
-    events in float32 on ``--device``, and the gradient of the mean NLL of one batch per
-    member in float32 and under bf16 autocast, each compared with float64 on the CPU.
+    every layer matters): log_prob of 2,000 events in float32 on ``--device``, and the
+    gradient of the mean NLL of one batch per member in float32 and in the bf16 training mode,
+    each compared with float64 on the CPU.
     """
     ens = FlowEnsemble(2, args.members, args.layers, args.hidden, args.blocks, args.bins,
                        tail_bound=args.tail_bound, seed=0)
@@ -164,6 +164,7 @@ def check_against_float64(args: argparse.Namespace, x: np.ndarray) -> dict[str, 
     lp_ref, lp = ref.log_prob(events), fast.log_prob(events)
     out: dict[str, Any] = {"log_prob_max_abs_error_float32": float(np.abs(lp - lp_ref).max()),
                            "log_prob_range": [float(lp_ref.min()), float(lp_ref.max())]}
+
     def batch(i: int) -> torch.Tensor:
         return torch.as_tensor((x[i * args.batch:(i + 1) * args.batch] - ens.loc) / ens.scale)
 
