@@ -59,9 +59,18 @@ _run_dir = click.option("--run-dir", type=click.Path(file_okay=False, path_type=
                         default=None, help="Run directory (overrides config run_dir).")
 
 
-def _execute(config: Config, run_dir: Path | None, force: bool) -> None:
+def _pipeline_options(fn: F) -> F:
+    """The options shared by ``run`` and ``demo``, in the order ``--help`` lists them."""
+    for option in (_errors, _quiet, _device, _seed, _force, _run_dir):
+        fn = option(fn)
+    return fn
+
+
+def _execute(config: Config, run_dir: Path | None, force: bool, seed: int | None,
+             device: str | None, quiet: bool | None) -> None:
     from genval.pipeline import run_pipeline
 
+    config = with_overrides(config, {"seed": seed, "device": device, "quiet": quiet})
     run = run_pipeline(config, run_dir=run_dir, force=force, log=_log(config.quiet))
     click.echo(str(run.report_path))
 
@@ -71,35 +80,21 @@ def register(group: click.Group) -> click.Group:
 
     @group.command("run")
     @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
-    @_run_dir
-    @_force
-    @_seed
-    @_device
-    @_quiet
-    @_errors
+    @_pipeline_options
     def run_cmd(config_file: Path, run_dir: Path | None, force: bool, seed: int | None,
                 device: str | None, quiet: bool | None) -> None:
         """Run every stage of CONFIG_FILE; finished stages are skipped (resume)."""
-        cfg = with_overrides(load_config(config_file),
-                             {"seed": seed, "device": device, "quiet": quiet})
-        _execute(cfg, run_dir, force)
+        _execute(load_config(config_file), run_dir, force, seed, device, quiet)
 
     @group.command("demo")
     @click.option("--preset", "preset_name", type=click.Choice(["quick", "paper"]),
                   default="quick", show_default=True,
                   help="quick: minutes on 2 CPU cores; paper: the paper's sizes, for a GPU.")
-    @_run_dir
-    @_force
-    @_seed
-    @_device
-    @_quiet
-    @_errors
+    @_pipeline_options
     def demo_cmd(preset_name: str, run_dir: Path | None, force: bool, seed: int | None,
                  device: str | None, quiet: bool | None) -> None:
         """The paper's toy study: a 2D Gaussian, three GoF variants and a coverage study."""
-        cfg = with_overrides(preset(preset_name), {"seed": seed, "device": device,
-                                                   "quiet": quiet})
-        _execute(cfg, run_dir, force)
+        _execute(preset(preset_name), run_dir, force, seed, device, quiet)
 
     @group.command("config")
     @click.option("--preset", "preset_name", type=click.Choice(["default", "quick", "paper"]),
