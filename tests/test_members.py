@@ -17,7 +17,20 @@ def test_gaussian_members_match_scipy(rng):
     assert isinstance(members, gv.members.Members)
 
 
-def test_kde_members_match_scipy_gaussian_kde(rng):
+@pytest.mark.parametrize("rule", ["scott", "silverman"])
+def test_kde_members_match_scipy_gaussian_kde(rng, rule):
+    # In 1D scipy's kernel is N(0, factor² var) with the same Scott/Silverman factors, so the
+    # two densities agree exactly on each member's bootstrap replica.
+    members = KDEMembers(rng.normal(size=(300, 1)), n_members=2, bandwidth=rule, seed=1,
+                         block_elements=17 * 300)
+    test = rng.normal(scale=2.0, size=(40, 1))
+    for m in range(2):
+        replica = members._replicas[m][:, 0]
+        reference = stats.gaussian_kde(replica, bw_method=rule).logpdf(test[:, 0])
+        np.testing.assert_allclose(members.log_prob(test)[m], reference, rtol=1e-10)
+
+
+def test_kde_members_match_a_direct_sum_in_2d(rng):
     x = rng.normal(size=(300, 2))
     members = KDEMembers(x, n_members=2, bandwidth=0.3, seed=1, block_elements=17 * 300)
     test = rng.normal(size=(40, 2))
