@@ -12,8 +12,8 @@ References:
 
 from __future__ import annotations
 
-from genval.flows.ensemble import PAPER_ARCHITECTURE, FlowEnsemble
-from genval.flows.io import FORMAT, FORMAT_VERSION, load, read_metadata, save
+from genval.flows.ensemble import PAPER_ARCHITECTURE, FlowEnsemble, load, save
+from genval.flows.io import FORMAT, FORMAT_VERSION, read_metadata
 from genval.flows.spline import rational_quadratic_spline
 from genval.flows.train import PAPER_TRAINING, TrainingHistory, bootstrap_replicas, train
 
