@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,17 @@ from genval.flows.spline import (
     rational_quadratic_spline,
 )
 
-__all__ = ["FlowEnsemble", "PAPER_ARCHITECTURE", "save", "load"]
+__all__ = ["FlowEnsemble", "PAPER_ARCHITECTURE", "PRECISIONS", "save", "load"]
 
 #: The paper's flow (Sec. 3): nflows ``num_layers=4, num_blocks=16, hidden_features=128,
 #: num_bins=15``.
 PAPER_ARCHITECTURE: dict[str, int] = {"layers": 4, "blocks": 16, "hidden": 128, "bins": 15}
 
+#: Arithmetic of the products inside the MADEs' residual blocks (:attr:`FlowEnsemble.precision`).
+PRECISIONS: tuple[str, ...] = ("bfloat16", "float32")
+# "float32" runs everything in the ensemble's own dtype (no autocast); "bfloat16" autocasts the
+# residual blocks' products (genval.flows.residual), where mixed-precision training gains.
+_AUTOCAST: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 _LOG_2PI = math.log(2 * math.pi)
 _PERMUTATIONS = ("reverse", "random", "none")
 
@@ -136,7 +142,7 @@ class FlowEnsemble(nn.Module):
         self.loc: NDArray[np.float64] = np.zeros(d)
         self.scale: NDArray[np.float64] = np.ones(d)
         self.training_summary: dict[str, Any] | None = None
-        self._autocast: torch.dtype | None = None  # set by train() for mixed precision
+        self._precision = "float32"  # see the precision property
         for m, s in enumerate(self.member_seeds):
             gen = torch.Generator().manual_seed(s)
             for made in self.mades:
@@ -163,6 +169,46 @@ class FlowEnsemble(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.mades[0].w_in.dtype
+
+    @property
+    def precision(self) -> str:
+        """Arithmetic of the products inside the MADEs' residual blocks, for every pass.
+
+        ``"float32"`` (the default): everything runs in the ensemble's own dtype (float32, or
+        float64 after ``.double()``). ``"bfloat16"``: the residual blocks' matrix products run
+        under bf16 autocast (:mod:`genval.flows.residual`) while the residual stream, the input
+        and output layers, the spline and the log-density stay in the ensemble's dtype -- the
+        mixed-precision mode of :func:`genval.flows.train` (Badaracco et al., Step 1 trains M
+        flows; this only makes each step cheaper). Not saved with the ensemble: a loaded or
+        subset ensemble computes in ``"float32"``. For a scoped change use
+        :meth:`compute_precision`.
+
+        Raises:
+            InputError: (on assignment) a value not in :data:`PRECISIONS`.
+        """
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in _AUTOCAST:
+            raise InputError(f"precision must be one of {sorted(_AUTOCAST)}, got {value!r}")
+        self._precision = value
+
+    @contextmanager
+    def compute_precision(self, precision: str) -> Iterator[FlowEnsemble]:
+        """Set :attr:`precision` inside a ``with`` block, restoring the previous one on exit.
+
+        ::
+
+            with ens.compute_precision("bfloat16"):
+                loss = -ens.log_prob_standardised(y).mean()
+        """
+        previous = self.precision
+        self.precision = precision
+        try:
+            yield self
+        finally:
+            self.precision = previous
 
     def extra_repr(self) -> str:
         c = self.config
@@ -199,8 +245,9 @@ class FlowEnsemble(nn.Module):
     # -- transforms on standardised features ---------------------------------------------
     def _spline_params(self, layer: int, y: Tensor, members: slice | None) -> Tensor:
         made = self.mades[layer]
-        if self._autocast is not None:
-            with torch.autocast(device_type=y.device.type, dtype=self._autocast):
+        autocast = _AUTOCAST[self._precision]
+        if autocast is not None:
+            with torch.autocast(device_type=y.device.type, dtype=autocast):
                 out = made(y, members)
             out = out.to(y.dtype)
         else:
