@@ -205,10 +205,57 @@ def test_sample_members_batches_and_grouping() -> None:
         ens.sample(3, 4)
 
 
-def test_sample_mixture_uses_batched_sampler() -> None:
+class _OneByOne:
+    """The same members without ``sample_members``: sample_mixture then samples member by
+    member through :meth:`FlowEnsemble.sample`, an independent code path."""
+
+    def __init__(self, ens: FlowEnsemble) -> None:
+        self._ens = ens
+
+    @property
+    def n_members(self) -> int:
+        return self._ens.n_members
+
+    @property
+    def n_features(self) -> int:
+        return self._ens.n_features
+
+    def log_prob(self, x: np.ndarray) -> np.ndarray:
+        return self._ens.log_prob(x)
+
+    def sample(self, n: int, member: int, rng=None) -> np.ndarray:
+        return self._ens.sample(n, member, rng)
+
+
+def test_sample_mixture_uses_batched_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flow ensemble is sampled in one batched pass per proposal batch, and that pass gives
+    the events member-by-member sampling gives from the same base draws (same rng stream)."""
     ens = perturbed(n_members=3, scale=0.2, **VARIANTS["d2-reverse"])
-    res = sample_mixture(ens, np.array([0.5, 0.7, -0.2]), 300, rng=1)
+    reference = copy.deepcopy(ens)
+    weights = np.array([0.5, 0.7, -0.2])
+    batched_counts: list[np.ndarray] = []
+    batched = ens.sample_members
+
+    def spy(counts, rng=None) -> np.ndarray:
+        batched_counts.append(np.asarray(counts).copy())
+        return batched(counts, rng)
+
+    def per_member(*args, **kwargs) -> np.ndarray:
+        raise AssertionError("sample_mixture sampled a flow ensemble member by member")
+
+    monkeypatch.setattr(ens, "sample_members", spy)
+    monkeypatch.setattr(ens, "sample", per_member)
+    res = sample_mixture(ens, weights, 300, rng=1)
+    ref = sample_mixture(_OneByOne(reference), weights, 300, rng=1)
+    # Every proposal batch went through one sample_members call covering all its members.
+    assert batched_counts and sum(int(c.sum()) for c in batched_counts) == res.n_proposed
+    assert all(c.shape == (3,) and np.all(c > 0) for c in batched_counts)
+    assert (res.n_proposed, res.n_accepted) == (ref.n_proposed, ref.n_accepted)
     assert res.x.shape == (300, 2) and res.log_f.shape == (300, 3)
+    np.testing.assert_allclose(res.x, ref.x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(res.log_f, ref.log_f, rtol=0, atol=1e-12)
+    # log F is the members' log-density at the returned events, not a stale proposal value.
+    np.testing.assert_allclose(res.log_f, reference.log_prob(res.x).T, rtol=0, atol=1e-12)
 
 
 def test_spline_reference_values_and_tails() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genval.errors import InputError
-from genval.flows import FlowEnsemble, load, train
+from genval.flows import PAPER_TRAINING, FlowEnsemble, TrainSettings, load, train
 from genval.flows.train import _clip_per_member, bootstrap_replicas
 
 MU, SIGMA = np.array([-0.5, 0.6]), np.array([0.25, 0.4])  # the paper's toy (Sec. 3)
@@ -126,7 +126,8 @@ def test_bfloat16_autocast_training() -> None:
     ens = FlowEnsemble(2, 2, **SMALL, seed=4)
     hist = train(ens, x, max_epochs=3, lr=5e-3, batch_size=128, precision="bfloat16",
                  progress=False, seed=0)
-    assert ens._autocast is None  # evaluation after training is in full precision
+    assert ens.precision == "float32"  # evaluation after training is in full precision
+    assert hist.settings["precision"] == "bfloat16"
     assert np.all(np.diff(hist.val_loss[:, 0])[:1] < 0)
     assert np.isfinite(ens.log_prob(x[:10])).all()
 
@@ -134,16 +135,87 @@ def test_bfloat16_autocast_training() -> None:
 def test_training_input_errors() -> None:
     ens = FlowEnsemble(2, 2, **SMALL)
     x = gaussian(100, 0)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"val_fraction must be in \(0, 1\), got 1.0"):
         train(ens, x, val_fraction=1.0, progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="precision must be one of .*'bfloat16'.*'float8'"):
         train(ens, x, precision="float8", progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="batch_size must be a positive integer, got 0"):
         train(ens, x, batch_size=0, progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="lr must be positive"):
+        train(ens, x, lr=float("inf"), progress=False)
+    with pytest.raises(InputError,
+                       match=r"training events contain 1 rows with NaN/inf \(first at row 100\)"):
         train(ens, np.vstack([x, [[np.nan, 0.0]]]), progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="training events have 1 features, expected 2"):
         train(ens, x[:, :1], progress=False)
+    with pytest.raises(InputError, match="leave nothing to train on"):
+        train(ens, x[:2], val_fraction=0.9, progress=False)
+
+
+def _trained(settings: TrainSettings | None = None, **overrides) -> tuple[FlowEnsemble, object]:
+    ens = FlowEnsemble(2, 3, **SMALL, seed=6)
+    hist = train(ens, gaussian(500, 12), settings=settings, progress=False, **overrides)
+    return ens, hist
+
+
+def test_settings_object_and_keywords_train_identically() -> None:
+    """``settings=TrainSettings(...)``, keywords, and settings + keyword overrides are one path:
+    bit-identical parameters and histories (an early stop compacts the ensemble on the way)."""
+    kw = dict(max_epochs=5, patience=1, lr=3e-2, batch_size=64, clip_grad=1.0, seed=4,
+              precision="bfloat16", micro_batch=40)
+    by_keywords = _trained(**kw)
+    by_settings = _trained(TrainSettings(**kw))
+    by_override = _trained(TrainSettings(**{**kw, "lr": 1.0, "seed": 0}), lr=3e-2, seed=4)
+    assert by_keywords[1].stopped_early.any()
+    for ens, hist in (by_settings, by_override):
+        for p, q in zip(ens.parameters(), by_keywords[0].parameters(), strict=True):
+            assert torch.equal(p, q)
+        np.testing.assert_array_equal(hist.val_loss, by_keywords[1].val_loss)
+        assert hist.settings == by_keywords[1].settings
+    assert by_keywords[1].settings["lr"] == 3e-2 and by_keywords[1].settings["seed"] == 4
+
+
+def test_train_settings_are_validated_frozen_and_named() -> None:
+    s = TrainSettings()
+    assert (s.batch_size, s.lr, s.max_epochs, s.patience, s.precision) == \
+        (512, 1e-3, 200, 10, "float32")
+    with pytest.raises(AttributeError):
+        s.lr = 1.0  # type: ignore[misc]
+    assert s.replace(lr=0.5).lr == 0.5 and s.lr == 1e-3
+    paper = TrainSettings.paper(max_epochs=3)
+    assert {k: getattr(paper, k) for k in PAPER_TRAINING} == PAPER_TRAINING
+    assert paper.max_epochs == 3
+    assert "tune_allocator" in TrainSettings.names() and "device" not in TrainSettings.names()
+    with pytest.raises(InputError, match="patience must be a positive integer, got 0"):
+        TrainSettings(patience=0)
+    with pytest.raises(InputError, match="precision must be one of"):
+        s.replace(precision="float16")
+    ens = FlowEnsemble(2, 2, **SMALL)
+    with pytest.raises(TypeError, match=r"unknown training setting\(s\) 'learning_rate'.*"
+                                        r"valid: val_fraction, batch_size, lr"):
+        train(ens, gaussian(50, 0), learning_rate=1e-3, progress=False)
+
+
+def test_precision_is_a_validated_public_setting() -> None:
+    ens = FlowEnsemble(2, 2, **SMALL, seed=1).double()
+    x = torch.as_tensor(gaussian(64, 13))
+    assert ens.precision == "float32"
+    with pytest.raises(InputError, match="precision must be one of"):
+        ens.precision = "half"
+    full = ens.log_prob_tensor(x).detach()
+    with ens.compute_precision("bfloat16") as same:
+        assert same is ens and ens.precision == "bfloat16"
+        mixed = ens.log_prob_tensor(x).detach()
+    assert ens.precision == "float32"
+    assert torch.equal(ens.log_prob_tensor(x).detach(), full)
+    # bf16 products change the numbers, but only at bf16's resolution.
+    assert not torch.equal(mixed, full)
+    torch.testing.assert_close(mixed, full, rtol=0, atol=0.05)
+    ens.precision = "bfloat16"
+    with pytest.raises(RuntimeError), ens.compute_precision("float32"):
+        raise RuntimeError
+    assert ens.precision == "bfloat16"  # restored on error too
+    assert ens.subset([0]).precision == "float32"
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Callable
 
 __all__ = ["retain_freed_memory"]
 
@@ -28,26 +29,35 @@ TRIM_THRESHOLD = 1 << 30
 _applied: bool | None = None
 
 
+def _load_mallopt(platform: str = sys.platform) -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None where the C library has none (macOS, Windows, musl...)."""
+    if not platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: leave the allocator alone
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
 def retain_freed_memory() -> bool:
     """Raise glibc's ``mmap`` (256 MiB) and trim (1 GiB) thresholds, once per process.
 
     Costs at most ``TRIM_THRESHOLD`` of freed memory kept in the process. Setting either
     threshold also switches off glibc's dynamic threshold adjustment, which is the point.
+    Later calls return the first call's answer without touching the allocator again.
 
     Returns:
         True if the thresholds are in effect, False where this is not glibc (macOS, Windows,
-        musl) and nothing was changed.
+        musl) or glibc refused a setting.
     """
     global _applied
     if _applied is None:
-        _applied = False
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                mallopt = libc.mallopt
-            except (OSError, AttributeError):  # not glibc: leave the allocator alone
-                return False
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-                mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        mallopt = _load_mallopt()
+        # mallopt returns 1 on success, 0 on error; the trim threshold is set only after the
+        # mmap threshold was accepted.
+        _applied = mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
+            and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied

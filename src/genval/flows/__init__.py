@@ -3,7 +3,8 @@
 :class:`FlowEnsemble` holds M masked autoregressive rational-quadratic spline flows (nflows'
 parameterisation) with stacked weights; :func:`train` fits every member on its own bootstrap
 replica with its own initialisation, early stopping and best checkpoint, in one optimiser step
-per batch; :func:`save` / :func:`load` write and read one safetensors file.
+per batch, as set by a :class:`TrainSettings`; :func:`save` / :func:`load` write and read one
+safetensors file (format: :mod:`genval.flows.io`).
 
 References:
     Badaracco et al., "An end-to-end pipeline for uncertainty-aware validation of generative
@@ -12,15 +13,23 @@ References:
 
 from __future__ import annotations
 
-from genval.flows.ensemble import PAPER_ARCHITECTURE, FlowEnsemble
-from genval.flows.io import FORMAT, FORMAT_VERSION, load, read_metadata, save
+from genval.flows.ensemble import PAPER_ARCHITECTURE, PRECISIONS, FlowEnsemble, load, save
+from genval.flows.io import FORMAT, FORMAT_VERSION, read_metadata
 from genval.flows.spline import rational_quadratic_spline
-from genval.flows.train import PAPER_TRAINING, TrainingHistory, bootstrap_replicas, train
+from genval.flows.train import (
+    PAPER_TRAINING,
+    TrainingHistory,
+    TrainSettings,
+    bootstrap_replicas,
+    train,
+)
 
 __all__ = [
     "FlowEnsemble",
     "PAPER_ARCHITECTURE",
     "PAPER_TRAINING",
+    "PRECISIONS",
+    "TrainSettings",
     "TrainingHistory",
     "train",
     "bootstrap_replicas",

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +38,8 @@ from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
 from genval._validation import as_events, as_rng
-from genval.errors import InputError
+from genval.errors import ArtifactError, InputError
+from genval.flows import io as flow_io
 from genval.flows.made import EnsembleMADE
 from genval.flows.spline import (
     DEFAULT_MIN_BIN_HEIGHT,
@@ -45,12 +48,17 @@ from genval.flows.spline import (
     rational_quadratic_spline,
 )
 
-__all__ = ["FlowEnsemble", "PAPER_ARCHITECTURE"]
+__all__ = ["FlowEnsemble", "PAPER_ARCHITECTURE", "PRECISIONS", "save", "load"]
 
 #: The paper's flow (Sec. 3): nflows ``num_layers=4, num_blocks=16, hidden_features=128,
 #: num_bins=15``.
 PAPER_ARCHITECTURE: dict[str, int] = {"layers": 4, "blocks": 16, "hidden": 128, "bins": 15}
 
+#: Arithmetic of the products inside the MADEs' residual blocks (:attr:`FlowEnsemble.precision`).
+PRECISIONS: tuple[str, ...] = ("bfloat16", "float32")
+# "float32" runs everything in the ensemble's own dtype (no autocast); "bfloat16" autocasts the
+# residual blocks' products (genval.flows.residual), where mixed-precision training gains.
+_AUTOCAST: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 _LOG_2PI = math.log(2 * math.pi)
 _PERMUTATIONS = ("reverse", "random", "none")
 
@@ -134,7 +142,7 @@ class FlowEnsemble(nn.Module):
         self.loc: NDArray[np.float64] = np.zeros(d)
         self.scale: NDArray[np.float64] = np.ones(d)
         self.training_summary: dict[str, Any] | None = None
-        self._autocast: torch.dtype | None = None  # set by train() for mixed precision
+        self._precision = "float32"  # see the precision property
         for m, s in enumerate(self.member_seeds):
             gen = torch.Generator().manual_seed(s)
             for made in self.mades:
@@ -161,6 +169,46 @@ class FlowEnsemble(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.mades[0].w_in.dtype
+
+    @property
+    def precision(self) -> str:
+        """Arithmetic of the products inside the MADEs' residual blocks, for every pass.
+
+        ``"float32"`` (the default): everything runs in the ensemble's own dtype (float32, or
+        float64 after ``.double()``). ``"bfloat16"``: the residual blocks' matrix products run
+        under bf16 autocast (:mod:`genval.flows.residual`) while the residual stream, the input
+        and output layers, the spline and the log-density stay in the ensemble's dtype -- the
+        mixed-precision mode of :func:`genval.flows.train` (Badaracco et al., Step 1 trains M
+        flows; this only makes each step cheaper). Not saved with the ensemble: a loaded or
+        subset ensemble computes in ``"float32"``. For a scoped change use
+        :meth:`compute_precision`.
+
+        Raises:
+            InputError: (on assignment) a value not in :data:`PRECISIONS`.
+        """
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in _AUTOCAST:
+            raise InputError(f"precision must be one of {sorted(_AUTOCAST)}, got {value!r}")
+        self._precision = value
+
+    @contextmanager
+    def compute_precision(self, precision: str) -> Iterator[FlowEnsemble]:
+        """Set :attr:`precision` inside a ``with`` block, restoring the previous one on exit.
+
+        ::
+
+            with ens.compute_precision("bfloat16"):
+                loss = -ens.log_prob_standardised(y).mean()
+        """
+        previous = self.precision
+        self.precision = precision
+        try:
+            yield self
+        finally:
+            self.precision = previous
 
     def extra_repr(self) -> str:
         c = self.config
@@ -197,8 +245,9 @@ class FlowEnsemble(nn.Module):
     # -- transforms on standardised features ---------------------------------------------
     def _spline_params(self, layer: int, y: Tensor, members: slice | None) -> Tensor:
         made = self.mades[layer]
-        if self._autocast is not None:
-            with torch.autocast(device_type=y.device.type, dtype=self._autocast):
+        autocast = _AUTOCAST[self._precision]
+        if autocast is not None:
+            with torch.autocast(device_type=y.device.type, dtype=autocast):
                 out = made(y, members)
             out = out.to(y.dtype)
         else:
@@ -358,16 +407,106 @@ class FlowEnsemble(nn.Module):
         new.loc, new.scale = self.loc.copy(), self.scale.copy()
         return new
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the ensemble to one safetensors file (see :func:`genval.flows.io.save`)."""
-        from genval.flows.io import save
+    # -- persistence ---------------------------------------------------------------------
+    def to_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Everything that defines the ensemble, as CPU tensors and JSON-serialisable fields.
 
+        Returns:
+            ``(tensors, fields)``: the stacked parameters by name, ``"permutations"`` and the
+            float64 ``"standardisation.loc"`` / ``"standardisation.scale"``; and the
+            architecture (``config``), ``dtype``, ``member_seeds``, ``standardisation`` and
+            ``training`` summary. :meth:`from_state` inverts it exactly; :func:`save` writes it.
+        """
+        fields: dict[str, Any] = {
+            "config": self.config,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "member_seeds": self.member_seeds,
+            "standardisation": {"loc": self.loc.tolist(), "scale": self.scale.tolist()},
+            "training": self.training_summary,
+        }
+        return self._state_tensors(), fields
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        out = {name: p.detach().to("cpu").contiguous() for name, p in self.named_parameters()}
+        out["permutations"] = self.permutations.detach().to("cpu").contiguous()
+        out["standardisation.loc"] = torch.as_tensor(self.loc, dtype=torch.float64)
+        out["standardisation.scale"] = torch.as_tensor(self.scale, dtype=torch.float64)
+        return out
+
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, Tensor], fields: Mapping[str, Any]
+                   ) -> FlowEnsemble:
+        """Rebuild an ensemble (on the CPU) from the output of :meth:`to_state`.
+
+        Raises:
+            ArtifactError: fields that do not describe an ensemble, or tensors that do not
+                match the architecture they describe (names, shapes, dtypes).
+        """
+        try:
+            cfg = dict(fields["config"])
+            n_features, n_members = cfg.pop("n_features"), cfg.pop("n_members")
+            ensemble = cls(n_features, n_members, **cfg, member_seeds=fields["member_seeds"])
+            dtype = getattr(torch, fields["dtype"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"inconsistent genval metadata or tensors: {exc}") from exc
+        ensemble.to(dtype=dtype)
+        expected = ensemble._state_tensors()
+        if set(expected) != set(tensors):
+            missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
+            raise ArtifactError(f"tensors do not match the architecture (missing "
+                                f"{sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})")
+        for name, ref in expected.items():
+            if tensors[name].shape != ref.shape or tensors[name].dtype != ref.dtype:
+                raise ArtifactError(
+                    f"tensor {name} has shape {tuple(tensors[name].shape)} "
+                    f"{tensors[name].dtype}, expected {tuple(ref.shape)} {ref.dtype}")
+        with torch.no_grad():
+            for name, p in ensemble.named_parameters():
+                p.copy_(tensors[name])
+            ensemble.permutations.copy_(tensors["permutations"])
+        ensemble.loc = tensors["standardisation.loc"].numpy().copy()
+        ensemble.scale = tensors["standardisation.scale"].numpy().copy()
+        ensemble.training_summary = fields.get("training")
+        return ensemble
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the ensemble to one safetensors file (format: :mod:`genval.flows.io`)."""
         save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None
              ) -> FlowEnsemble:
-        """Read an ensemble written by :meth:`save` (see :func:`genval.flows.io.load`)."""
-        from genval.flows.io import load
-
+        """Read an ensemble written by :meth:`save` (see :func:`load`)."""
         return load(path, device=device)
+
+
+def save(ensemble: FlowEnsemble, path: str | os.PathLike[str]) -> Path:
+    """Write ``ensemble`` to ``path`` atomically (safetensors + JSON metadata, checksummed).
+
+    Returns:
+        The path written.
+    """
+    tensors, fields = ensemble.to_state()
+    return flow_io.write(path, tensors, fields)
+
+
+def load(path: str | os.PathLike[str], *, device: str | torch.device | None = None
+         ) -> FlowEnsemble:
+    """Read an ensemble written by :func:`save`.
+
+    Args:
+        path: the file.
+        device: where to put the ensemble (default CPU).
+
+    Raises:
+        ArtifactError: missing, truncated, corrupted or foreign file, unsupported version,
+            or tensors that do not match the recorded architecture or checksum.
+    """
+    fields, tensors = flow_io.read(path)
+    try:
+        ensemble = FlowEnsemble.from_state(tensors, fields)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from exc
+    if device is not None:
+        ensemble.to(device)
+    return ensemble

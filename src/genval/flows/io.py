@@ -1,11 +1,20 @@
-"""Saving and loading flow ensembles: one safetensors file, never a pickle.
+"""The flow-ensemble file format: one safetensors file, never a pickle.
 
-The file holds the tensors (weights, permutations, standardisation in float64) and, in the
-safetensors header metadata under the key ``"genval"``, a JSON document with a format tag and
-version, the architecture, the standardisation, the member seeds, the training summary and a
-SHA-256 of the tensor bytes (safetensors itself has no checksum, so a flipped byte in the data
-would otherwise load silently). Reading goes through ``safetensors.safe_open`` only: loading an
-artifact cannot execute code, unlike ``torch.load``.
+The file holds named tensors and, in the safetensors header metadata under the key
+``"genval"``, a JSON document: a format tag and version, the genval version, the fields given
+by the writer and a SHA-256 of the tensor bytes (safetensors itself has no checksum, so a
+flipped byte in the data would otherwise load silently). Reading goes through
+``safetensors.safe_open`` only: loading an artifact cannot execute code, unlike ``torch.load``.
+
+This module knows the container and its integrity checks, not what the tensors mean: the
+ensemble turns itself into tensors and metadata (:meth:`genval.flows.FlowEnsemble.to_state`)
+and rebuilds itself from them (:meth:`genval.flows.FlowEnsemble.from_state`). Those, with
+:func:`genval.flows.save` / :func:`genval.flows.load`, are the entry points; this module never
+imports the ensemble.
+
+References:
+    Badaracco et al., "An end-to-end pipeline for uncertainty-aware validation of generative
+    AI", Step 1 (the trained ensemble is the artifact reused by every later step).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +33,20 @@ from safetensors.torch import save_file
 from genval._atomic import atomic_path
 from genval._version import __version__
 from genval.errors import ArtifactError
-from genval.flows.ensemble import FlowEnsemble
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save", "load", "read_metadata"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "tensor_digest", "write", "read", "read_metadata"]
 
 FORMAT = "genval.flows.FlowEnsemble"
 FORMAT_VERSION = 1
 _META_KEY = "genval"
 
 
-def _tensors(ensemble: FlowEnsemble) -> dict[str, torch.Tensor]:
-    out = {name: p.detach().to("cpu").contiguous() for name, p in ensemble.named_parameters()}
-    out["permutations"] = ensemble.permutations.detach().to("cpu").contiguous()
-    out["standardisation.loc"] = torch.as_tensor(ensemble.loc, dtype=torch.float64)
-    out["standardisation.scale"] = torch.as_tensor(ensemble.scale, dtype=torch.float64)
-    return out
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: name, dtype, shape and bytes of each.
 
-
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    Args:
+        tensors: contiguous CPU tensors.
+    """
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name]
@@ -49,27 +55,26 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save(ensemble: FlowEnsemble, path: str | os.PathLike[str]) -> Path:
-    """Write ``ensemble`` to ``path`` atomically (safetensors + JSON metadata).
+def write(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
+          fields: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` and their metadata to ``path`` atomically.
+
+    Args:
+        path: the file; its directory is created if needed.
+        tensors: contiguous CPU tensors, by name.
+        fields: JSON-serialisable metadata (no NaN), stored between the format header
+            (``format``, ``format_version``, ``genval_version``) and the checksum
+            (``sha256``), in the given order.
 
     Returns:
         The path written.
     """
-    tensors = _tensors(ensemble)
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "genval_version": __version__,
-        "config": ensemble.config,
-        "dtype": str(ensemble.dtype).removeprefix("torch."),
-        "member_seeds": ensemble.member_seeds,
-        "standardisation": {"loc": ensemble.loc.tolist(), "scale": ensemble.scale.tolist()},
-        "training": ensemble.training_summary,
-        "sha256": _digest(tensors),
-    }
+    meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                            "genval_version": __version__, **fields,
+                            "sha256": tensor_digest(tensors)}
     text = json.dumps(meta, allow_nan=False)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_META_KEY: text})
+        save_file(dict(tensors), str(tmp), metadata={_META_KEY: text})
     return Path(path)
 
 
@@ -101,53 +106,28 @@ def _open(path: Path) -> tuple[dict[str, Any], Any]:
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON metadata of a saved ensemble (architecture, training summary), tensors unread."""
+    """The JSON metadata of a saved ensemble (architecture, training summary), tensors unread.
+
+    Raises:
+        ArtifactError: missing, unreadable or foreign file, or unsupported version.
+    """
     meta, _ = _open(Path(path))
     return meta
 
 
-def load(path: str | os.PathLike[str], *, device: str | torch.device | None = None
-         ) -> FlowEnsemble:
-    """Read an ensemble written by :func:`save`.
-
-    Args:
-        path: the file.
-        device: where to put the ensemble (default CPU).
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata and the checksum-verified CPU tensors of a file written by :func:`write`.
 
     Raises:
-        ArtifactError: missing, truncated, corrupted or foreign file, unsupported version,
-            or tensors that do not match the recorded architecture or checksum.
+        ArtifactError: missing, truncated, corrupted or foreign file, unsupported version, or
+            tensor data that do not match the recorded checksum.
     """
     path = Path(path)
     meta, handle = _open(path)
     try:
-        cfg = dict(meta["config"])
-        n_features, n_members = cfg.pop("n_features"), cfg.pop("n_members")
-        ensemble = FlowEnsemble(n_features, n_members, **cfg, member_seeds=meta["member_seeds"])
-        dtype = getattr(torch, meta["dtype"])
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (KeyError, TypeError, ValueError, AttributeError, SafetensorError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{path}: inconsistent genval metadata or tensors: {exc}") from exc
-    if _digest(tensors) != meta.get("sha256"):
+    if tensor_digest(tensors) != meta.get("sha256"):
         raise ArtifactError(f"{path}: checksum mismatch, the tensor data is corrupted")
-    ensemble.to(dtype=dtype)
-    expected = _tensors(ensemble)
-    if set(expected) != set(tensors):
-        missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
-        raise ArtifactError(f"{path}: tensors do not match the architecture "
-                            f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})")
-    for name, ref in expected.items():
-        if tensors[name].shape != ref.shape or tensors[name].dtype != ref.dtype:
-            raise ArtifactError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)} "
-                                f"{tensors[name].dtype}, expected {tuple(ref.shape)} {ref.dtype}")
-    with torch.no_grad():
-        for name, p in ensemble.named_parameters():
-            p.copy_(tensors[name])
-        ensemble.permutations.copy_(tensors["permutations"])
-    ensemble.loc = tensors["standardisation.loc"].numpy().copy()
-    ensemble.scale = tensors["standardisation.scale"].numpy().copy()
-    ensemble.training_summary = meta.get("training")
-    if device is not None:
-        ensemble.to(device)
-    return ensemble
-
+    return meta, tensors

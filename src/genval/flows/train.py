@@ -14,6 +14,11 @@ with Adam, batch 512 and early stopping after 10 epochs without validation impro
   ``patience`` epochs stops and is removed from the computation (the working ensemble is
   compacted together with its Adam state), so stopped members cost nothing.
 
+:func:`train` reads its settings from a :class:`TrainSettings` (or the same names as keywords)
+and runs named steps: split off validation events, build the training tensors and replicas,
+then per epoch train, validate and update the early-stopping record, and finally restore each
+member's best parameters and return the :class:`TrainingHistory`.
+
 References:
     Badaracco et al., "An end-to-end pipeline for uncertainty-aware validation of generative
     AI", Step 1 and Sec. 3 (learning rate 5e-6, batch 512, patience 10, M = 60).
@@ -21,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -35,15 +41,96 @@ from tqdm import tqdm
 from genval._allocator import retain_freed_memory
 from genval._validation import as_events
 from genval.errors import InputError
-from genval.flows.ensemble import FlowEnsemble
+from genval.flows.ensemble import PRECISIONS, FlowEnsemble
 
-__all__ = ["PAPER_TRAINING", "TrainingHistory", "train", "bootstrap_replicas"]
+__all__ = ["PAPER_TRAINING", "TrainSettings", "TrainingHistory", "train", "bootstrap_replicas"]
 
 #: The paper's training settings (Sec. 3): 80k training / 20k validation events.
 PAPER_TRAINING: dict[str, Any] = {"lr": 5e-6, "batch_size": 512, "patience": 10,
                                   "val_fraction": 0.2}
 
-_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How :func:`train` fits the ensemble (paper Step 1); validated on construction.
+
+    Attributes:
+        val_fraction: fraction of ``x`` held out for validation when no ``x_val`` is given
+            (checked only then).
+        batch_size: events per member per optimiser step (paper: 512).
+        lr: Adam learning rate (paper: 5e-6 with its large architecture; 1e-3 suits the small
+            default architecture).
+        max_epochs: upper limit on epochs.
+        patience: a member stops after this many epochs without validation improvement.
+        seed: seeds the split; with each member's seed it also seeds that member's bootstrap
+            replica and batch order (so a member trains as it would alone).
+        clip_grad: clip each member's gradient to this norm (its own norm over all its
+            parameters); None disables.
+        bootstrap: train each member on a bootstrap replica (paper); False: on the full split.
+        standardise: set the feature standardisation from the training split first.
+        precision: ``"float32"``, or ``"bfloat16"`` to run the products inside the MADEs'
+            residual blocks in bf16 while training (:attr:`FlowEnsemble.precision`; the
+            residual stream, the input and output layers, the spline, the loss, validation and
+            every later evaluation stay in the ensemble's dtype): about 2.8x faster than
+            float32 on a 2-core AVX512-BF16 CPU (BENCHMARKS), with a gradient error of 1-14 % of
+            the minibatch noise (docs/method.md).
+        micro_batch: split each step's batch into pieces of this many events to bound memory
+            (gradients are accumulated, so the update is unchanged).
+        tune_allocator: on a CPU with glibc, let the process keep freed memory for reuse
+            (:func:`genval._allocator.retain_freed_memory`, process-wide, at most 1 GiB kept):
+            without it every step page-faults its activations back in, 25 % slower on two
+            cores (BENCHMARKS).
+
+    Raises:
+        InputError: a non-positive ``batch_size``, ``max_epochs``, ``patience`` or ``lr``, or
+            an unknown ``precision``.
+    """
+
+    val_fraction: float = 0.2
+    batch_size: int = 512
+    lr: float = 1e-3
+    max_epochs: int = 200
+    patience: int = 10
+    seed: int = 0
+    clip_grad: float | None = 5.0
+    bootstrap: bool = True
+    standardise: bool = True
+    precision: str = "float32"
+    micro_batch: int | None = None
+    tune_allocator: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs", "patience"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {sorted(PRECISIONS)}, "
+                             f"got {self.precision!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"lr must be positive, got {self.lr}")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> TrainSettings:
+        """The paper's settings (:data:`PAPER_TRAINING`, Sec. 3), with ``overrides``."""
+        return cls().replace(**{**PAPER_TRAINING, **overrides})
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The setting names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **overrides: Any) -> TrainSettings:
+        """A copy with some settings changed (validated).
+
+        Raises:
+            TypeError: a name that is not a setting; the message lists the valid ones.
+        """
+        unknown = sorted(set(overrides) - set(self.names()))
+        if unknown:
+            raise TypeError(f"unknown training setting(s) {', '.join(map(repr, unknown))}; "
+                            f"valid: {', '.join(self.names())}")
+        return dataclasses.replace(self, **overrides) if overrides else self
 
 
 @dataclass(frozen=True)
@@ -136,7 +223,7 @@ def _compact(work: FlowEnsemble, opt: torch.optim.Adam, keep: list[int], lr: flo
              ) -> tuple[FlowEnsemble, torch.optim.Adam]:
     """Drop stopped members from the working ensemble, carrying over their Adam state."""
     new = work.subset(keep)
-    new._autocast = work._autocast
+    new.precision = work.precision
     new_opt = _adam(list(new.parameters()), lr)
     index = torch.as_tensor(keep, device=work.device)
     for p_old, p_new in zip(work.parameters(), new.parameters(), strict=True):
@@ -167,173 +254,245 @@ def _nll(work: FlowEnsemble, y: torch.Tensor, chunk: int) -> torch.Tensor:
     return total / len(y)
 
 
+# -- step 1: validation split ------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Split:
+    x_train: NDArray[np.float64]
+    x_val: NDArray[np.float64]
+    train_indices: NDArray[np.int64]
+    val_indices: NDArray[np.int64]
+    held_out: bool  # validation events taken from x (False: given as x_val)
+
+
+def _split_validation(events: NDArray[np.float64], x_val: ArrayLike | None,
+                      settings: TrainSettings, n_features: int) -> _Split:
+    """Hold out validation events *before* any bootstrap, so no replica contains one."""
+    if x_val is not None:
+        return _Split(events, as_events(x_val, n_features=n_features, name="validation events"),
+                      np.arange(len(events)), np.empty(0, dtype=np.int64), held_out=False)
+    fraction = settings.val_fraction
+    if not 0 < fraction < 1:
+        raise InputError(f"val_fraction must be in (0, 1), got {fraction}")
+    n_val = max(1, int(round(fraction * len(events))))
+    if n_val >= len(events):
+        raise InputError(f"{len(events)} events leave nothing to train on")
+    order = np.random.default_rng(settings.seed).permutation(len(events))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return _Split(events[train_idx], events[val_idx], train_idx, val_idx, held_out=True)
+
+
+# -- step 2: tensors and replicas --------------------------------------------------------------
+@dataclass(frozen=True)
+class _TrainingData:
+    y_train: torch.Tensor  # standardised training split (n_train, D), ensemble dtype/device
+    y_val: torch.Tensor  # standardised validation events
+    replicas: torch.Tensor  # (M, n_train) indices into y_train, one replica per member
+    shufflers: list[torch.Generator]  # one batch-order stream per member
+    const: float  # NLL in data units = NLL of standardised features - const
+    val_chunk: int
+
+
+def _training_data(ensemble: FlowEnsemble, split: _Split, settings: TrainSettings
+                   ) -> _TrainingData:
+    dev, dtype, n_tr = ensemble.device, ensemble.dtype, len(split.x_train)
+    replicas = (bootstrap_replicas(n_tr, ensemble.member_seeds, settings.seed)
+                if settings.bootstrap else np.tile(np.arange(n_tr), (ensemble.n_members, 1)))
+    # One shuffling stream per member, keyed by (seed, member seed) like its replica: a member
+    # trains exactly as it would alone, whatever the other members do.
+    shufflers = [torch.Generator(device=dev).manual_seed(_stream_seed(settings.seed, s, 1))
+                 for s in ensemble.member_seeds]
+    return _TrainingData(
+        y_train=torch.as_tensor((split.x_train - ensemble.loc) / ensemble.scale, dtype=dtype,
+                                device=dev),
+        y_val=torch.as_tensor((split.x_val - ensemble.loc) / ensemble.scale, dtype=dtype,
+                              device=dev),
+        replicas=torch.as_tensor(replicas, device=dev), shufflers=shufflers,
+        const=ensemble.log_det_standardisation, val_chunk=ensemble._chunk(None))
+
+
+# -- step 3: one epoch -------------------------------------------------------------------------
+def _train_epoch(work: FlowEnsemble, opt: torch.optim.Adam, data: _TrainingData,
+                 active: list[int], settings: TrainSettings) -> NDArray[np.float64]:
+    """One pass of every active member over its replica, in its own order.
+
+    Returns:
+        Each active member's mean training NLL during the epoch, in data units.
+    """
+    n_tr, dev = len(data.y_train), data.y_train.device
+    rows = torch.stack([data.replicas[g][torch.randperm(n_tr, generator=data.shufflers[g],
+                                                        device=dev)] for g in active])
+    sums = torch.zeros(len(active), dtype=torch.float64, device=dev)
+    params = list(work.parameters())
+    batch, micro = int(settings.batch_size), int(settings.micro_batch or settings.batch_size)
+    with work.compute_precision(settings.precision):
+        for start in range(0, n_tr, batch):
+            xb = data.y_train[rows[:, start:start + batch]]  # (M', b, D)
+            opt.zero_grad(set_to_none=True)
+            for ms in range(0, xb.shape[1], micro):
+                # Sum of the members' mean NLLs: member m's gradient is its own alone.
+                nll = -work.log_prob_standardised(xb[:, ms:ms + micro]).sum(dim=1)
+                (nll.sum() / xb.shape[1]).backward()
+                sums += nll.detach().double()
+            if settings.clip_grad is not None:
+                _clip_per_member(params, settings.clip_grad)
+            opt.step()
+    return (sums / n_tr).cpu().numpy() - data.const
+
+
+def _validation_loss(work: FlowEnsemble, data: _TrainingData) -> NDArray[np.float64]:
+    """Each active member's mean NLL on the validation events, in the ensemble's dtype."""
+    with work.compute_precision("float32"):
+        return _nll(work, data.y_val, data.val_chunk).cpu().numpy() - data.const
+
+
+# -- step 4: early-stopping bookkeeping --------------------------------------------------------
+@dataclass
+class _EarlyStopping:
+    """Per-member best checkpoint, patience counter and learning curves (global indices)."""
+
+    best: list[torch.Tensor]  # best parameters of every member, stacked like the ensemble's
+    best_val: NDArray[np.float64]
+    best_epoch: NDArray[np.int64]
+    since_best: NDArray[np.int64]
+    stopped_early: NDArray[np.bool_]
+    diverged: NDArray[np.bool_]
+    train_curve: list[NDArray[np.float64]] = field(default_factory=list)
+    val_curve: list[NDArray[np.float64]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, ensemble: FlowEnsemble) -> _EarlyStopping:
+        m = ensemble.n_members
+        return cls(best=[p.detach().clone() for p in ensemble.parameters()],
+                   best_val=np.full(m, np.inf), best_epoch=np.full(m, -1, dtype=np.int64),
+                   since_best=np.zeros(m, dtype=np.int64), stopped_early=np.zeros(m, dtype=bool),
+                   diverged=np.zeros(m, dtype=bool))
+
+    def record(self, epoch: int, active: list[int], work: FlowEnsemble,
+               tr: NDArray[np.float64], va: NDArray[np.float64], patience: int
+               ) -> NDArray[np.bool_]:
+        """Log an epoch's losses, checkpoint improved members (``work`` holds ``active``).
+
+        Returns:
+            For each active member, whether it stops now (diverged or out of patience).
+        """
+        idx = np.asarray(active)
+        for curve, vals in ((self.train_curve, tr), (self.val_curve, va)):
+            row = np.full(len(self.best_val), np.nan)
+            row[idx] = vals
+            curve.append(row)
+        bad = ~(np.isfinite(tr) & np.isfinite(va))
+        improved = ~bad & (va < self.best_val[idx])
+        if improved.any():
+            dev = work.device
+            local = torch.as_tensor(np.flatnonzero(improved), device=dev)
+            glob = torch.as_tensor(idx[improved], device=dev)
+            with torch.no_grad():
+                for b, p in zip(self.best, work.parameters(), strict=True):
+                    b.index_copy_(0, glob, p.index_select(0, local))
+            self.best_val[idx[improved]] = va[improved]
+            self.best_epoch[idx[improved]] = epoch
+        self.since_best[idx] = np.where(improved, 0, self.since_best[idx] + 1)
+        self.diverged[idx[bad]] = True
+        out = bad | (self.since_best[idx] >= patience)
+        self.stopped_early[idx[out & ~bad]] = True
+        return out
+
+    def mean_best(self) -> str:
+        finite = np.isfinite(self.best_val)
+        return f"{np.mean(self.best_val[finite]):.4f}" if finite.any() else "n/a"
+
+    # -- step 5: restore the best parameters ---------------------------------------------------
+    def restore_best(self, ensemble: FlowEnsemble) -> None:
+        with torch.no_grad():
+            for b, p in zip(self.best, ensemble.parameters(), strict=True):
+                p.copy_(b)
+
+
+def _run_epochs(ensemble: FlowEnsemble, data: _TrainingData, record: _EarlyStopping,
+                settings: TrainSettings, progress: bool) -> None:
+    """Train, validate and check every active member each epoch until all have stopped."""
+    work, active = ensemble, list(range(ensemble.n_members))
+    opt = _adam(list(work.parameters()), settings.lr)
+    bar = tqdm(total=int(settings.max_epochs), desc="flow ensemble", unit="epoch",
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        for epoch in range(int(settings.max_epochs)):
+            start_time = time.perf_counter()
+            tr = _train_epoch(work, opt, data, active, settings)
+            va = _validation_loss(work, data)
+            out = record.record(epoch, active, work, tr, va, settings.patience)
+            record.seconds.append(time.perf_counter() - start_time)
+            bar.update(1)
+            bar.set_postfix(active=int((~out).sum()), val=record.mean_best())
+            if out.all():
+                break
+            if out.any():
+                keep = np.flatnonzero(~out).tolist()
+                work, opt = _compact(work, opt, keep, settings.lr)
+                active = [active[k] for k in keep]
+    finally:
+        bar.close()
+
+
+# -- step 6: history ---------------------------------------------------------------------------
+def _history(record: _EarlyStopping, split: _Split, settings: TrainSettings,
+             device: torch.device) -> TrainingHistory:
+    m_total = len(record.best_val)
+    return TrainingHistory(
+        train_loss=np.array(record.train_curve).reshape(-1, m_total),
+        val_loss=np.array(record.val_curve).reshape(-1, m_total),
+        best_epoch=record.best_epoch, best_val_loss=record.best_val,
+        stopped_early=record.stopped_early, diverged=record.diverged,
+        epoch_seconds=np.asarray(record.seconds), val_indices=split.val_indices,
+        train_indices=split.train_indices,
+        settings={"n_train": len(split.x_train), "n_val": len(split.x_val),
+                  "val_fraction": float(settings.val_fraction) if split.held_out else None,
+                  "batch_size": int(settings.batch_size), "lr": float(settings.lr),
+                  "max_epochs": int(settings.max_epochs), "patience": int(settings.patience),
+                  "seed": int(settings.seed), "clip_grad": settings.clip_grad,
+                  "bootstrap": bool(settings.bootstrap), "precision": settings.precision,
+                  "device": str(device)})
+
+
 def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = None,
-          val_fraction: float = 0.2, batch_size: int = 512, lr: float = 1e-3,
-          max_epochs: int = 200, patience: int = 10, seed: int = 0,
-          device: str | torch.device | None = None, progress: bool = True,
-          clip_grad: float | None = 5.0, bootstrap: bool = True, standardise: bool = True,
-          precision: str = "float32", micro_batch: int | None = None,
-          tune_allocator: bool = True) -> TrainingHistory:
+          settings: TrainSettings | None = None, device: str | torch.device | None = None,
+          progress: bool = True, **overrides: Any) -> TrainingHistory:
     """Train every member of ``ensemble`` in place (paper Step 1).
 
     Args:
         ensemble: the ensemble; its parameters are replaced by each member's best checkpoint.
         x: training events (N, D).
-        x_val: explicit validation events; by default a random ``val_fraction`` of ``x`` is
-            held out *before* bootstrapping.
-        val_fraction: fraction of ``x`` held out for validation when ``x_val`` is None.
-        batch_size: events per member per optimiser step (paper: 512).
-        lr: Adam learning rate (paper: 5e-6 with its large architecture; 1e-3 suits the small
-            default architecture).
-        max_epochs: upper limit on epochs.
-        patience: a member stops after this many epochs without validation improvement.
-        seed: seeds the split; with each member's seed it also seeds that member's bootstrap
-            replica and batch order (so a member trains as it would alone).
+        x_val: explicit validation events; by default a random ``settings.val_fraction`` of
+            ``x`` is held out *before* bootstrapping.
+        settings: the :class:`TrainSettings` (default: ``TrainSettings()``).
         device: ``"cpu"``, ``"cuda"``, ... (default: where the ensemble is); the ensemble stays
             there afterwards.
         progress: show a progress bar on stderr.
-        clip_grad: clip each member's gradient to this norm (its own norm over all its
-            parameters); None disables.
-        bootstrap: train each member on a bootstrap replica (paper); False: on the full split.
-        standardise: set the feature standardisation from the training split first.
-        precision: ``"float32"``, or ``"bfloat16"`` to run the products inside the MADEs'
-            residual blocks in bf16 (:mod:`genval.flows.residual`; the residual stream, the
-            input and output layers, the spline, the loss, validation and every later
-            evaluation stay in the ensemble's dtype): about 2.8x faster than float32 on a
-            2-core AVX512-BF16 CPU (BENCHMARKS), with a gradient error of 1-14 % of the
-            minibatch noise (docs/method.md).
-        micro_batch: split each step's batch into pieces of this many events to bound memory
-            (gradients are accumulated, so the update is unchanged).
-        tune_allocator: on a CPU with glibc, let the process keep freed memory for reuse
-            (:func:`genval._allocator.retain_freed_memory`, process-wide, at most 1 GiB kept):
-            without it every step page-faults its activations back in, 25 % slower on two
-            cores (BENCHMARKS).
+        **overrides: :class:`TrainSettings` fields given by name (``lr=1e-3, patience=5``),
+            applied on top of ``settings``.
 
     Returns:
         :class:`TrainingHistory`; its :meth:`~TrainingHistory.summary` is also stored on the
         ensemble as ``training_summary``.
+
+    Raises:
+        TypeError: a keyword that is not a :class:`TrainSettings` field.
+        InputError: invalid settings or events.
     """
+    settings = (settings if settings is not None else TrainSettings()).replace(**overrides)
     events = as_events(x, n_features=ensemble.n_features, min_events=2, name="training events")
-    for name, value in [("batch_size", batch_size), ("max_epochs", max_epochs),
-                        ("patience", patience)]:
-        if int(value) != value or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
-    if precision not in _PRECISIONS:
-        raise InputError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise InputError(f"lr must be positive, got {lr}")
-    if x_val is None:
-        if not 0 < val_fraction < 1:
-            raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        n_val = max(1, int(round(val_fraction * len(events))))
-        if n_val >= len(events):
-            raise InputError(f"{len(events)} events leave nothing to train on")
-        order = np.random.default_rng(seed).permutation(len(events))
-        val_idx, train_idx = order[:n_val], order[n_val:]
-        x_tr, x_va = events[train_idx], events[val_idx]
-    else:
-        val_idx, train_idx = np.empty(0, dtype=np.int64), np.arange(len(events))
-        x_tr = events
-        x_va = as_events(x_val, n_features=ensemble.n_features, name="validation events")
-    if standardise:
-        ensemble.set_standardisation(x_tr)
+    split = _split_validation(events, x_val, settings, ensemble.n_features)
+    if settings.standardise:
+        ensemble.set_standardisation(split.x_train)
     dev = torch.device(device) if device is not None else ensemble.device
-    if tune_allocator and dev.type == "cpu":
+    if settings.tune_allocator and dev.type == "cpu":
         retain_freed_memory()
     ensemble.to(dev)
-    dtype, m_total, n_tr = ensemble.dtype, ensemble.n_members, len(x_tr)
-    y_tr = torch.as_tensor((x_tr - ensemble.loc) / ensemble.scale, dtype=dtype, device=dev)
-    y_va = torch.as_tensor((x_va - ensemble.loc) / ensemble.scale, dtype=dtype, device=dev)
-    const = ensemble.log_det_standardisation  # NLL in data units = NLL_std - const
-    replicas_t = torch.as_tensor(
-        bootstrap_replicas(n_tr, ensemble.member_seeds, seed) if bootstrap
-        else np.tile(np.arange(n_tr), (m_total, 1)), device=dev)
-    # One shuffling stream per member, keyed by (seed, member seed) like its replica: a member
-    # trains exactly as it would alone, whatever the other members do.
-    shufflers = [torch.Generator(device=dev).manual_seed(_stream_seed(seed, s, 1))
-                 for s in ensemble.member_seeds]
-    batch, micro = int(batch_size), int(micro_batch or batch_size)
-    val_chunk = ensemble._chunk(None)
-
-    work, active = ensemble, list(range(m_total))
-    opt = _adam(list(work.parameters()), lr)
-    best = [p.detach().clone() for p in ensemble.parameters()]
-    best_val = np.full(m_total, np.inf)
-    best_epoch = np.full(m_total, -1, dtype=np.int64)
-    since_best = np.zeros(m_total, dtype=np.int64)
-    stopped_early = np.zeros(m_total, dtype=bool)
-    diverged = np.zeros(m_total, dtype=bool)
-    train_curve: list[NDArray[np.float64]] = []
-    val_curve: list[NDArray[np.float64]] = []
-    seconds: list[float] = []
-    bar = tqdm(total=int(max_epochs), desc="flow ensemble", unit="epoch", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    try:
-        for epoch in range(int(max_epochs)):
-            start_time = time.perf_counter()
-            rows = torch.stack([replicas_t[g][torch.randperm(n_tr, generator=shufflers[g],
-                                                             device=dev)] for g in active])
-            sums = torch.zeros(len(active), dtype=torch.float64, device=dev)
-            work._autocast = _PRECISIONS[precision]
-            params = list(work.parameters())
-            for s in range(0, n_tr, batch):
-                xb = y_tr[rows[:, s:s + batch]]  # (M', b, D)
-                opt.zero_grad(set_to_none=True)
-                for ms in range(0, xb.shape[1], micro):
-                    nll = -work.log_prob_standardised(xb[:, ms:ms + micro]).sum(dim=1)
-                    (nll.sum() / xb.shape[1]).backward()
-                    sums += nll.detach().double()
-                if clip_grad is not None:
-                    _clip_per_member(params, clip_grad)
-                opt.step()
-            work._autocast = None
-            tr = (sums / n_tr).cpu().numpy() - const
-            va = _nll(work, y_va, val_chunk).cpu().numpy() - const
-            idx = np.asarray(active)
-            for curve, vals in ((train_curve, tr), (val_curve, va)):
-                row = np.full(m_total, np.nan)
-                row[idx] = vals
-                curve.append(row)
-            bad = ~(np.isfinite(tr) & np.isfinite(va))
-            improved = ~bad & (va < best_val[idx])
-            if improved.any():
-                local = torch.as_tensor(np.flatnonzero(improved), device=dev)
-                glob = torch.as_tensor(idx[improved], device=dev)
-                with torch.no_grad():
-                    for b, p in zip(best, work.parameters(), strict=True):
-                        b.index_copy_(0, glob, p.index_select(0, local))
-                best_val[idx[improved]] = va[improved]
-                best_epoch[idx[improved]] = epoch
-            since_best[idx] = np.where(improved, 0, since_best[idx] + 1)
-            diverged[idx[bad]] = True
-            out = bad | (since_best[idx] >= patience)
-            stopped_early[idx[out & ~bad]] = True
-            seconds.append(time.perf_counter() - start_time)
-            bar.update(1)
-            bar.set_postfix(active=int((~out).sum()),
-                            val=f"{np.mean(best_val[np.isfinite(best_val)]):.4f}"
-                            if np.isfinite(best_val).any() else "n/a")
-            if out.all():
-                break
-            if out.any():
-                keep = np.flatnonzero(~out).tolist()
-                work, opt = _compact(work, opt, keep, lr)
-                active = [active[k] for k in keep]
-    finally:
-        bar.close()
-        work._autocast = None
-    with torch.no_grad():
-        for b, p in zip(best, ensemble.parameters(), strict=True):
-            p.copy_(b)
-    history = TrainingHistory(
-        train_loss=np.array(train_curve).reshape(-1, m_total),
-        val_loss=np.array(val_curve).reshape(-1, m_total), best_epoch=best_epoch,
-        best_val_loss=best_val, stopped_early=stopped_early, diverged=diverged,
-        epoch_seconds=np.asarray(seconds), val_indices=val_idx, train_indices=train_idx,
-        settings={"n_train": n_tr, "n_val": len(x_va), "val_fraction": None
-                  if x_val is not None else float(val_fraction), "batch_size": batch,
-                  "lr": float(lr), "max_epochs": int(max_epochs), "patience": int(patience),
-                  "seed": int(seed), "clip_grad": clip_grad, "bootstrap": bool(bootstrap),
-                  "precision": precision, "device": str(dev)})
+    data = _training_data(ensemble, split, settings)
+    record = _EarlyStopping.start(ensemble)
+    _run_epochs(ensemble, data, record, settings, progress)
+    record.restore_best(ensemble)
+    history = _history(record, split, settings, dev)
     ensemble.training_summary = history.summary()
     return history
