@@ -143,6 +143,8 @@ def test_training_input_errors() -> None:
         train(ens, x, batch_size=0, progress=False)
     with pytest.raises(InputError, match="lr must be positive"):
         train(ens, x, lr=float("inf"), progress=False)
+    with pytest.raises(InputError, match="micro_batch must be a positive integer or None, got -4"):
+        train(ens, x, micro_batch=-4, progress=False)
     with pytest.raises(InputError,
                        match=r"training events contain 1 rows with NaN/inf \(first at row 100\)"):
         train(ens, np.vstack([x, [[np.nan, 0.0]]]), progress=False)

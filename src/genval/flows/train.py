@@ -109,6 +109,11 @@ class TrainSettings:
                              f"got {self.precision!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"lr must be positive, got {self.lr}")
+        # A non-positive micro-batch would make every step's inner loop empty: no update at all.
+        if self.micro_batch is not None and (int(self.micro_batch) != self.micro_batch
+                                             or self.micro_batch < 1):
+            raise InputError(f"micro_batch must be a positive integer or None, "
+                             f"got {self.micro_batch!r}")
 
     @classmethod
     def paper(cls, **overrides: Any) -> TrainSettings:
