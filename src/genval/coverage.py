@@ -28,7 +28,7 @@ from genval.errors import InputError
 from genval.members import Members, log_density_matrix
 from genval.products import MemberIntegrals, estimate_observable, member_integrals
 from genval.stats import clopper_pearson
-from genval.wifi import fit_weights
+from genval.wifi import WeightFit, fit_weights
 
 __all__ = ["COVERAGE_CL", "CoverageResult", "coverage_interval", "run_coverage"]
 
@@ -161,6 +161,16 @@ class CoverageResult:
                    messages=tuple(str(m) for m in data.get("messages", ())))
 
 
+def _fit_recording_warnings(members: Members, data: NDArray[np.float64]
+                            ) -> tuple[WeightFit, list[tuple[type[Warning], str]]]:
+    """The weight fit (Eq. 1) of one data set and the warnings it issued, kept, not shown:
+    the study reports them once, summarised, instead of once per data set."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_weights(log_density_matrix(members, data), log=True)
+    return fit, [(w.category, str(w.message)) for w in caught]
+
+
 def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Generator], ArrayLike],
                  truth: ArrayLike, *, n_datasets: int, n_events: int,
                  g: Callable[[NDArray[np.float64]], ArrayLike] | None = None,
@@ -199,13 +209,11 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
         rng = np.random.default_rng([seed, r])
         data = as_events(sample_truth(n_events, rng), n_features=members.n_features,
                          name=f"truth sample {r}")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fit = fit_weights(log_density_matrix(members, data), log=True)
-        for caught_warning in caught:
-            text = f"data set {r}: {caught_warning.message}"
+        fit, caught = _fit_recording_warnings(members, data)
+        for category, message in caught:
+            text = f"data set {r}: {message}"
             messages.append(text)
-            categories.setdefault(caught_warning.category, text)
+            categories.setdefault(category, text)
         these = integrals if integrals is not None else member_integrals(
             members, g, n_per_member, rng)
         estimate = estimate_observable(fit, these)
