@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 matplotlib.use("Agg")
 
-from genval.cli_pipeline import register  # noqa: E402
+from genval.cli import register  # noqa: E402
 
 TINY = {"quiet": True, "data": {"generate": {"n_events": 800}},
         "splits": {"train": 0.5, "weight_fit": 0.25, "centres": 0.05, "test": 0.2},

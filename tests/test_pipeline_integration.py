@@ -1,19 +1,17 @@
-"""`genval run` end to end with flow members and the GoF test (skipped until both modules exist)."""
+"""`genval run` end to end with flow members and the GoF test."""
 
 import json
 
 import click
 import matplotlib
-import pytest
 import yaml
 from click.testing import CliRunner
 
 matplotlib.use("Agg")
 
-pytest.importorskip("genval.flows", reason="needs the flows module (issue 4)")
-pytest.importorskip("genval.gof", reason="needs the gof module (issue 3)")
-
-from genval.cli_pipeline import register  # noqa: E402
+import genval.flows  # noqa: E402, F401  (a broken import must fail here, not skip)
+import genval.gof  # noqa: E402, F401
+from genval.cli import register  # noqa: E402
 
 TINY_FLOW = {
     "quiet": True,

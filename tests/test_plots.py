@@ -11,9 +11,11 @@ matplotlib.use("Agg")
 from genval import plots  # noqa: E402
 from genval._optional import MissingDependencyError  # noqa: E402
 from genval.binned import bin_integrals, binned_reference, histogram_counts  # noqa: E402
+from genval.coverage import COVERAGE_CL  # noqa: E402
 from genval.errors import InputError  # noqa: E402
 from genval.members import GaussianMembers  # noqa: E402
 from genval.sampling import sample_mixture  # noqa: E402
+from genval.stats import clopper_pearson  # noqa: E402
 
 
 def marginal(rng, name="x", reco=True):
@@ -74,6 +76,12 @@ def test_coverage_figure_reports_fraction(rng):
     text = fig.axes[0].texts[0].get_text()
     assert f"coverage {expected:.1f}" in text and "nominal 68.3 %" in text
     assert "paper 61.3 %" in text
+    # The same Clopper-Pearson interval as the report (not a Wald error).
+    k = int(np.sum(np.abs(est[:, 0] + 0.5) < 0.1))
+    lo, hi = clopper_pearson(k, 400, COVERAGE_CL)
+    frac = k / 400
+    assert (f"{100 * frac:.1f}$^{{+{100 * (hi - frac):.1f}}}_{{-{100 * (frac - lo):.1f}}}$ % "
+            f"(68.3 % CL)") in text
     with pytest.raises(InputError, match="differ in shape"):
         plots.plot_coverage(estimates=est, sigmas=sig[:, :1], truth=[0, 0])
     with pytest.raises(InputError, match="positive"):

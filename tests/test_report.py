@@ -9,21 +9,17 @@ import pytest
 matplotlib.use("Agg")
 
 from genval import plots  # noqa: E402
+from genval.coverage import COVERAGE_CL  # noqa: E402
 from genval.errors import InputError  # noqa: E402
-from genval.report import (  # noqa: E402
-    PAPER_COVERAGE,
-    PAPER_Z,
-    CoverageRow,
-    GofRow,
-    render_report,
-    write_report,
-)
+from genval.html_report import CoverageRow, GofRow, render_report, write_report  # noqa: E402
+from genval.paper import PAPER_COVERAGE, PAPER_Z  # noqa: E402
+from genval.stats import clopper_pearson  # noqa: E402
 
 ROWS = [GofRow("single", 812.4, 1 / 201, 2.58, z_chi2=21.7, n_toys=200, z_is_bound=True,
                note="Z beyond toys"),
         GofRow("frozen", 40.2, 0.004975, 2.58, z_chi2=4.4, n_toys=200),
         GofRow("ensemble", 9.1, 0.2, 0.84, n_toys=200, z_band=(0.70, 1.04))]
-COVERAGE = [CoverageRow("x0", -0.5, 0.65, 284), CoverageRow("x1", 0.6, 0.70, 284)]
+COVERAGE = [CoverageRow("x0", -0.5, 185 / 284, 284), CoverageRow("x1", 0.6, 199 / 284, 284)]
 
 
 def png_bytes():
@@ -52,7 +48,8 @@ def test_report_is_self_contained_with_paper_numbers(tmp_path):
     assert "0.84 <sup>+0.20</sup><sub>−0.14</sub>" in text  # the 16-84 % band of our Z
     for cov in PAPER_COVERAGE:
         assert f"{100 * cov:.1f} %" in text
-    assert "65.0 ± 2.8 %" in text
+    # Clopper-Pearson at the 1σ-equivalent level, not a Wald ±: 185 of 284 covered.
+    assert "65.1 <sup>+2.9</sup><sub>−3.1</sub> %" in text and "68.3 % CL Clopper–Pearson" in text
     # Figures are embedded, and nothing is loaded from elsewhere.
     images = re.findall(r"src='data:image/png;base64,([^']+)'", text)
     assert len(images) == 2 and base64.b64decode(images[0]) == png
@@ -72,3 +69,17 @@ def test_partial_report_and_bad_figure():
 def test_special_values_are_spelled_out():
     text = render_report(gof=[GofRow("custom", float("inf"), 0.0, np.inf)])
     assert "∞" in text and "custom" in text
+
+
+def test_coverage_interval_is_clopper_pearson_even_at_the_edges():
+    rows = [CoverageRow("none", 0.0, 0.0, 20), CoverageRow("all", 0.0, 1.0, 20),
+            CoverageRow("some", 0.0, 7 / 20, 20)]
+    text = render_report(coverage=rows)
+    for k, row in zip((0, 20, 7), rows, strict=True):
+        lo, hi = clopper_pearson(k, 20, COVERAGE_CL)
+        cell = (f"{100 * row.coverage:.1f} <sup>+{100 * (hi - row.coverage):.1f}</sup>"
+                f"<sub>−{100 * (row.coverage - lo):.1f}</sub> %")
+        assert cell in text, cell
+    # A Wald error would claim ± 0 at 0 % and 100 %; the exact interval does not.
+    assert "0.0 <sup>+8.8</sup><sub>−0.0</sub> %" in text
+    assert "100.0 <sup>+0.0</sup><sub>−8.8</sub> %" in text

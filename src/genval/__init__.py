@@ -35,14 +35,16 @@ __all__ = [
     "rundir",
     "binned",
     "plots",
-    "report",
+    "html_report",
+    "paper",
+    "cli",
     "pipeline",
     "goodness_of_fit",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "binned", "plots",
-               "report", "pipeline"}
+               "html_report", "paper", "cli", "pipeline"}
 
 
 def __getattr__(name: str) -> Any:

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genval.errors import InputError
+from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD
 
 __all__ = [
     "ConfigError",
@@ -77,9 +78,9 @@ class GaussianSource(_Section):
     """Generated events from a diagonal Gaussian (paper Eq. 6), used when ``data.path`` is unset."""
 
     mean: list[float] = Field(
-        default_factory=lambda: [-0.5, 0.6], description="per-feature mean (paper Eq. 6)")
+        default_factory=lambda: list(PAPER_TOY_MEAN), description="per-feature mean (paper Eq. 6)")
     std: list[float] = Field(
-        default_factory=lambda: [0.25, 0.4], description="per-feature standard deviation")
+        default_factory=lambda: list(PAPER_TOY_STD), description="per-feature standard deviation")
     n_events: int = Field(100_000, gt=0, description="events to generate")
 
     @model_validator(mode="after")

@@ -14,8 +14,9 @@ References:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -27,9 +28,28 @@ from genval.errors import InputError
 from genval.members import Members, log_density_matrix
 from genval.products import MemberIntegrals, estimate_observable, member_integrals
 from genval.stats import clopper_pearson
-from genval.wifi import fit_weights
+from genval.wifi import WeightFit, fit_weights
 
-__all__ = ["CoverageResult", "run_coverage"]
+__all__ = ["COVERAGE_CL", "CoverageResult", "coverage_interval", "run_coverage"]
+
+COVERAGE_CL = 0.6827
+"""Level of the Clopper–Pearson interval shown with a covered fraction (report, figure).
+
+The 1σ-equivalent level, as for the p-value of the GoF test, so the interval reads like the
+``±1σ`` it replaces.
+"""
+
+
+def coverage_interval(covered: int, n_datasets: int, cl: float = COVERAGE_CL
+                      ) -> tuple[float, float]:
+    """Clopper–Pearson interval on a covered fraction ``covered / n_datasets`` (Eq. 4).
+
+    The one interval wherever a coverage is shown: the same exact binomial interval as
+    :meth:`CoverageResult.intervals`, never a normal (Wald) approximation, which collapses to
+    zero width at 0 % or 100 % and undercovers for few data sets.
+    """
+    lower, upper = clopper_pearson(covered, n_datasets, cl)
+    return float(lower), float(upper)
 
 
 @dataclass(frozen=True, repr=False)
@@ -118,6 +138,38 @@ class CoverageResult:
             lines.append(f"  observable {p} (truth {truth:.6g}): {cells}")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field by name; arrays stay numpy arrays, ``messages`` becomes a list.
+
+        The schema of a saved study (``coverage/coverage.npz`` and ``coverage.json`` of a run
+        directory); :meth:`from_dict` inverts it.
+        """
+        return {f.name: (list(self.messages) if f.name == "messages" else getattr(self, f.name))
+                for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CoverageResult:
+        """The study :meth:`to_dict` described; keys that are not fields are ignored.
+
+        Raises:
+            KeyError: a field is missing.
+        """
+        arrays = {name: np.asarray(data[name], dtype=np.float64) for name in
+                  ("truth", "levels", "estimates", "stds", "stds_weights", "weights", "covs")}
+        return cls(**arrays, converged=np.asarray(data["converged"], dtype=np.bool_),
+                   n_events=int(data["n_events"]), n_generated=int(data["n_generated"]),
+                   messages=tuple(str(m) for m in data.get("messages", ())))
+
+
+def _fit_recording_warnings(members: Members, data: NDArray[np.float64]
+                            ) -> tuple[WeightFit, list[tuple[type[Warning], str]]]:
+    """The weight fit (Eq. 1) of one data set and the warnings it issued, kept, not shown:
+    the study reports them once, summarised, instead of once per data set."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_weights(log_density_matrix(members, data), log=True)
+    return fit, [(w.category, str(w.message)) for w in caught]
+
 
 def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Generator], ArrayLike],
                  truth: ArrayLike, *, n_datasets: int, n_events: int,
@@ -157,13 +209,11 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
         rng = np.random.default_rng([seed, r])
         data = as_events(sample_truth(n_events, rng), n_features=members.n_features,
                          name=f"truth sample {r}")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fit = fit_weights(log_density_matrix(members, data), log=True)
-        for caught_warning in caught:
-            text = f"data set {r}: {caught_warning.message}"
+        fit, caught = _fit_recording_warnings(members, data)
+        for category, message in caught:
+            text = f"data set {r}: {message}"
             messages.append(text)
-            categories.setdefault(caught_warning.category, text)
+            categories.setdefault(category, text)
         these = integrals if integrals is not None else member_integrals(
             members, g, n_per_member, rng)
         estimate = estimate_observable(fit, these)

@@ -25,6 +25,7 @@ from scipy import stats
 
 from genval._atomic import atomic_path
 from genval._optional import require
+from genval.coverage import COVERAGE_CL, coverage_interval
 from genval.errors import InputError
 
 if TYPE_CHECKING:
@@ -259,8 +260,9 @@ def plot_coverage(*, estimates: ArrayLike, sigmas: ArrayLike, truth: ArrayLike,
     """Coverage of an observable per feature across synthetic datasets (paper Fig. 3, Eq. 4).
 
     Each panel shows the pulls ``(Ô − O*) / σ_Ô`` with the standard normal they should follow,
-    the ``|pull| < z_α`` window, and the empirical coverage with its binomial error beside the
-    nominal level (and the paper's value when ``reference`` is given).
+    the ``|pull| < z_α`` window, and the empirical coverage with its Clopper–Pearson interval
+    (:func:`genval.coverage.coverage_interval`, as in the report) beside the nominal level
+    (and the paper's value when ``reference`` is given).
 
     Args:
         estimates: (S, D) estimates Ô per dataset and feature.
@@ -289,16 +291,13 @@ def plot_coverage(*, estimates: ArrayLike, sigmas: ArrayLike, truth: ArrayLike,
         for j, ax in enumerate(axes):
             p = pulls[:, j]
             covered = np.abs(p) < z_alpha
-            frac = covered.mean()
-            err = np.sqrt(frac * (1 - frac) / p.size)
             ax.axvspan(-z_alpha, z_alpha, color=_BAND2, alpha=0.6, lw=0)
             heights, _, _ = ax.hist(np.clip(p, -4, 4), bins=edges, density=True,
                                     histtype="step", color=_REF, lw=1.8,
                                     label=f"{p.size} datasets")
             ax.plot(grid, stats.norm.pdf(grid), color=_RECO, lw=1.4, ls="--", label="N(0, 1)")
-            text = f"coverage {100 * frac:.1f} ± {100 * err:.1f} %\nnominal {100 * nominal:.1f} %"
-            if reference is not None:
-                text += f"\npaper {100 * reference[j]:.1f} %"
+            text = _coverage_text(int(covered.sum()), p.size, nominal,
+                                  None if reference is None else reference[j])
             ax.text(0.03, 0.97, text, transform=ax.transAxes, ha="left", va="top",
                     fontsize="x-small")
             ax.set_ylim(0, 1.75 * max(float(np.max(heights)), 0.4))  # room for text, legend
@@ -307,6 +306,18 @@ def plot_coverage(*, estimates: ArrayLike, sigmas: ArrayLike, truth: ArrayLike,
             ax.set_ylabel("Density")
             ax.legend(loc="upper right", fontsize="x-small")
         return _finish(fig, save, formats, dpi)
+
+
+def _coverage_text(covered: int, n: int, nominal: float, reference: float | None) -> str:
+    """Covered fraction with its Clopper–Pearson interval, the nominal level and the paper's."""
+    frac = covered / n
+    lower, upper = coverage_interval(covered, n)
+    text = (f"coverage {100 * frac:.1f}$^{{+{100 * (upper - frac):.1f}}}"
+            f"_{{-{100 * (frac - lower):.1f}}}$ % ({100 * COVERAGE_CL:.1f} % CL)\n"
+            f"nominal {100 * nominal:.1f} %")
+    if reference is not None:
+        text += f"\npaper {100 * reference:.1f} %"
+    return text
 
 
 def plot_weights(*, weights: ArrayLike, cov: ArrayLike | None = None,

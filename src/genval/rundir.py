@@ -17,8 +17,9 @@ Layout::
       .lock                held while a process runs stages
 
 A stage that finished leaves a marker; re-running skips it unless forced, so a killed run
-resumes where it stopped. Re-running a stage removes the markers of the stages after it, whose
-inputs it is about to replace. Every file is written atomically (:mod:`genval._atomic`).
+resumes where it stopped. Re-running a stage removes the markers of the stages that depend on
+it (:func:`dependents`), whose inputs it is about to replace. Every file is written
+atomically (:mod:`genval._atomic`).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ from genval._version import __version__
 from genval.config import Config, config_hash, dump_config, load_config
 from genval.errors import ArtifactError
 
-__all__ = ["STAGES", "DEPENDS", "RunDirError", "StageOutcome", "RunDir", "package_versions",
-           "to_jsonable"]
+__all__ = ["STAGES", "DEPENDS", "READS", "dependents", "RunDirError", "StageOutcome", "RunDir",
+           "package_versions", "to_jsonable"]
 
 STAGES = ("split", "train", "fit", "sample", "coverage", "gof", "report")
 """Pipeline stages in execution order."""
@@ -63,6 +64,33 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 }
 """Stages each stage needs finished first."""
 
+READS: dict[str, tuple[str, ...]] = {
+    "report": ("split", "train", "fit", "sample", "coverage", "gof"),
+}
+"""Stages whose artifacts (or markers) a stage reads when they exist, without needing them.
+
+The report gathers whatever earlier stages wrote, including the warnings in their markers, so
+re-running any of them makes the report stale.
+"""
+
+
+def dependents(stage: str) -> tuple[str, ...]:
+    """``stage`` and every stage that needs or reads it, directly or transitively, in order.
+
+    These are the stages whose results re-running ``stage`` makes stale (:data:`DEPENDS`,
+    :data:`READS`); the others keep their markers.
+    """
+    stale = {_check_stage(stage)}
+    grown = True
+    while grown:
+        grown = False
+        for other in STAGES:
+            inputs = set(DEPENDS[other]) | set(READS.get(other, ()))
+            if other not in stale and inputs & stale:
+                stale.add(other)
+                grown = True
+    return tuple(s for s in STAGES if s in stale)
+
 _PACKAGES = ("numpy", "scipy", "torch", "safetensors", "pydantic", "PyYAML", "click", "tqdm",
              "matplotlib", "mplhep", "h5py", "pyarrow", "uproot", "awkward", "dask")
 
@@ -73,7 +101,7 @@ class RunDirError(ArtifactError):
 
 @dataclass(frozen=True)
 class StageOutcome:
-    """What :meth:`RunDir.run_stage` did: ``ran`` (or skipped as already done) and its info."""
+    """What :meth:`RunDir.run_once` did: ``ran`` (or skipped as already done) and its info."""
 
     stage: str
     ran: bool
@@ -262,10 +290,13 @@ class RunDir:
                               f"`genval {missing[0]} {self.root}` (or `genval run`)")
 
     def invalidate(self, stage: str) -> list[str]:
-        """Remove the markers of ``stage`` and of every stage after it; return those removed."""
-        start = STAGES.index(_check_stage(stage))
+        """Remove the markers of ``stage`` and of the stages that depend on it.
+
+        Only :func:`dependents` lose their markers: re-drawing the samples, say, leaves the GoF
+        toys (which never read them) finished. Returns the stages whose marker was removed.
+        """
         removed = []
-        for later in STAGES[start:]:
+        for later in dependents(stage):
             marker = self._marker(later)
             if marker.exists():
                 marker.unlink()
@@ -282,8 +313,8 @@ class RunDir:
                                              "seconds": record["seconds"]}})
         atomic_write_json(self._marker(stage), record)
 
-    def run_stage(self, stage: str, fn: Callable[[], Mapping[str, Any] | None], *,
-                  force: bool = False, log: Callable[[str], None] | None = None) -> StageOutcome:
+    def run_once(self, stage: str, fn: Callable[[], Mapping[str, Any] | None], *,
+                 force: bool = False, log: Callable[[str], None] | None = None) -> StageOutcome:
         """Run ``fn`` as ``stage`` unless it already finished (or ``force``), then mark it done.
 
         Args:
@@ -301,7 +332,7 @@ class RunDir:
             say(f"[{stage}] already done ({record['finished']}); skipping (use --force)")
             return StageOutcome(stage, False, 0.0, record.get("info", {}))
         self.require(stage)
-        # The inputs of later stages are about to change: they must run again.
+        # The inputs of the stages that depend on this one are about to change: re-run them.
         self.invalidate(stage)
         say(f"[{stage}] running")
         start = time.perf_counter()
@@ -343,6 +374,17 @@ class RunDir:
             yield
         finally:
             path.unlink(missing_ok=True)
+
+    def stage_info(self, stage: str) -> dict[str, Any] | None:
+        """The info dict ``stage`` recorded in its marker, or None if it has not finished."""
+        marker = self._marker(stage)
+        if not marker.is_file():
+            return None
+        try:
+            record = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return dict(record.get("info", {}))
 
     def status(self) -> dict[str, bool]:
         """Which stages have finished."""

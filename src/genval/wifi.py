@@ -189,6 +189,39 @@ class WeightFit:
         lines += [f"  warning: {m}" for m in self.messages]
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, object]:
+        """Every field by name; arrays stay numpy arrays, ``messages`` becomes a list.
+
+        The schema of a saved fit (``fit/fit.npz`` and ``fit/fit.json`` of a run directory);
+        :meth:`from_dict` inverts it.
+        """
+        import dataclasses
+
+        return {f.name: (list(self.messages) if f.name == "messages" else getattr(self, f.name))
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> WeightFit:
+        """The fit that :meth:`to_dict` described; keys that are not fields are ignored.
+
+        Raises:
+            KeyError: a field without a default is missing.
+        """
+        import dataclasses
+
+        convert = {"weights": lambda v: np.asarray(v, dtype=np.float64),
+                   "cov": lambda v: np.asarray(v, dtype=np.float64),
+                   "cov_reduced": lambda v: np.asarray(v, dtype=np.float64),
+                   "converged": bool, "n_iter": int, "n_events": int, "n_unidentified": int,
+                   "messages": lambda v: tuple(str(m) for m in v)}
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                values[f.name] = convert.get(f.name, float)(data[f.name])
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise KeyError(f"WeightFit.from_dict: missing field {f.name!r}")
+        return cls(**values)
+
 
 def _truncated_inverse(matrix: NDArray[np.float64], rcond: float = RCOND
                        ) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:

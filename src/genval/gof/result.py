@@ -171,6 +171,7 @@ class GoFResult:
             "overlap": self.overlap, "n_kernels": self.n_kernels, "poisson": self.poisson,
             "timings": dict(self.timings), "t_null": self.t_null.tolist(),
             "toy_index": self.toy_index.tolist(),
+            "toy_converged": self.toy_converged.tolist(), "toy_size": self.toy_size.tolist(),
         }
 
     def __repr__(self) -> str:
@@ -196,6 +197,30 @@ class GoFResult:
             f"{'Poisson' if self.poisson else 'fixed'} size, pool {self.pool_size} events "
             f"(overlap {100 * self.overlap:.1f}%), seed {self.seed}\n"
             f"  time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], observed: Any = None) -> GoFResult:
+        """The result :meth:`to_dict` described (``observed`` is not saved: pass it or None).
+
+        Derived values in ``data`` (p, Z, the χ² fit, ...) are ignored: they are recomputed
+        from the toys, so a saved result cannot disagree with itself.
+
+        Raises:
+            KeyError: a field of the result is missing.
+        """
+        return cls(
+            t_obs=float(data["t_obs"]),
+            t_null=np.asarray(data["t_null"], dtype=np.float64),
+            toy_index=np.asarray(data["toy_index"], dtype=np.int64),
+            toy_converged=np.asarray(data["toy_converged"], dtype=np.bool_),
+            toy_size=np.asarray(data["toy_size"], dtype=np.int64),
+            observed=observed, variant=str(data["variant"]), centre=str(data["centre"]),
+            seed=int(data["seed"]), pool_size=int(data["pool_size"]),
+            n_test=int(data["n_test"]), n_kernels=int(data["n_kernels"]),
+            poisson=bool(data["poisson"]),
+            timings={str(k): float(v) for k, v in dict(data.get("timings", {})).items()},
+            cl=float(data.get("cl", 0.6827)),
         )
 
 

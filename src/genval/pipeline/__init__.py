@@ -1,17 +1,14 @@
 """The stages of a genval run, each reading and writing a :class:`~genval.rundir.RunDir`.
 
-``split → train → fit → sample → coverage → gof → report`` (paper Steps 1–4). Each stage
-function takes the run directory, reads what earlier stages wrote and writes its own
-artifacts; :func:`run_stage` adds the skip-if-finished bookkeeping and :func:`run_pipeline`
-runs them all. Only the split stage sees the full event table: the others read their own
-split, so the test events never reach training or the weight fit.
+``split → train → fit → sample → coverage → gof → report`` (paper Steps 1–4), one module per
+stage (``split_stage`` ... ``report_stage``). Each stage function takes the run directory,
+reads what earlier stages wrote and writes its own artifacts, both through
+:mod:`genval.pipeline.artifacts`; :func:`run_stage` adds the skip-if-finished bookkeeping and
+:func:`run_pipeline` runs them all. Only the split stage sees the full event table: the others
+read their own split, so the test events never reach training or the weight fit.
 
 Warnings raised inside a stage are recorded (in the stage's marker and the report) and logged,
 not lost: a long unattended run should say what went wrong in its artifacts.
-
-``train`` with ``members.kind: flow`` needs :mod:`genval.flows` and ``gof`` needs
-:mod:`genval.gof`; a build without them raises :class:`StageUnavailableError` naming the
-missing module.
 """
 
 from __future__ import annotations
@@ -22,22 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from genval.config import Config
-from genval.pipeline._common import (
-    Log,
-    StageUnavailableError,
-    load_fit,
-    load_members,
-    split_events,
-    stage_seed,
-)
-from genval.pipeline.data import stage_split, stage_train
-from genval.pipeline.estimate import stage_coverage, stage_fit, stage_sample
-from genval.pipeline.gof import stage_gof
-from genval.pipeline.report import stage_report
+from genval.pipeline.artifacts import load_fit, load_members, split_events
+from genval.pipeline.coverage_stage import stage_coverage
+from genval.pipeline.fit_stage import stage_fit
+from genval.pipeline.gof_stage import stage_gof
+from genval.pipeline.log import Log
+from genval.pipeline.report_stage import stage_report
+from genval.pipeline.sample_stage import stage_sample
+from genval.pipeline.seeds import stage_seed
+from genval.pipeline.split_stage import stage_split
+from genval.pipeline.train_stage import stage_train
 from genval.rundir import STAGES, RunDir, StageOutcome
 
 __all__ = [
-    "StageUnavailableError",
     "STAGE_FUNCTIONS",
     "run_stage",
     "run_pipeline",
@@ -74,7 +68,7 @@ def run_stage(run: RunDir, stage: str, *, force: bool = False, log: Log | None =
             say(f"[{stage}] warning: {message}")
         return {**info, "warnings": messages} if messages else info
 
-    return run.run_stage(stage, work, force=force, log=log)
+    return run.run_once(stage, work, force=force, log=log)
 
 
 def run_pipeline(config: Config, *, run_dir: str | Path | None = None, force: bool = False,

@@ -1,4 +1,4 @@
-"""The GoF stage (paper Step 4, Eq. 5; Figs. 1 and 2)."""
+"""The GoF stage (paper Step 4, Eq. 5; Figs. 1 and 2): the calibrated learned LRT per variant."""
 
 from __future__ import annotations
 
@@ -9,21 +9,25 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from genval._atomic import atomic_write_json
+from genval import gof, plots
+from genval.binned import bin_integrals, binned_reference, histogram_counts
+from genval.config import Config
 from genval.errors import FitError, GenvalWarning
+from genval.html_report import VARIANT_LABELS
 from genval.members import Members
-from genval.pipeline._common import (
-    Log,
-    draw,
-    jsonable,
+from genval.pipeline.artifacts import (
     load_fit,
     load_members,
-    module,
-    quiet,
+    save_gof,
+    save_gof_error,
     split_events,
-    stage_seed,
 )
+from genval.pipeline.figures import draw
+from genval.pipeline.log import Log, quiet
+from genval.pipeline.seeds import stage_seed
 from genval.rundir import RunDir
+from genval.sampling import sample_mixture
+from genval.wifi import WeightFit, prepare_density_matrix
 
 __all__ = ["stage_gof", "GofVariantWarning"]
 
@@ -41,9 +45,6 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     cfg = run.config()
     if not cfg.gof.enabled:
         return {"skipped": "gof.enabled is false"}
-    gof = module("genval.gof", "the gof stage")
-    from genval import plots
-
     seed = stage_seed(cfg, "gof")
     members, fit = load_members(run), load_fit(run)
     x_test, names = split_events(run, "test")
@@ -52,46 +53,24 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                                         standardize=cfg.gof.standardize, seed=seed)
     # Several test sets: disjoint chunks of the test split, one result each (median Z, band).
     chunks = np.array_split(x_test, cfg.gof.n_test_sets)
-    out = run.dir("gof")
     summary: dict[str, Any] = {}
     observed: dict[str, Any] = {}
     for variant in cfg.gof.variants:
         log(f"[gof] {variant}: {cfg.gof.n_toys} toys x {len(chunks)} test set(s)")
         try:
-            results = [gof.goodness_of_fit(
-                members, fit, chunk, basis, n_toys=cfg.gof.n_toys, seed=seed + i,
-                variant=variant, member=cfg.gof.single_member if variant == "single" else None,
-                centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size,
-                pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs, lam=cfg.gof.lambda_net,
-                progress=not cfg.quiet)
-                for i, chunk in enumerate(chunks)]
+            results = _run_variant(cfg, variant, members, fit, chunks, basis, seed)
         except FitError as exc:
             # One variant undefined (e.g. a signed mixture <= 0 at test events) must not cost
             # the others: record why, warn, and go on.
-            atomic_write_json(out / f"{variant}.json", {"variant": variant, "error": str(exc)})
+            save_gof_error(run, variant, str(exc))
             warnings.warn(f"GoF variant {variant!r} undefined: {exc}", GofVariantWarning,
                           stacklevel=2)
             summary[variant] = {"error": str(exc)}
             continue
-        record = jsonable(results[0].to_dict())
-        if len(results) > 1:
-            z = gof.summarize_z(results)
-            record["z_summary"] = {"median": z.median, "lower": z.lower, "upper": z.upper,
-                                   "n_sets": z.n_sets}
-            record["per_set"] = [jsonable({k: v for k, v in r.to_dict().items()
-                                            if k not in ("t_null", "toy_index")})
-                                 for r in results]
-        atomic_write_json(out / f"{variant}.json", record)
+        z_summary = gof.summarize_z(results) if len(results) > 1 else None
+        save_gof(run, results, z_summary)
+        _null_figure(run, variant, results, z_summary)
         res = results[0]
-        # Several test sets: the figure shows their median t and Z, and every t_obs.
-        several = len(results) > 1
-        draw(run, f"null_{variant}", plots.plot_null, t_null=res.t_null,
-             t_obs=float(np.median([r.t_obs for r in results])) if several else res.t_obs,
-             z=record["z_summary"]["median"] if several else res.z,
-             p_value=None if several else res.p_value, chi2_scale=res.chi2_fit.scale,
-             chi2_dof=res.chi2_fit.dof, z_chi2=None if several else res.z_chi2,
-             label=_variant_label(variant),
-             t_obs_sets=[r.t_obs for r in results] if several else None)
         summary[variant] = {"t_obs": float(res.t_obs), "z": float(res.z),
                             "z_chi2": float(res.z_chi2), "n_sets": len(results)}
         observed[variant] = res.observed
@@ -107,37 +86,64 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     return summary
 
 
-def _variant_label(variant: str) -> str:
-    from genval.report import VARIANT_LABELS
+def _run_variant(cfg: Config, variant: str, members: Members, fit: WeightFit,
+                 chunks: Sequence[NDArray[np.float64]], basis: gof.KernelBasis, seed: int
+                 ) -> list[gof.GoFResult]:
+    """One variant on every test set (test set ``i`` seeds its toys with ``seed + i``).
 
-    return VARIANT_LABELS.get(variant, variant)
+    Raises:
+        FitError: the variant is undefined on these events.
+    """
+    return [gof.goodness_of_fit(
+        members, fit, chunk, basis, n_toys=cfg.gof.n_toys, seed=seed + i, variant=variant,
+        member=cfg.gof.single_member if variant == "single" else None,
+        centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size,
+        pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs, lam=cfg.gof.lambda_net,
+        progress=not cfg.quiet)
+        for i, chunk in enumerate(chunks)]
 
 
-def _marginals_figure(run: RunDir, members: Members, fit: Any, basis: Any,
+def _null_figure(run: RunDir, variant: str, results: Sequence[gof.GoFResult],
+                 z_summary: gof.ZSummary | None) -> None:
+    """Paper Fig. 2; with several test sets, their median t and Z, and every t_obs."""
+    res = results[0]
+    several = z_summary is not None
+    draw(run, f"null_{variant}", plots.plot_null, t_null=res.t_null,
+         t_obs=float(np.median([r.t_obs for r in results])) if several else res.t_obs,
+         z=z_summary.median if z_summary is not None else res.z,
+         p_value=None if several else res.p_value, chi2_scale=res.chi2_fit.scale,
+         chi2_dof=res.chi2_fit.dof, z_chi2=None if several else res.z_chi2,
+         label=VARIANT_LABELS.get(variant, variant),
+         t_obs_sets=[r.t_obs for r in results] if several else None)
+
+
+def _marginals_figure(run: RunDir, members: Members, fit: WeightFit, basis: gof.KernelBasis,
                       x_test: NDArray[np.float64], names: Sequence[str], stat: Any,
                       seed: int) -> None:
-    """Paper Fig. 1 from one pool drawn from f(x; ŵ) (see :mod:`genval.binned`)."""
-    from genval import plots
-    from genval.binned import bin_integrals, binned_reference, histogram_counts
-    from genval.sampling import sample_mixture
+    """Paper Fig. 1 from one pool drawn from f(x; ŵ) (see :mod:`genval.binned`).
 
+    Every curve is a bin integral of ``h / f`` over the pool, a ratio, so the member and
+    kernel densities enter with their rows scaled by one common factor per pool event (the
+    scaling of :func:`genval.wifi.prepare_density_matrix`): nothing underflows in the tails.
+    """
     cfg = run.config()
     # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].
     size = cfg.report.pool_size or int(np.clip(20 * len(x_test), 50_000, 200_000))
     pool = sample_mixture(members, fit.weights, size, seed)
-    F = np.exp(pool.log_f)
-    f = F @ fit.weights
+    S, log_s = prepare_density_matrix(pool.log_f, log=True)  # F = exp(log_s) · S
+    f = S @ fit.weights
     reco_density = None
     phi, a = getattr(stat, "phi1", None), getattr(stat, "a", None)
     if phi is not None and a is not None and np.shape(phi) == fit.weights.shape:
         # H_{φ,a} is the density F·φ + G·a: the GoF profiles scale each row of F and G by the
-        # same factor, so φ and a come back in density units.
-        reco_density = F @ np.asarray(phi) + basis.pdf(pool.x) @ np.asarray(a)
+        # same factor, so φ and a come back in density units; G takes the rows' scale too.
+        G = np.exp(basis.log_pdf(pool.x) - log_s[:, None])
+        reco_density = S @ np.asarray(phi) + G @ np.asarray(a)
     hists = []
     for j, name in enumerate(names):
         lo, hi = np.quantile(x_test[:, j], [0.001, 0.999])
         edges = np.linspace(lo, hi, cfg.report.bins + 1)
-        ref = binned_reference(pool.x[:, j], edges, F, fit.weights, fit.cov)
+        ref = binned_reference(pool.x[:, j], edges, S, fit.weights, fit.cov)
         reco = None
         if reco_density is not None:
             reco = bin_integrals(pool.x[:, j], edges, reco_density, f)[0][:, 0]

@@ -2,7 +2,8 @@
 
 The report has no external references (figures are base64 PNGs, styles inline), so it can be
 mailed or attached to a logbook as one file. It takes plain values (rows and PNG files), not
-genval result objects, so it renders whatever subset of the stages has run.
+genval result objects, so it renders whatever subset of the stages has run. The paper's
+numbers it shows beside genval's come from :mod:`genval.paper`.
 
 References:
     Badaracco et al., Sec. 4 (Z = 20.29, 4.13, 0.92 for a single flow, the frozen ensemble and
@@ -22,26 +23,18 @@ from typing import Any
 
 from genval._atomic import atomic_write_text
 from genval._version import __version__
+from genval.coverage import COVERAGE_CL, coverage_interval
 from genval.errors import InputError
+from genval.paper import PAPER_COVERAGE, PAPER_Z
 
-__all__ = ["PAPER_Z", "PAPER_COVERAGE", "VARIANT_LABELS", "GofRow", "CoverageRow",
-           "render_report", "write_report"]
-
-PAPER_Z: dict[str, tuple[float, float, float]] = {
-    "single": (20.29, 0.10, 0.10),
-    "frozen": (4.13, 0.12, 0.13),
-    "ensemble": (0.92, 0.20, 0.14),
-}
-"""The paper's Z per variant as (median, +up, −down) (Sec. 4, Fig. 2)."""
-
-PAPER_COVERAGE: tuple[float, ...] = (0.613, 0.687)
-"""The paper's 1σ coverage of the first moment per feature of the 2D toy (App. A, Fig. 3)."""
+__all__ = ["VARIANT_LABELS", "GofRow", "CoverageRow", "render_report", "write_report"]
 
 VARIANT_LABELS = {
     "single": "single member",
     "frozen": "ensemble, weights frozen at ŵ (no uncertainty)",
     "ensemble": "ensemble with uncertainty",
 }
+"""How each GoF variant is named in the report and the figures."""
 
 
 @dataclass(frozen=True)
@@ -108,15 +101,24 @@ def _gof_table(rows: Sequence[GofRow]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _coverage_cell(row: CoverageRow) -> str:
+    """The covered fraction with its Clopper–Pearson interval (as the coverage figure)."""
+    if not row.n_datasets:
+        return f"{100 * row.coverage:.1f} %"
+    lower, upper = coverage_interval(round(row.coverage * row.n_datasets), row.n_datasets)
+    return (f"{100 * row.coverage:.1f} <sup>+{100 * (upper - row.coverage):.1f}</sup>"
+            f"<sub>−{100 * (row.coverage - lower):.1f}</sub> %")
+
+
 def _coverage_table(rows: Sequence[CoverageRow]) -> str:
-    head = ("<tr><th>feature</th><th>O*</th><th>coverage</th><th>nominal</th><th>datasets</th>"
-            "<th>paper (2D toy)</th></tr>")
+    head = ("<tr><th>feature</th><th>O*</th>"
+            f"<th>coverage ({100 * COVERAGE_CL:.1f} % CL Clopper–Pearson)</th>"
+            "<th>nominal</th><th>datasets</th><th>paper (2D toy)</th></tr>")
     body = []
     for i, r in enumerate(rows):
-        err = math.sqrt(r.coverage * (1 - r.coverage) / r.n_datasets) if r.n_datasets else 0.0
         paper = f"{100 * PAPER_COVERAGE[i]:.1f} %" if i < len(PAPER_COVERAGE) else "—"
         body.append(f"<tr><td>{html.escape(r.feature)}</td><td>{_num(r.truth)}</td>"
-                    f"<td><b>{100 * r.coverage:.1f} ± {100 * err:.1f} %</b></td>"
+                    f"<td><b>{_coverage_cell(r)}</b></td>"
                     f"<td>{100 * r.nominal:.1f} %</td><td>{r.n_datasets}</td>"
                     f"<td>{paper}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"

@@ -1,0 +1,29 @@
+"""The sample stage (paper Step 2, Eq. 3): events from f(x; ŵ) with their error band."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genval.pipeline.artifacts import load_fit, load_members, save_samples, split_events
+from genval.pipeline.log import Log, quiet
+from genval.pipeline.seeds import stage_seed
+from genval.products import oversample
+from genval.rundir import RunDir
+
+__all__ = ["stage_sample"]
+
+
+def stage_sample(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
+    """Draw ``sample.n_events`` events from f(x; ŵ) and write them with f̂ and σ_f̂ (Eq. 3)."""
+    cfg = run.config()
+    members, fit = load_members(run), load_fit(run)
+    _, names = split_events(run, "weight_fit")
+    seed = stage_seed(cfg, "sample")
+    drawn = oversample(members, fit, cfg.sample.n_events, seed)
+    path = save_samples(run, cfg.sample.output, drawn.x, names, drawn.density,
+                        drawn.density_std)
+    run.update_metadata(seeds={"sample": seed})
+    log(f"[sample] {cfg.sample.n_events} events -> {path.name} "
+        f"(acceptance {drawn.acceptance_rate:.1%})")
+    return {"path": str(path.relative_to(run.root)), "n_events": cfg.sample.n_events,
+            "acceptance_rate": float(drawn.acceptance_rate)}

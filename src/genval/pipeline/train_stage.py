@@ -1,0 +1,76 @@
+"""The train stage (paper Step 1): the M members, trained on the train split only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from genval import plots
+from genval.config import Config
+from genval.pipeline.artifacts import (
+    KdeSpec,
+    LearningCurves,
+    save_ensemble,
+    save_history,
+    save_kde,
+    split_events,
+)
+from genval.pipeline.device import resolve_device
+from genval.pipeline.figures import draw
+from genval.pipeline.log import Log, quiet
+from genval.pipeline.seeds import stage_seed
+from genval.rundir import RunDir
+
+__all__ = ["stage_train"]
+
+
+def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
+    """Train (or build) the M members on the train split and save them under ``models/``."""
+    cfg = run.config()
+    x_train, _ = split_events(run, "train")
+    seed = stage_seed(cfg, "train")
+    run.update_metadata(seeds={"train": seed})
+    if cfg.members.kind == "kde":
+        spec = KdeSpec(cfg.members.n_members, cfg.members.kde.bandwidth, seed)
+        # KDE members are rebuilt deterministically from the train split and the seed; build
+        # them once here so that a bad bandwidth fails this stage, not a later one.
+        spec.build(x_train)
+        save_kde(run, spec)
+        return {"kind": "kde", "n_members": cfg.members.n_members}
+    device = resolve_device(cfg.device)
+    run.update_metadata(device={"resolved": device})
+    log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}")
+    ensemble, history = _train_flows(cfg, x_train, seed, device)
+    save_ensemble(run, ensemble)
+    curves = LearningCurves.from_history(history)
+    save_history(run, curves)
+    _training_figure(run, curves)
+    return {"kind": "flow", "n_members": cfg.members.n_members, "device": device,
+            "epochs": int(curves.train_loss.shape[0]),
+            "diverged": int(np.sum(history.diverged))}
+
+
+def _train_flows(cfg: Config, x_train: NDArray[np.float64], seed: int, device: str
+                 ) -> tuple[Any, Any]:
+    """The flow ensemble of ``members.flow`` trained on ``x_train``, and its history."""
+    from genval import flows  # torch loads only for flow members
+
+    fc = cfg.members.flow
+    ens = flows.FlowEnsemble(x_train.shape[1], cfg.members.n_members, layers=fc.layers,
+                             hidden=fc.hidden, blocks=fc.blocks, bins=fc.bins, seed=seed)
+    history = flows.train(ens, x_train, val_fraction=fc.validation_fraction,
+                          batch_size=fc.batch_size, lr=fc.learning_rate,
+                          max_epochs=fc.max_epochs, patience=fc.patience, seed=seed,
+                          device=device, progress=not cfg.quiet, bootstrap=fc.bootstrap,
+                          precision=fc.precision)
+    return ens, history
+
+
+def _training_figure(run: RunDir, curves: LearningCurves) -> None:
+    # History arrays are (epochs, M) with NaN after a member stopped: one curve per member.
+    train = [c[np.isfinite(c)] for c in curves.train_loss.T]
+    val = [c[np.isfinite(c)] for c in curves.val_loss.T]
+    draw(run, "training", plots.plot_training, train_loss=train, val_loss=val,
+         best_epoch=[int(b) + 1 for b in curves.best_epoch])
