@@ -41,14 +41,18 @@ __all__ = [
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
-               "gof", "flows", "config", "presets", "io", "splits", "rundir", "binned", "plots",
+               "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
                "report", "pipeline"}
+# Public names whose module moved: `genval.binned` is now `genval.products.binned`.
+_MOVED = {"binned": "genval.products.binned"}
 
 
 def __getattr__(name: str) -> Any:
     # Submodules load lazily so that `import genval` stays cheap (torch loads only with flows).
     if name in _SUBMODULES:
         return importlib.import_module(f"genval.{name}")
+    if name in _MOVED:
+        return importlib.import_module(_MOVED[name])
     if name == "goodness_of_fit":
         return importlib.import_module("genval.gof").goodness_of_fit
     raise AttributeError(f"module 'genval' has no attribute {name!r}")

@@ -118,7 +118,7 @@ def _marginals_figure(run: RunDir, members: Members, fit: Any, basis: Any,
                       seed: int) -> None:
     """Paper Fig. 1 from one pool drawn from f(x; ŵ) (see :mod:`genval.binned`)."""
     from genval import plots
-    from genval.binned import bin_integrals, binned_reference, histogram_counts
+    from genval.products.binned import bin_integrals, binned_reference, histogram_counts
     from genval.sampling import sample_mixture
 
     cfg = run.config()
