@@ -1,8 +1,9 @@
-"""Test support: small known-truth instances and an independent reference weight fit.
+"""Test support: small known-truth instances and independent reference implementations.
 
 ``quick_fit`` is an independent (scipy) implementation of the w_i f_i fit of Eq. (1)-(2) with
 the sandwich covariance, so the GoF tests do not depend on genval.wifi; test_wifi compares
-against it.
+against it. ``reference_t`` is an independent (scipy) implementation of the statistic of
+Eq. (5).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import scipy.optimize
 from numpy.typing import NDArray
 
+from genval.linalg import sum_to_one_basis
 from genval.members import GaussianMembers
 
 
@@ -62,3 +64,71 @@ def gaussian_ensemble(m: int, rng: np.random.Generator, spread: float = 0.3,
     means = spread * rng.standard_normal((m, d))
     variances = (0.6 + 0.4 * rng.random((m, d))) ** 2
     return GaussianMembers(means, variances)
+
+
+def reference_t(F, G, fit, variant, z0, lam=1e-6, F_ref=None, G_ref=None, barrier=1e-3):
+    """t of Eq. (5) in the paper's coordinates (z, a), solved by scipy trust-exact.
+
+    An implementation independent of genval.gof (no whitening, no row scaling, no Newton).
+    Returns ``(t, nll0, nll1)``.
+
+    With check points, their rows join the data with weight ``barrier`` (log-barrier).
+    """
+    n, m = F.shape
+    wts = np.ones(n)
+    if F_ref is not None:
+        F, G = np.vstack([F, F_ref]), np.vstack([G, G_ref])
+        wts = np.concatenate([wts, np.full(len(F_ref), barrier)])
+    w = fit.weights
+    if variant == "ensemble":
+        B = sum_to_one_basis(m)
+        cinv = np.linalg.inv(B.T @ fit.cov @ B)
+        A = F @ B
+        p = m - 1
+    else:
+        A, cinv, p = np.zeros((len(F), 0)), np.zeros((0, 0)), 0
+        z0 = np.zeros(0)
+    c = F @ w
+    k = G.shape[1]
+
+    def make(with_a):
+        X = np.hstack([A, G]) if with_a else A
+
+        def parts(theta):
+            z, a = theta[:p], theta[p:]
+            f = c + X @ theta
+            pen = 0.5 * (z - z0) @ cinv @ (z - z0)
+            grad_pen = np.concatenate([cinv @ (z - z0), n + 2 * lam * n * a])
+            hess_pen = np.zeros((len(theta), len(theta)))
+            hess_pen[:p, :p] = cinv
+            hess_pen[p:, p:] = 2 * lam * n * np.eye(len(a))
+            if with_a:
+                pen = pen + n * a.sum() + lam * n * a @ a
+            return f, X, pen, grad_pen, hess_pen
+
+        def fun(theta):
+            f, _, pen, _, _ = parts(theta)
+            return np.inf if np.any(f <= 0) else float(-wts @ np.log(f) + pen)
+
+        def jac(theta):
+            f, X_, _, gp, _ = parts(theta)
+            return -((wts / f) @ X_) + gp[:len(theta)]
+
+        def hess(theta):
+            f, X_, _, _, hp = parts(theta)
+            r = X_ * (np.sqrt(wts) / f)[:, None]
+            return r.T @ r + hp
+
+        return fun, jac, hess
+
+    def solve(with_a, start):
+        fun, jac, hess = make(with_a)
+        if start.size == 0:
+            return fun(start)
+        res = scipy.optimize.minimize(fun, start, jac=jac, hess=hess, method="trust-exact",
+                                      options={"gtol": 1e-9, "maxiter": 1000})
+        return res.fun
+
+    nll0 = solve(False, np.zeros(p))
+    nll1 = solve(True, np.zeros(p + k))
+    return 2.0 * (nll0 - nll1), nll0, nll1

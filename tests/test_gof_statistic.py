@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.optimize
 
 from genval.errors import FitError, IllConditionedWarning, InputError
 from genval.gof import KernelBasis, LRStatistic, test_statistic
 from genval.linalg import sum_to_one_basis
 from genval.members import log_density_matrix
 from genval.sampling import sample_mixture
-from gof_support import gaussian_ensemble, quick_fit
+from gof_support import gaussian_ensemble, quick_fit, reference_t
 
 
 def _instance(seed: int, m: int = 5, n: int = 1500, k: int = 12, sigma: float = 0.4,
@@ -29,71 +28,6 @@ def _instance(seed: int, m: int = 5, n: int = 1500, k: int = 12, sigma: float = 
     return members, fit, x, log_f, basis.log_pdf(x), rng
 
 
-def _reference_t(F, G, fit, variant, z0, lam=1e-6, F_ref=None, G_ref=None, barrier=1e-3):
-    """Same objectives in the paper's coordinates (z, a), solved by scipy trust-exact.
-
-    With check points, their rows join the data with weight ``barrier`` (log-barrier).
-    """
-    n, m = F.shape
-    wts = np.ones(n)
-    if F_ref is not None:
-        F, G = np.vstack([F, F_ref]), np.vstack([G, G_ref])
-        wts = np.concatenate([wts, np.full(len(F_ref), barrier)])
-    w = fit.weights
-    if variant == "ensemble":
-        B = sum_to_one_basis(m)
-        cinv = np.linalg.inv(B.T @ fit.cov @ B)
-        A = F @ B
-        p = m - 1
-    else:
-        A, cinv, p = np.zeros((len(F), 0)), np.zeros((0, 0)), 0
-        z0 = np.zeros(0)
-    c = F @ w
-    k = G.shape[1]
-
-    def make(with_a):
-        X = np.hstack([A, G]) if with_a else A
-
-        def parts(theta):
-            z, a = theta[:p], theta[p:]
-            f = c + X @ theta
-            pen = 0.5 * (z - z0) @ cinv @ (z - z0)
-            grad_pen = np.concatenate([cinv @ (z - z0), n + 2 * lam * n * a])
-            hess_pen = np.zeros((len(theta), len(theta)))
-            hess_pen[:p, :p] = cinv
-            hess_pen[p:, p:] = 2 * lam * n * np.eye(len(a))
-            if with_a:
-                pen = pen + n * a.sum() + lam * n * a @ a
-            return f, X, pen, grad_pen, hess_pen
-
-        def fun(theta):
-            f, _, pen, _, _ = parts(theta)
-            return np.inf if np.any(f <= 0) else float(-wts @ np.log(f) + pen)
-
-        def jac(theta):
-            f, X_, _, gp, _ = parts(theta)
-            return -((wts / f) @ X_) + gp[:len(theta)]
-
-        def hess(theta):
-            f, X_, _, _, hp = parts(theta)
-            r = X_ * (np.sqrt(wts) / f)[:, None]
-            return r.T @ r + hp
-
-        return fun, jac, hess
-
-    def solve(with_a, start):
-        fun, jac, hess = make(with_a)
-        if start.size == 0:
-            return fun(start)
-        res = scipy.optimize.minimize(fun, start, jac=jac, hess=hess, method="trust-exact",
-                                      options={"gtol": 1e-9, "maxiter": 1000})
-        return res.fun
-
-    nll0 = solve(False, np.zeros(p))
-    nll1 = solve(True, np.zeros(p + k))
-    return 2.0 * (nll0 - nll1), nll0, nll1
-
-
 @pytest.mark.parametrize("variant", ["ensemble", "frozen"])
 @pytest.mark.parametrize("seed,shift", [(1, 0.0), (2, 0.15), (3, 0.0)])
 def test_matches_scipy_trust_exact(variant, seed, shift):
@@ -104,7 +38,7 @@ def test_matches_scipy_trust_exact(variant, seed, shift):
         B = sum_to_one_basis(F.shape[1])
         z0 = rng.multivariate_normal(np.zeros(F.shape[1] - 1), B.T @ fit.cov @ B)
     t = test_statistic(F, G, fit, variant=variant, z0=z0)
-    t_ref, nll0, nll1 = _reference_t(F, G, fit, variant,
+    t_ref, nll0, nll1 = reference_t(F, G, fit, variant,
                                      np.zeros(F.shape[1] - 1) if z0 is None else z0)
     assert t.converged
     assert float(t) == pytest.approx(t_ref, rel=1e-6, abs=1e-8)
@@ -127,7 +61,7 @@ def test_check_points_match_reference_and_keep_alternative_a_density():
     assert kept < 100 and kept.converged
     alt_at_centres = F_ref @ kept.phi1 + G_ref @ kept.a
     assert np.all(alt_at_centres > 0)
-    t_ref, nll0, nll1 = _reference_t(F, G, fit, "ensemble", np.zeros(F.shape[1] - 1),
+    t_ref, nll0, nll1 = reference_t(F, G, fit, "ensemble", np.zeros(F.shape[1] - 1),
                                      F_ref=F_ref, G_ref=G_ref)
     assert float(kept) == pytest.approx(t_ref, rel=1e-6)
     assert kept.nll1 == pytest.approx(nll1, rel=1e-10)
@@ -141,7 +75,7 @@ def test_single_member_matches_reference():
     t = test_statistic(F[:, 2], G, variant="single")
     t_col = test_statistic(F, G, variant="single", member=2)
     one = type(fit)(np.ones(1), np.zeros((1, 1)))
-    t_ref, _, _ = _reference_t(F[:, 2:3], G, one, "single", np.zeros(0))
+    t_ref, _, _ = reference_t(F[:, 2:3], G, one, "single", np.zeros(0))
     assert float(t) == pytest.approx(t_ref, rel=1e-6)
     assert float(t_col) == pytest.approx(float(t), rel=1e-12)
 

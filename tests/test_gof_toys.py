@@ -199,3 +199,71 @@ def test_process_and_thread_parallelism_give_identical_toys(setup):
         np.testing.assert_array_equal(other.t, runs[0].t)
         np.testing.assert_array_equal(other.index, indices)
     assert np.all(runs[0].t > -1e-9)
+
+
+def test_settings_objects_equal_keyword_calls(setup):
+    from genval.gof import GoFSettings, ProfileSettings
+
+    by_keyword = _run(setup, n_toys=4, n_jobs=1, centre="fixed", lam=1e-4, toy_tol=1e-9)
+    settings = GoFSettings(centre="fixed", n_jobs=1, toy_tol=1e-9, pool_size=4000,
+                           profile=ProfileSettings(lam=1e-4))
+    members, fit, basis, x_test = setup
+    by_settings = goodness_of_fit(members, fit, x_test, basis, n_toys=4, seed=7,
+                                  settings=settings)
+    assert by_settings.t_obs == by_keyword.t_obs
+    np.testing.assert_array_equal(by_settings.t_null, by_keyword.t_null)
+    # keyword overrides win over the settings object, nested profile fields included
+    overridden = goodness_of_fit(members, fit, x_test, basis, n_toys=4, seed=7,
+                                 settings=settings, lam=1e-6, centre="redrawn")
+    assert overridden.t_obs == _run(setup, n_toys=4, n_jobs=1, toy_tol=1e-9).t_obs
+    assert overridden.centre == "redrawn"
+    with pytest.raises(TypeError, match=r"\['lamda'\].*valid settings: centre, .*lam, "):
+        _run(setup, lamda=1e-4)
+    with pytest.raises(InputError, match="toy_size"):
+        GoFSettings(toy_size="sometimes")
+
+
+def test_test_statistic_settings_and_overrides(setup):
+    from genval.gof import ProfileSettings, test_statistic
+
+    members, fit, basis, x_test = setup
+    log_f, log_g = log_density_matrix(members, x_test), basis.log_pdf(x_test)
+    t_kw = test_statistic(log_f, log_g, fit, log=True, hessian_dtype=np.float64, lam=1e-5)
+    t_set = test_statistic(log_f, log_g, fit, log=True,
+                           settings=ProfileSettings(hessian_dtype=np.float64, lam=1e-5))
+    assert float(t_kw) == float(t_set)
+    with pytest.raises(TypeError, match="valid settings: lam, barrier, tol, max_iter"):
+        test_statistic(log_f, log_g, fit, log=True, toy_tol=1e-3)
+
+
+def test_moved_names_still_resolve():
+    import genval.density_matrix
+    import genval.newton
+    import genval.products.binned
+
+    assert genval.gof.VARIANT_LABELS["ensemble"] == "ensemble with uncertainty"
+    assert set(genval.gof.VARIANT_LABELS) == set(genval.gof.VARIANTS)
+    assert genval.gof.LAMBDA_NET == 1e-6 and genval.gof.BARRIER == 1e-3
+    assert genval.gof.minimize_convex is genval.newton.minimize_convex
+    assert genval.wifi.prepare_density_matrix is genval.density_matrix.prepare_density_matrix
+    assert genval.gof.scale_rows is genval.density_matrix.scale_rows
+    assert genval.products.binned_reference is genval.products.binned.binned_reference
+    for name in ("oversample", "observable", "member_integrals", "OversampledEvents"):
+        assert name in genval.products.__all__
+
+
+def test_constraint_projection(setup):
+    from genval.density_matrix import scale_rows
+    from genval.gof import Constraint
+
+    members, fit, basis, x_test = setup
+    rows = scale_rows(log_density_matrix(members, x_test), basis.log_pdf(x_test), log=True)
+    constraint = Constraint.from_cov(fit.weights, fit.cov)
+    c, a = constraint.project(rows)
+    np.testing.assert_array_equal(c, rows.f @ fit.weights)
+    np.testing.assert_array_equal(a[:, :constraint.rank], rows.f @ constraint.transform)
+    np.testing.assert_array_equal(a[:, constraint.rank:], rows.g)
+    u = np.linspace(-1.0, 1.0, constraint.rank)
+    # c + A (u, 0) is the row-scaled density of the ensemble at φ(u)
+    np.testing.assert_allclose(c + a[:, :constraint.rank] @ u,
+                               rows.f @ constraint.weights_at(u), rtol=1e-12)

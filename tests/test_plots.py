@@ -10,10 +10,10 @@ matplotlib.use("Agg")
 
 from genval import plots  # noqa: E402
 from genval._optional import MissingDependencyError  # noqa: E402
-from genval.binned import bin_integrals, binned_reference, histogram_counts  # noqa: E402
 from genval.coverage import COVERAGE_CL  # noqa: E402
 from genval.errors import InputError  # noqa: E402
 from genval.members import GaussianMembers  # noqa: E402
+from genval.products.binned import bin_integrals, binned_reference, histogram_counts  # noqa: E402
 from genval.sampling import sample_mixture  # noqa: E402
 from genval.stats import clopper_pearson  # noqa: E402
 

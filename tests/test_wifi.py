@@ -179,3 +179,73 @@ def test_repr_is_readable(rng):
     assert "converged" in text and "cond(V)" in text and "effective rank" in text
     assert "sum|w|=" in text and fit.abs_weight_sum >= 1.0
     assert 1.0 < fit.effective_rank <= fit.n_members
+
+
+def _previous_fit_weights(S, tol=1e-14, max_iter=100, w0=None):
+    """The weight fit's own Newton loop before it used genval.newton (issue 9), kept verbatim
+    as a reference: ŵ and the sandwich Cov(ŵ) on a row-scaled density matrix S."""
+    n, m = S.shape
+
+    def pinv(matrix):
+        values, vectors = np.linalg.eigh(matrix)
+        keep = values > 1e-12 * values[-1]
+        kept = vectors[:, keep]
+        return (kept / values[keep]) @ kept.T
+
+    def terms(f):
+        inv_f = 1.0 / f
+        A = S * inv_f[:, None]
+        return (inv_f @ S) / n, (A.T @ A) / n
+
+    def objective(f, w):
+        return float(-np.mean(np.log(f)) + w.sum())
+
+    w = np.full(m, 1.0 / m) if w0 is None else np.asarray(w0, dtype=np.float64).copy()
+    f = S @ w
+    converged = False
+    for _ in range(max_iter):
+        mean_a, V = terms(f)
+        grad = 1.0 - mean_a
+        step = pinv(V) @ -grad
+        decrement = float(-grad @ step)
+        f_step = S @ step
+        shrinking = f_step < 0
+        alpha = 1.0
+        if shrinking.any():
+            alpha = min(1.0, 0.99 * float(np.min(f[shrinking] / -f_step[shrinking])))
+        if decrement / 2 <= tol and alpha == 1.0:
+            w = w + step
+            f = S @ w
+            converged = True
+            break
+        current = objective(f, w)
+        while objective(f + alpha * f_step, w + alpha * step) > current - 1e-4 * alpha * decrement:
+            alpha *= 0.5
+        w = w + alpha * step
+        f = S @ w
+    mean_a, V = terms(f)
+    B = sum_to_one_basis(m)
+    V_r = B.T @ V @ B
+    U_r = V_r - np.outer(B.T @ mean_a, B.T @ mean_a)
+    V_r_inv = pinv(V_r)
+    cov_r = V_r_inv @ U_r @ V_r_inv / n
+    return w, B @ (0.5 * (cov_r + cov_r.T)) @ B.T, converged
+
+
+@pytest.mark.parametrize("seed,m,duplicate", [(0, 3, False), (1, 6, False), (2, 10, False),
+                                              (3, 4, True), (4, 8, False)])
+def test_matches_the_previous_newton_loop(seed, m, duplicate):
+    """fit_weights now calls genval.newton.minimize_convex: same ŵ and Cov(ŵ) as before."""
+    rng = np.random.default_rng(seed)
+    _, _, log_f = instance(rng, m=m, n=3000)
+    if duplicate:
+        log_f = np.column_stack([log_f, log_f[:, 0]])
+    w0 = None if seed % 2 else rng.dirichlet(np.ones(log_f.shape[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IllConditionedWarning)  # the duplicate is reported
+        fit = fit_weights(log_f, log=True, w0=w0)
+    S = np.exp(log_f - log_f.max(axis=1, keepdims=True))
+    w_ref, cov_ref, converged_ref = _previous_fit_weights(S, w0=w0)
+    assert fit.converged and converged_ref
+    np.testing.assert_allclose(fit.weights, w_ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fit.cov, cov_ref, rtol=0, atol=1e-8 * np.abs(cov_ref).max())

@@ -33,18 +33,19 @@ __all__ = [
     "io",
     "splits",
     "rundir",
-    "binned",
     "plots",
     "html_report",
     "paper",
     "cli",
     "pipeline",
+    "newton",
+    "density_matrix",
     "goodness_of_fit",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
-               "gof", "flows", "config", "presets", "io", "splits", "rundir", "binned", "plots",
-               "html_report", "paper", "cli", "pipeline"}
+               "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
+               "html_report", "paper", "cli", "pipeline", "newton", "density_matrix"}
 
 
 def __getattr__(name: str) -> Any:

@@ -25,16 +25,10 @@ from genval._atomic import atomic_write_text
 from genval._version import __version__
 from genval.coverage import COVERAGE_CL, coverage_interval
 from genval.errors import InputError
+from genval.gof.statistic import VARIANT_LABELS
 from genval.paper import PAPER_COVERAGE, PAPER_Z
 
-__all__ = ["VARIANT_LABELS", "GofRow", "CoverageRow", "render_report", "write_report"]
-
-VARIANT_LABELS = {
-    "single": "single member",
-    "frozen": "ensemble, weights frozen at ŵ (no uncertainty)",
-    "ensemble": "ensemble with uncertainty",
-}
-"""How each GoF variant is named in the report and the figures."""
+__all__ = ["GofRow", "CoverageRow", "render_report", "write_report"]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from genval._validation import as_rng
+from genval.density_matrix import scale_log_rows
 from genval.errors import InputError
 from genval.members import Members, log_density_matrix
 
@@ -45,9 +46,10 @@ class MixtureSample:
 def mixture_ratio(log_f: NDArray[np.float64], weights: NDArray[np.float64]) -> NDArray[np.float64]:
     """``Σ w_k F_k / Σ |w_k| F_k`` per row of ``log F`` (N, M), computed without underflow.
 
-    Rows are rescaled by their maximum first; the ratio is invariant to that scale.
+    Rows are rescaled by their maximum first (:func:`genval.density_matrix.scale_log_rows`);
+    the ratio is invariant to that scale.
     """
-    scaled = np.exp(log_f - log_f.max(axis=1, keepdims=True))
+    scaled, _ = scale_log_rows(log_f)
     return (scaled @ weights) / (scaled @ np.abs(weights))
 
 

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from genval.density_matrix import prepare_density_matrix
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
 from genval.linalg import sum_to_one_basis
+from genval.newton import Solution, minimize_convex
 
 __all__ = ["WeightFit", "fit_weights", "prepare_density_matrix"]
 
@@ -40,63 +42,6 @@ ILL_CONDITIONED = 1e8
 #: Hessian eigenvalues below this fraction of the largest are at the level of float64 rounding
 #: of the Hessian itself: those weight directions are not identifiable from the data.
 RCOND = 1e-12
-
-
-def prepare_density_matrix(F: ArrayLike, *, log: bool = False, name: str = "F"
-                           ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Validate a member density matrix and split it into row-scaled values and log-scales.
-
-    Returns ``(S, c)`` with ``F[n, k] = exp(c[n]) · S[n, k]`` and ``max_k S[n, k] = 1``.
-    Every quantity the fit needs (``F_n / f_n``, the Hessian, the covariance) is invariant to a
-    per-row scale, so working with ``S`` avoids underflow far in the tails; only the value of
-    the NLL needs ``c``.
-
-    Args:
-        F: (N, M) densities, or log-densities when ``log=True``.
-        log: whether ``F`` holds log-densities (``-inf`` allowed, meaning density 0).
-        name: what to call the matrix in error messages.
-
-    Raises:
-        InputError: wrong shape, NaN, +inf, negative densities, or a row where every member is 0.
-    """
-    arr = np.asarray(F, dtype=np.float64)
-    if arr.ndim != 2:
-        raise InputError(f"{name} must be a 2D array (N events, M members), got shape {arr.shape}")
-    if log:
-        row_max = arr.max(axis=1)  # NaN propagates into the row maximum
-        suspicious = not np.all(np.isfinite(row_max))
-    else:
-        row_max_linear = arr.max(axis=1)
-        suspicious = not (np.isfinite(row_max_linear).all() and arr.min() >= 0)
-    if suspicious:  # one cheap pass above; the detailed diagnosis only on failure
-        _diagnose(arr, log, name)
-    if not log:
-        with np.errstate(divide="ignore"):
-            row_max = np.log(row_max_linear)
-    dead = ~np.isfinite(row_max)
-    if dead.any():
-        rows = np.flatnonzero(dead)
-        raise InputError(f"{rows.size} events have zero density under every member (first at "
-                         f"event {rows[0]}): the mixture cannot describe them")
-    if log:
-        scaled = np.exp(arr - row_max[:, None])
-    else:
-        scaled = arr / np.exp(row_max)[:, None]
-    return scaled, row_max
-
-
-def _diagnose(arr: NDArray[np.float64], log: bool, name: str) -> None:
-    """Raise :class:`InputError` describing the first kind of invalid entry in ``arr``."""
-    nan = np.isnan(arr)
-    if nan.any():
-        raise InputError(f"{name} has {int(nan.sum())} NaN entries "
-                         f"(first at event {np.argwhere(nan)[0][0]})")
-    if np.isposinf(arr).any():
-        raise InputError(f"{name} has {int(np.isposinf(arr).sum())} +inf entries")
-    bad = np.isneginf(arr) | (arr < 0)
-    if not log and bad.any():
-        raise InputError(f"{name} has {int(bad.sum())} negative densities "
-                         f"(first at event {np.argwhere(bad)[0][0]}): densities must be >= 0")
 
 
 @dataclass(frozen=True, repr=False)
@@ -229,7 +174,7 @@ def _truncated_inverse(matrix: NDArray[np.float64], rcond: float = RCOND
 
     Returns ``(inverse, eigenvalues, n_dropped)``. Near-duplicate members make the Hessian
     singular to working precision; their weight differences do not change the likelihood, so
-    they are left where they start instead of being driven by rounding noise.
+    they carry no covariance.
     """
     values, vectors = np.linalg.eigh(matrix)
     keep = values > rcond * values[-1]
@@ -260,11 +205,92 @@ def _near_duplicates(V_r: NDArray[np.float64], basis: NDArray[np.float64], count
     return [int(k) for k in np.argsort(-np.abs(direction))[:count]]
 
 
+def _starting_weights(S: NDArray[np.float64], w0: ArrayLike | None) -> NDArray[np.float64]:
+    """``w0`` (default uniform ``1/M``), checked to give a positive density at every event."""
+    n_members = S.shape[1]
+    w = (np.full(n_members, 1.0 / n_members) if w0 is None
+         else np.asarray(w0, dtype=np.float64).reshape(n_members).copy())
+    f = S @ w
+    if not np.all(f > 0):
+        raise FitError(f"starting weights give a non-positive density on {int((f <= 0).sum())} "
+                       "events")
+    return w
+
+
+def _solve_weights(S: NDArray[np.float64], w: NDArray[np.float64], tol: float, max_iter: int
+                   ) -> Solution:
+    """Minimise ``N·L(w) = −Σ log(S w) + N 1ᵀw`` (Eq. 1 times N) by exact damped Newton.
+
+    The per-event ``tol`` becomes ``N·tol`` on the summed objective. The Hessian is float64 and
+    fresh every step; directions singular to working precision (eigenvalues below ``RCOND``
+    times the largest) are held at the start; once the decrement is below ``tol`` one more full
+    step brings ``Σŵ = 1`` to rounding.
+    """
+    n_events, n_members = S.shape
+    return minimize_convex(np.zeros(n_events), S, np.full(n_members, float(n_events)),
+                           np.zeros(n_members), w, tol=tol * n_events, max_iter=max_iter,
+                           hessian_dtype=np.float64, refresh=0.0, rcond=RCOND, final_step=True)
+
+
+@dataclass(frozen=True)
+class _Sandwich:
+    """Cov(ŵ) of Eq. (2) with the conditioning of the reduced Hessian it was built from."""
+
+    cov: NDArray[np.float64]
+    cov_reduced: NDArray[np.float64]
+    condition: float
+    n_unidentified: int
+    warning: str | None
+
+
+def _sandwich_covariance(V: NDArray[np.float64], mean_a: NDArray[np.float64], n_events: int
+                         ) -> _Sandwich:
+    """``Cov = B V_r⁻¹ U_r V_r⁻¹ Bᵀ / N`` in the coordinates of ``Σ w = 1``, Eq. (2)."""
+    n_members = V.shape[0]
+    basis = sum_to_one_basis(n_members)
+    V_r = basis.T @ V @ basis
+    # U = Cov_n(g_n) with g_n = 1 − A_n, i.e. mean(A Aᵀ) − mean(A) mean(A)ᵀ = V − ā āᵀ.
+    projected_mean = basis.T @ mean_a
+    U_r = V_r - np.outer(projected_mean, projected_mean)
+    V_r_inv, eig_v, n_unidentified = _truncated_inverse(V_r)
+    condition = float(eig_v[-1] / eig_v[0]) if eig_v[0] > 0 else float("inf")
+    cov_reduced = V_r_inv @ U_r @ V_r_inv / n_events
+    cov_reduced = 0.5 * (cov_reduced + cov_reduced.T)
+    cov = basis @ cov_reduced @ basis.T
+    return _Sandwich(cov, cov_reduced, condition, n_unidentified,
+                     _conditioning_message(V_r, basis, condition, n_unidentified))
+
+
+def _conditioning_message(V_r: NDArray[np.float64], basis: NDArray[np.float64],
+                          condition: float, n_unidentified: int) -> str | None:
+    """The IllConditionedWarning text for near-duplicate members, or None."""
+    if n_unidentified:
+        return (f"the Hessian of the weight fit is singular to working precision (condition "
+                f"number {condition:.3g}) along {n_unidentified} direction(s): members "
+                f"{_near_duplicates(V_r, basis)} are (near-)duplicates. Weight differences along "
+                "those directions do not change the likelihood, are held at the starting point, "
+                "and carry no covariance; consider removing duplicated members")
+    if condition > ILL_CONDITIONED:
+        return (f"ill-conditioned weight fit (condition number of the Hessian {condition:.3g}): "
+                f"members {_near_duplicates(V_r, basis)} are nearly linearly dependent, so their "
+                "weights are poorly determined and their errors large")
+    return None
+
+
+def _effective_rank(V: NDArray[np.float64]) -> float:
+    """exp of the spectral entropy of the singular values of the rescaled F (Hessian factor)."""
+    singular_values = np.sqrt(np.clip(np.linalg.eigvalsh(V), 0.0, None))
+    p = singular_values / singular_values.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: float = 1e-14,
                 w0: ArrayLike | None = None) -> WeightFit:
     """Fit the w_i f_i weights by damped Newton and compute their sandwich covariance.
 
-    Minimises paper Eq. (1) with λ = 1 in float64. Each Newton step solves ``V Δ = −∇L``; a
+    Minimises paper Eq. (1) with λ = 1 in float64 with the exact solver of
+    :func:`genval.newton.minimize_convex`. Each Newton step solves ``V Δ = −∇L``; a
     backtracking (Armijo) line search starts from the largest step that keeps every
     ``F_n · w > 0`` (times 0.99), so no clamping and no restarts are needed.
 
@@ -274,7 +300,7 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
         log: interpret ``F`` as log-densities.
         max_iter: Newton iteration cap; a fit that hits it warns and is marked not converged.
         tol: stop when half the squared Newton decrement ``gᵀ V⁻¹ g / 2`` (the predicted
-            decrease of L) falls below ``tol``; one more full step is then taken.
+            decrease of L, per event) falls below ``tol``; one more full step is then taken.
         w0: starting weights (default uniform ``1/M``); must give ``F w0 > 0``.
 
     Returns:
@@ -304,86 +330,29 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     if n_events <= n_members:
         raise InputError(f"need more events than members to fit the weights: N={n_events}, "
                          f"M={n_members}")
-    w = (np.full(n_members, 1.0 / n_members) if w0 is None
-         else np.asarray(w0, dtype=np.float64).reshape(n_members).copy())
-    f = S @ w
-    if not np.all(f > 0):
-        raise FitError(f"starting weights give a non-positive density on {int((f <= 0).sum())} "
-                       "events")
-
-    converged = False
-    n_iter = 0
+    solution = _solve_weights(S, _starting_weights(S, w0), tol, max_iter)
+    w, f = solution.theta, solution.density
+    # Newton iterations attempted: a failed line search counts its iteration.
+    n_iter = solution.n_iter + int(solution.line_search_failed)
+    decrement = 2.0 * solution.decrement / n_events  # gᵀ V⁻¹ g of the per-event L
     messages: list[str] = []
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
-        mean_a, V = _hessian_terms(S, f)
-        grad = 1.0 - mean_a
-        step = _truncated_inverse(V)[0] @ -grad
-        decrement = float(-grad @ step)
-        slope = -decrement
-        f_step = S @ step
-        shrinking = f_step < 0
-        alpha = 1.0
-        if shrinking.any():
-            alpha = min(1.0, 0.99 * float(np.min(f[shrinking] / -f_step[shrinking])))
-        if decrement / 2 <= tol and alpha == 1.0:
-            # Inside the quadratic region the predicted decrease is below the rounding of L,
-            # so a line search would only see noise: take the full step and stop.
-            w = w + step
-            f = S @ w
-            converged = True
-            break
-        current = _objective(f, w)
-        while _objective(f + alpha * f_step, w + alpha * step) > current + 1e-4 * alpha * slope:
-            alpha *= 0.5
-            if alpha < 1e-12:
-                messages.append(f"line search failed at iteration {n_iter} "
-                                f"(decrement {decrement:.3g})")
-                break
-        w = w + alpha * step
-        f = S @ w  # recomputed rather than updated, so rounding does not accumulate
-        if alpha < 1e-12:
-            break
+    if solution.line_search_failed:
+        messages.append(f"line search failed at iteration {n_iter} (decrement {decrement:.3g})")
 
     mean_a, V = _hessian_terms(S, f)
-    grad = 1.0 - mean_a
-    grad_norm = float(np.max(np.abs(grad)))
-    if not converged:
+    grad_norm = float(np.max(np.abs(1.0 - mean_a)))
+    if not solution.converged:
         msg = (f"weight fit did not converge in {n_iter} Newton iterations: "
                f"|grad|={grad_norm:.3g}, last decrement {decrement:.3g}")
         messages.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-
-    basis = sum_to_one_basis(n_members)
-    V_r = basis.T @ V @ basis
-    # U = Cov_n(g_n) with g_n = 1 − A_n, i.e. mean(A Aᵀ) − mean(A) mean(A)ᵀ = V − ā āᵀ.
-    projected_mean = basis.T @ mean_a
-    U_r = V_r - np.outer(projected_mean, projected_mean)
-    V_r_inv, eig_v, n_unidentified = _truncated_inverse(V_r)
-    condition = float(eig_v[-1] / eig_v[0]) if eig_v[0] > 0 else float("inf")
-    if n_unidentified:
-        msg = (f"the Hessian of the weight fit is singular to working precision (condition "
-               f"number {condition:.3g}) along {n_unidentified} direction(s): members "
-               f"{_near_duplicates(V_r, basis)} are (near-)duplicates. Weight differences along "
-               "those directions do not change the likelihood, are held at the starting point, "
-               "and carry no covariance; consider removing duplicated members")
-    elif condition > ILL_CONDITIONED:
-        msg = (f"ill-conditioned weight fit (condition number of the Hessian {condition:.3g}): "
-               f"members {_near_duplicates(V_r, basis)} are nearly linearly dependent, so their "
-               "weights are poorly determined and their errors large")
-    if n_unidentified or condition > ILL_CONDITIONED:
-        messages.append(msg)
-        warnings.warn(msg, IllConditionedWarning, stacklevel=2)
-    cov_reduced = V_r_inv @ U_r @ V_r_inv / n_events
-    cov_reduced = 0.5 * (cov_reduced + cov_reduced.T)
-    cov = basis @ cov_reduced @ basis.T
-
-    singular_values = np.sqrt(np.clip(np.linalg.eigvalsh(V), 0.0, None))
-    p = singular_values / singular_values.sum()
-    p = p[p > 0]
-    effective_rank = float(np.exp(-(p * np.log(p)).sum()))
-
-    nll = _objective(f, w) - float(log_scale.mean())
-    return WeightFit(weights=w, cov=cov, cov_reduced=cov_reduced, converged=converged,
-                     n_iter=n_iter, nll=nll, grad_norm=grad_norm, hessian_condition=condition,
-                     effective_rank=effective_rank, n_events=n_events,
-                     n_unidentified=n_unidentified, messages=tuple(messages))
+    sandwich = _sandwich_covariance(V, mean_a, n_events)
+    if sandwich.warning is not None:
+        messages.append(sandwich.warning)
+        warnings.warn(sandwich.warning, IllConditionedWarning, stacklevel=2)
+    return WeightFit(weights=w, cov=sandwich.cov, cov_reduced=sandwich.cov_reduced,
+                     converged=solution.converged, n_iter=n_iter,
+                     nll=_objective(f, w) - float(log_scale.mean()), grad_norm=grad_norm,
+                     hessian_condition=sandwich.condition, effective_rank=_effective_rank(V),
+                     n_events=n_events, n_unidentified=sandwich.n_unidentified,
+                     messages=tuple(messages))

@@ -3,17 +3,18 @@
 ``KernelBasis`` builds the alternative's kernels, ``test_statistic`` computes
 ``t = 2 (min NLL0 − min NLL1)`` on (F, G) with exact Newton profiles, ``goodness_of_fit``
 calibrates it with toys from f(x; ŵ) and returns p, Z and a scaled-χ² extrapolation.
+``ProfileSettings`` and ``GoFSettings`` gather their settings.
 
 References:
     Badaracco et al., "An end-to-end pipeline for uncertainty-aware validation of generative
-    AI", Step 4 and Eq. (5); DESIGN.md "GoF", "Calibration", "Speed of toys".
+    AI", Step 4 and Eq. (5).
 """
 
 from __future__ import annotations
 
+from genval.density_matrix import ScaledRows, scale_rows
+from genval.gof.constraint import Constraint
 from genval.gof.kernels import KernelBasis
-from genval.gof.newton import Solution, minimize_convex
-from genval.gof.profile import LAMBDA_NET, Constraint
 from genval.gof.result import (
     ChiSquareFit,
     GoFResult,
@@ -23,8 +24,17 @@ from genval.gof.result import (
     merge_results,
     summarize_z,
 )
-from genval.gof.statistic import LRStatistic, test_statistic
-from genval.gof.toys import ToyPool, draw_pool, goodness_of_fit, run_toys
+from genval.gof.statistic import (
+    BARRIER,
+    LAMBDA_NET,
+    VARIANT_LABELS,
+    VARIANTS,
+    LRStatistic,
+    ProfileSettings,
+    test_statistic,
+)
+from genval.gof.toys import GoFSettings, ToyPool, draw_pool, goodness_of_fit, run_toys
+from genval.newton import Solution, minimize_convex
 
 __all__ = [
     "KernelBasis",
@@ -45,4 +55,11 @@ __all__ = [
     "Solution",
     "minimize_convex",
     "LAMBDA_NET",
+    "BARRIER",
+    "VARIANTS",
+    "VARIANT_LABELS",
+    "ProfileSettings",
+    "GoFSettings",
+    "ScaledRows",
+    "scale_rows",
 ]

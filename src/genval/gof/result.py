@@ -5,7 +5,7 @@ tail probability, Z = Φ⁻¹(1 − p). Beyond the toys' reach a scaled χ², ``
 the null toys by maximum likelihood, extrapolates Z; it is always labelled as extrapolated.
 
 References:
-    Badaracco et al., Step 4 (calibration paragraph) and Fig. 2; DESIGN.md "Calibration".
+    Badaracco et al., Step 4 (calibration paragraph) and Fig. 2.
 """
 
 from __future__ import annotations

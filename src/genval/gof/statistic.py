@@ -1,10 +1,15 @@
 """The learned likelihood-ratio test statistic ``t = 2 (min NLL0 − min NLL1)``, Eq. (5).
 
 Three variants (the paper's Fig. 2): the ensemble with uncertainty (φ profiled under
-``N(ŵ, Cov ŵ)``), the ensemble with weights frozen at ŵ, and a single member.
+``N(ŵ, Cov ŵ)``), the ensemble with weights frozen at ŵ, and a single member. Both profiles are
+minimised exactly by :func:`genval.newton.minimize_convex`; :class:`ProfileSettings` says how.
+
+Rows of F and G are divided by the row maximum of F (:func:`genval.density_matrix.scale_rows`):
+the per-event constant ``Σ log s_n`` is the same in both hypotheses and cancels in t, and tail
+events no longer underflow.
 
 References:
-    Badaracco et al., Step 4, Eq. (5); DESIGN.md "GoF".
+    Badaracco et al., Step 4, Eq. (5) and the paragraph after it.
 """
 
 from __future__ import annotations
@@ -16,15 +21,49 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from genval.density_matrix import ScaledRows, scale_rows
 from genval.errors import ConvergenceWarning, FitError, InputError, NegativeDensityWarning
-from genval.gof.newton import Solution, minimize_convex
-from genval.gof.profile import LAMBDA_NET, Constraint, ScaledRows, scale_rows
+from genval.gof._settings import apply_overrides
+from genval.gof.constraint import Constraint
+from genval.newton import Solution, minimize_convex
 
-__all__ = ["LRStatistic", "test_statistic", "statistic_from_rows", "profile_pair",
-           "make_constraint", "Variant"]
+__all__ = ["LRStatistic", "ProfileSettings", "test_statistic", "statistic_from_rows",
+           "profile_pair", "make_constraint", "Variant", "VARIANTS", "VARIANT_LABELS",
+           "LAMBDA_NET", "BARRIER"]
 
 Variant = Literal["ensemble", "frozen", "single"]
 VARIANTS: tuple[str, ...] = ("ensemble", "frozen", "single")
+#: What each variant means, in words (the paper's Fig. 2 legend).
+VARIANT_LABELS: dict[str, str] = {
+    "single": "single member",
+    "frozen": "ensemble, weights frozen at ŵ (no uncertainty)",
+    "ensemble": "ensemble with uncertainty",
+}
+
+#: λ_net of the weak ℓ2 penalty ``λ_net N ‖a‖²`` on the kernel coefficients.
+LAMBDA_NET = 1e-6
+#: Weight of each positivity check point's log-barrier term in both NLLs.
+BARRIER = 1e-3
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How the two profiles of Eq. (5) are regularised and solved.
+
+    Attributes:
+        lam: λ_net of the ℓ2 penalty on the kernel coefficients.
+        barrier: weight of each check point's log-barrier term (see ``F_ref`` in
+            :func:`test_statistic`).
+        tol: convergence tolerance on each NLL (Newton decrement, absolute).
+        max_iter: Newton iteration cap per fit.
+        hessian_dtype: float32 (fast) or float64 accumulation of the data Hessian.
+    """
+
+    lam: float = LAMBDA_NET
+    barrier: float = BARRIER
+    tol: float = 1e-10
+    max_iter: int = 100
+    hessian_dtype: type = np.float32
 
 
 @dataclass(frozen=True)
@@ -41,12 +80,8 @@ class PairSolution:
         return self.null.converged and self.alt.converged
 
 
-BARRIER = 1e-3
-
-
 def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: NDArray[np.float64],
-                 *, n_ref: int = 0, barrier: float = BARRIER, lam: float = LAMBDA_NET,
-                 tol: float = 1e-10, max_iter: int = 100, hessian_dtype: type = np.float32,
+                 *, n_ref: int = 0, settings: ProfileSettings = ProfileSettings(),
                  null_start: NDArray[np.float64] | None = None) -> PairSolution:
     """Profile NLL0 over u and NLL1 over (u, a) on row-scaled data; return t.
 
@@ -58,9 +93,12 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
         u0: (rank,) whitened constraint centre.
         n_ref: the last ``n_ref`` rows are check points (e.g. the kernel centres) where both
             densities must stay positive: they enter both NLLs as ``−barrier · log f``.
-        barrier: weight of each check point's log-barrier term.
+        settings: penalty, barrier weight and solver settings.
         null_start: feasible start of the null (default u = 0, i.e. ŵ).
     """
+    barrier, lam = settings.barrier, settings.lam
+    solver = {"tol": settings.tol, "max_iter": settings.max_iter,
+              "hessian_dtype": settings.hessian_dtype}
     n = c.shape[0] - n_ref
     k = a.shape[1] - rank
     weights = None
@@ -71,14 +109,13 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
     # Hessians cost N p² against N p per gradient: reuse each while the decrement still falls
     # tenfold per step (measured best at M = 60, K = 100, N = 20k), and form the alternative's
     # from a row subsample during its damped phase.
-    null = minimize_convex(c, a[:, :rank], -u0, q0, null_start, tol=tol, max_iter=max_iter,
-                           hessian_dtype=hessian_dtype, refresh=0.1, row_weights=weights)
+    null = minimize_convex(c, a[:, :rank], -u0, q0, null_start, refresh=0.1,
+                           row_weights=weights, **solver)
     b1 = np.concatenate([-u0, np.full(k, float(n))])
     q1 = np.concatenate([q0, np.full(k, 2.0 * lam * n)])
     start = np.concatenate([null.theta, np.zeros(k)])  # warm start: the null optimum, a = 0
-    alt = minimize_convex(c, a, b1, q1, start, tol=tol, max_iter=max_iter,
-                          hessian_dtype=hessian_dtype, refresh=0.1, subsample_rows=5000,
-                          row_weights=weights)
+    alt = minimize_convex(c, a, b1, q1, start, refresh=0.1, subsample_rows=5000,
+                          row_weights=weights, **solver)
     # t from per-event log ratios (not a difference of two ~N-sized sums): accurate to ~1e-12.
     diff = a @ (alt.theta - start)
     logs = np.log1p(diff / null.density)
@@ -186,10 +223,9 @@ def negative_density_message(density: NDArray[np.float64], where: str = "test ev
 
 def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
                    variant: Variant = "ensemble", member: int | None = None,
-                   z0: ArrayLike | None = None, log: bool = False, lam: float = LAMBDA_NET,
+                   z0: ArrayLike | None = None, log: bool = False,
                    F_ref: ArrayLike | None = None, G_ref: ArrayLike | None = None,
-                   barrier: float = BARRIER, tol: float = 1e-10, max_iter: int = 100,
-                   hessian_dtype: type = np.float32) -> LRStatistic:
+                   settings: ProfileSettings | None = None, **overrides: Any) -> LRStatistic:
     """Learned likelihood-ratio statistic ``t = 2 [min NLL0 − min NLL1]`` of Eq. (5).
 
     NLL0(z) = −Σ log(F_n·φ) + ½ (z − z₀)ᵀ C_r⁻¹ (z − z₀), φ = ŵ + B z;
@@ -206,7 +242,6 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
         member: member index for ``variant="single"``.
         z0: constraint centre in the M − 1 coordinates of Σφ = 1 (default 0, i.e. at ŵ).
         log: F and G are log-densities (recommended: no underflow in the tails).
-        lam: λ_net of the ℓ2 penalty on a (default 1e-6).
         F_ref, G_ref: member and kernel densities at positivity check points (normally the
             kernel centres; same ``log`` convention). The extended term rewards negative
             kernel amplitudes wherever no test event lies, and with only the weak ℓ2 penalty
@@ -215,10 +250,10 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
             at the check points (a log-barrier of weight ``barrier`` per point, in both NLLs)
             keeps the alternative a density. :func:`goodness_of_fit` always does this; without
             check points the statistic is Eq. (5) verbatim.
-        barrier: weight of each check point's log-barrier term (default 1e-3).
-        tol: convergence tolerance on each NLL (Newton decrement, absolute).
-        max_iter: Newton iteration cap per fit.
-        hessian_dtype: float32 (fast) or float64 accumulation of the data Hessian.
+        settings: :class:`ProfileSettings` (default: λ_net = 1e-6, barrier 1e-3, tol 1e-10,
+            100 iterations, float32 Hessian accumulation).
+        **overrides: any :class:`ProfileSettings` field (``lam``, ``barrier``, ``tol``,
+            ``max_iter``, ``hessian_dtype``), replacing the one in ``settings``.
 
     Returns:
         :class:`LRStatistic`, a float with the fits attached.
@@ -228,6 +263,7 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
         FitError: f(x; ŵ) ≤ 0 on some test events (possible with signed weights) and no
             weights on Σφ = 1 near ŵ make it positive (always for the frozen and single
             variants, which have no free weights).
+        TypeError: an override that is no :class:`ProfileSettings` field.
 
     Warns:
         NegativeDensityWarning: f(x; ŵ) ≤ 0 on some test events but other weights make the
@@ -238,6 +274,7 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
     References:
         Badaracco et al., Eq. (5).
     """
+    profile = apply_overrides(settings or ProfileSettings(), overrides, "test_statistic")
     rows = scale_rows(F, G, log=log)
     constraint = make_constraint(fit, rows.f.shape[1], variant, member)
     ref = None
@@ -248,18 +285,29 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
         if ref.f.shape[1] != rows.f.shape[1] or ref.g.shape[1] != rows.g.shape[1]:
             raise InputError("F_ref and G_ref must have the columns of F and G")
     stat = statistic_from_rows(rows, constraint, variant, constraint.whiten(z0), ref=ref,
-                               barrier=barrier, lam=lam, tol=tol, max_iter=max_iter,
-                               hessian_dtype=hessian_dtype)
+                               settings=profile)
     if not stat.converged:
         warnings.warn(f"a profile fit of Eq. (5) stopped before its tolerance: {stat!r}",
                       ConvergenceWarning, stacklevel=2)
     return stat
 
 
+def _null_density(c: NDArray[np.float64], constraint: Constraint, warn_negative: bool) -> bool:
+    """Whether f(x; ŵ) ≤ 0 somewhere (then the null starts from an LP point); raise if fatal."""
+    if np.all(c > 0):
+        return False
+    if constraint.rank == 0:
+        raise FitError(negative_density_message(c))
+    if warn_negative:
+        msg = negative_density_message(c).split(", so Eq. (5)")[0]
+        warnings.warn(f"{msg}; the null is profiled from a feasible φ on Σφ = 1 (max-margin "
+                      "linear program) instead of from ŵ", NegativeDensityWarning, stacklevel=4)
+    return True
+
+
 def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
                         u0: NDArray[np.float64], *, ref: ScaledRows | None = None,
-                        barrier: float = BARRIER, lam: float = LAMBDA_NET, tol: float = 1e-10,
-                        max_iter: int = 100, hessian_dtype: type = np.float32,
+                        settings: ProfileSettings = ProfileSettings(),
                         warn_negative: bool = True) -> LRStatistic:
     """:func:`test_statistic` on row-scaled data with a prepared constraint.
 
@@ -267,38 +315,27 @@ def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
     (signed weights) are left out, as the null cannot be positive there.
     """
     n = rows.f.shape[0]
-    c = rows.f @ constraint.weights
-    infeasible_at_hat = not np.all(c > 0)
-    if infeasible_at_hat:
-        if constraint.rank == 0:
-            raise FitError(negative_density_message(c))
-        if warn_negative:
-            msg = negative_density_message(c).split(", so Eq. (5)")[0]
-            warnings.warn(f"{msg}; the null is profiled from a feasible φ on Σφ = 1 (max-margin "
-                          "linear program) instead of from ŵ", NegativeDensityWarning,
-                          stacklevel=3)
-    a = np.concatenate([rows.f @ constraint.transform, rows.g], axis=1)
+    c, a = constraint.project(rows)
+    infeasible_at_hat = _null_density(c, constraint, warn_negative)
     n_ref = 0
+    ref_log_s = np.zeros(0)
     if ref is not None:
-        c_ref = ref.f @ constraint.weights
+        c_ref, a_ref = constraint.project(ref)
         ok = c_ref > 0
         n_ref = int(ok.sum())
         c = np.concatenate([c, c_ref[ok]])
-        a = np.concatenate([a, np.concatenate([ref.f[ok] @ constraint.transform, ref.g[ok]],
-                                              axis=1)])
+        a = np.concatenate([a, a_ref[ok]])
+        ref_log_s = ref.log_s[ok]
     start = feasible_start(c, a[:, :constraint.rank]) if infeasible_at_hat else None
-    pair = profile_pair(c, a, constraint.rank, u0, n_ref=n_ref, barrier=barrier, lam=lam,
-                        tol=tol, max_iter=max_iter, hessian_dtype=hessian_dtype,
+    pair = profile_pair(c, a, constraint.rank, u0, n_ref=n_ref, settings=settings,
                         null_start=start)
-    k = rows.g.shape[1]
-    const = float(0.5 * u0 @ u0 - rows.log_s.sum())
+    # Absolute NLLs: the constraint's constant and the row scales added back.
+    const = float(0.5 * u0 @ u0 - rows.log_s.sum()) - settings.barrier * float(ref_log_s.sum())
     w = np.ones(c.size)
-    w[n:] = barrier
-    if n_ref:
-        const -= barrier * float(ref.log_s[ref.f @ constraint.weights > 0].sum())
+    w[n:] = settings.barrier
     nll0 = -float(w @ np.log(pair.null.density)) + pair.null.penalty + const
     nll1 = -float(w @ np.log(pair.alt.density)) + pair.alt.penalty + const
-    r = constraint.rank
+    r, k = constraint.rank, rows.g.shape[1]
     return LRStatistic(
         pair.t, variant=variant, nll0=nll0, nll1=nll1,
         phi0=constraint.weights_at(pair.null.theta), phi1=constraint.weights_at(pair.alt.theta[:r]),

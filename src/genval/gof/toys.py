@@ -15,7 +15,7 @@ observable, the standard LHC frequentist treatment); "fixed" keeps z₀ = 0, i.e
 (the paper's text). The default is "redrawn", chosen by ``studies/calibration_gof.py``.
 
 References:
-    Badaracco et al., Step 4 (calibration paragraph); DESIGN.md "Calibration", "Speed of toys".
+    Badaracco et al., Step 4 (calibration paragraph) and Eq. (5).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -35,13 +35,16 @@ from numpy.typing import ArrayLike, NDArray
 from tqdm.auto import tqdm
 
 from genval._validation import as_events
+from genval.density_matrix import ScaledRows, scale_rows
 from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
+from genval.gof._settings import apply_overrides
+from genval.gof.constraint import Constraint
 from genval.gof.kernels import KernelBasis
-from genval.gof.profile import LAMBDA_NET, Constraint, scale_rows
 from genval.gof.result import GoFResult
 from genval.gof.statistic import (
-    BARRIER,
+    LRStatistic,
+    ProfileSettings,
     Variant,
     make_constraint,
     profile_pair,
@@ -50,11 +53,64 @@ from genval.gof.statistic import (
 from genval.members import Members, log_density_matrix
 from genval.sampling import sample_mixture
 
-__all__ = ["goodness_of_fit", "ToyPool", "draw_pool", "run_toys", "POOL_STREAM", "TOY_STREAM"]
+__all__ = ["goodness_of_fit", "GoFSettings", "ToyPool", "draw_pool", "run_toys", "POOL_STREAM",
+           "TOY_STREAM"]
 
 POOL_STREAM = 0x706F6F6C  # "pool": separates the pool's RNG stream from the toys'
 TOY_STREAM = 0x746F7973  # "toys"
 Centre = Literal["redrawn", "fixed"]
+ToySize = Literal["fixed", "poisson"]
+
+
+@dataclass(frozen=True)
+class GoFSettings:
+    """How :func:`goodness_of_fit` calibrates Eq. (5) with toys.
+
+    Attributes:
+        centre: constraint centre in the toys, "redrawn" (z₀ ~ N(0, C_r), default) or "fixed".
+        toy_size: "fixed" (N events per toy) or "poisson" (Poisson(N)).
+        pool_size: events in the pool (default max(10 N, 20 000)); must be at least 2 N.
+        first_toy: index of the first toy; run ranges in separate jobs and merge them with
+            :func:`~genval.gof.result.merge_results`.
+        target_z: the significance you need to resolve; raises if ``n_toys`` cannot (the
+            smallest p-value is 1 / (1 + B)).
+        n_jobs: workers fitting toys (-1: one per available core), each with a
+            single-threaded BLAS.
+        toy_tol: convergence tolerance of the toy fits (each NLL within ``toy_tol`` of its
+            minimum, so every toy t within ~4 toy_tol of exact; 1e-8 saves ~15 % of the time).
+        cl: level of the Clopper–Pearson interval on p.
+        profile: how the observed statistic is profiled (the toys use it with ``toy_tol``);
+            its fields (``lam``, ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``) can be
+            overridden by keyword like the fields above.
+
+    Raises:
+        InputError: an unknown ``centre`` or ``toy_size``.
+    """
+
+    centre: Centre = "redrawn"
+    toy_size: ToySize = "fixed"
+    pool_size: int | None = None
+    first_toy: int = 0
+    target_z: float | None = None
+    n_jobs: int = -1
+    toy_tol: float = 1e-8
+    cl: float = 0.6827
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
+
+    def __post_init__(self) -> None:
+        if self.centre not in ("redrawn", "fixed"):
+            raise InputError(f"centre must be 'redrawn' or 'fixed', got {self.centre!r}")
+        if self.toy_size not in ("fixed", "poisson"):
+            raise InputError(f"toy_size must be 'fixed' or 'poisson', got {self.toy_size!r}")
+
+    @property
+    def toy_profile(self) -> ProfileSettings:
+        """The profile settings of the toy fits (``tol`` replaced by ``toy_tol``)."""
+        return replace(self.profile, tol=self.toy_tol)
+
+    def pool_events(self, n_test: int) -> int:
+        """Events in the pool for ``n_test`` test events (default max(10 N, 20 000))."""
+        return int(self.pool_size) if self.pool_size is not None else max(10 * n_test, 20_000)
 
 
 @dataclass(frozen=True)
@@ -85,12 +141,15 @@ class ToyPool:
 def _check_points(members: Members, constraint: Constraint, basis: KernelBasis
                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Rows of the kernel centres where f(x; ŵ) > 0: the alternative's positivity checks."""
-    rows = scale_rows(log_density_matrix(members, basis.centers), basis.log_pdf(basis.centers),
-                      log=True)
-    c = rows.f @ constraint.weights
+    c, a = constraint.project(_check_rows(members, basis))
     ok = c > 0
-    a = np.concatenate([rows.f[ok] @ constraint.transform, rows.g[ok]], axis=1)
-    return c[ok], a
+    return c[ok], a[ok]
+
+
+def _check_rows(members: Members, basis: KernelBasis) -> ScaledRows:
+    """Row-scaled F and G at the kernel centres (the positivity check points)."""
+    return scale_rows(log_density_matrix(members, basis.centers), basis.log_pdf(basis.centers),
+                      log=True)
 
 
 def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size: int,
@@ -112,9 +171,9 @@ def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size
         # give up beyond 10x the expected proposals (a mixture negative almost everywhere)
         sample = sample_mixture(members, constraint.weights, n, rng,
                                 max_proposals=int(10 * sum_abs * n) + 100_000)
-        rows = scale_rows(sample.log_f, basis.log_pdf(sample.x), log=True)
-        c_parts.append(rows.f @ constraint.weights)
-        a_parts.append(np.concatenate([rows.f @ constraint.transform, rows.g], axis=1))
+        c, a = constraint.project(scale_rows(sample.log_f, basis.log_pdf(sample.x), log=True))
+        c_parts.append(c)
+        a_parts.append(a)
         n_acc += sample.n_accepted
         n_prop += sample.n_proposed
     c_ref, a_ref = _check_points(members, constraint, basis)
@@ -133,7 +192,7 @@ class ToyBatch:
 
 
 def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centre: str,
-             fit_kw: dict[str, Any]) -> tuple[float, bool, int]:
+             settings: ProfileSettings) -> tuple[float, bool, int]:
     rng = np.random.default_rng([seed, TOY_STREAM, i])
     n = int(rng.poisson(n_test)) if poisson else n_test
     if n > pool.size:
@@ -142,7 +201,8 @@ def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centr
     u0 = rng.standard_normal(pool.rank) if centre == "redrawn" else np.zeros(pool.rank)
     if pool.n_ref:
         idx = np.concatenate([idx, np.arange(pool.size, pool.size + pool.n_ref)])
-    pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0, n_ref=pool.n_ref, **fit_kw)
+    pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0, n_ref=pool.n_ref,
+                        settings=settings)
     return pair.t, pair.converged, n
 
 
@@ -163,9 +223,9 @@ _FORKED_STATE: tuple[Any, ...] | None = None
 def _forked_chunk(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
     """Fit toys ``chunk`` in a forked worker: the pool is inherited, never pickled."""
     assert _FORKED_STATE is not None
-    pool, seed, n_test, poisson, centre, fit_kw = _FORKED_STATE
+    pool, seed, n_test, poisson, centre, settings = _FORKED_STATE
     with limit_blas_threads(1):
-        return [_one_toy(pool, int(i), seed, n_test, poisson, centre, fit_kw) for i in chunk]
+        return [_one_toy(pool, int(i), seed, n_test, poisson, centre, settings) for i in chunk]
 
 
 def _fork_context() -> multiprocessing.context.BaseContext | None:
@@ -180,8 +240,11 @@ def _fork_context() -> multiprocessing.context.BaseContext | None:
 def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: int,
              poisson: bool = False, centre: Centre = "redrawn", n_jobs: int = -1,
              progress: bool = False, parallel: Literal["processes", "threads"] = "processes",
-             **fit_kw: Any) -> ToyBatch:
+             settings: ProfileSettings | None = None, **overrides: Any) -> ToyBatch:
     """Fit toys ``indices`` (each on its own RNG stream) and return their statistics.
+
+    ``settings`` (and keyword ``overrides`` of its fields) say how each toy's profiles are
+    solved (:class:`~genval.gof.statistic.ProfileSettings`).
 
     With ``n_jobs > 1`` the toys run in forked worker processes that inherit the pool (one
     toy per core, single-threaded BLAS each; the Python parts of a fit hold the GIL, so
@@ -190,13 +253,14 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
     ``progress`` shows a bar on stderr.
     """
     global _FORKED_STATE
+    fit_settings = apply_overrides(settings or ProfileSettings(), overrides, "run_toys")
     jobs = _n_jobs(n_jobs)
     context = _fork_context() if parallel == "processes" else None
 
     def work(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
         rows = []
         for i in chunk:
-            rows.append(_one_toy(pool, int(i), seed, n_test, poisson, centre, fit_kw))
+            rows.append(_one_toy(pool, int(i), seed, n_test, poisson, centre, fit_settings))
             bar.update(1)  # tqdm serialises updates from the worker threads
         return rows
 
@@ -205,7 +269,7 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
         # One toy per core beats threaded BLAS on small GEMMs.
         if jobs > 1 and indices.size > 1 and context is not None:
             chunks = np.array_split(indices, min(indices.size, 16 * jobs))
-            _FORKED_STATE = (pool, seed, n_test, poisson, centre, fit_kw)
+            _FORKED_STATE = (pool, seed, n_test, poisson, centre, fit_settings)
             try:
                 with warnings.catch_warnings():
                     # Python >= 3.12 warns on fork from a threaded process (BLAS threads);
@@ -242,15 +306,58 @@ def _position_message(x: NDArray[np.float64], density: NDArray[np.float64]) -> s
             "ensemble, or remove them explicitly")
 
 
+def _check_toy_count(n_toys: int, target_z: float | None) -> None:
+    """Raise unless ``n_toys`` can resolve ``target_z`` (the smallest p is 1 / (1 + B))."""
+    if n_toys < 1:
+        raise InputError(f"n_toys must be >= 1, got {n_toys}")
+    if target_z is None:
+        return
+    p_min = 1.0 / (1.0 + n_toys)
+    if p_min > scipy.stats.norm.sf(target_z):
+        need = int(np.ceil(1.0 / scipy.stats.norm.sf(target_z))) - 1
+        raise InputError(
+            f"{n_toys} toys resolve Z up to {scipy.stats.norm.isf(p_min):.2f} "
+            f"(smallest p = 1/(1+B) = {p_min:.3g}); target_z = {target_z:g} needs at least "
+            f"{need} toys. Run more toys (by ranges, merged), or read the labelled "
+            "scaled-chi2 extrapolation z_chi2")
+
+
+def _validate(members: Members, x_test: ArrayLike, basis: KernelBasis, n_toys: int,
+              settings: GoFSettings) -> NDArray[np.float64]:
+    """Check the settings against the data; return the test events as an (N, D) array."""
+    _check_toy_count(n_toys, settings.target_z)
+    if basis.n_features != members.n_features:
+        raise InputError(f"basis has {basis.n_features} features, members {members.n_features}")
+    x = as_events(x_test, n_features=members.n_features, name="test events")
+    size, n_test = settings.pool_events(x.shape[0]), x.shape[0]
+    if size < 2 * n_test:
+        raise InputError(f"pool_size {size} must be at least 2 x the test size {n_test} "
+                         "(toys are subsets of the pool; pool >> toy)")
+    return x
+
+
+def _observed_statistic(members: Members, constraint: Constraint, x: NDArray[np.float64],
+                        basis: KernelBasis, variant: str, settings: ProfileSettings
+                        ) -> LRStatistic:
+    """t on the test events, with the kernel centres as positivity check points."""
+    rows = scale_rows(log_density_matrix(members, x), basis.log_pdf(x), log=True)
+    density = rows.f @ constraint.weights
+    if not np.all(density > 0) and constraint.rank == 0:
+        raise FitError(_position_message(x, density))
+    if not np.all(density > 0):
+        warnings.warn(_position_message(x, density).split(": signed")[0] + ": the null is "
+                      "profiled from a feasible φ on Σφ = 1 (max-margin linear program)",
+                      NegativeDensityWarning, stacklevel=3)
+    with limit_blas_threads(1):
+        return statistic_from_rows(rows, constraint, variant, np.zeros(constraint.rank),
+                                   ref=_check_rows(members, basis), settings=settings,
+                                   warn_negative=False)
+
+
 def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,
                     n_toys: int = 1000, seed: int = 0, *, variant: Variant = "ensemble",
-                    member: int | None = None, centre: Centre = "redrawn",
-                    toy_size: Literal["fixed", "poisson"] = "fixed",
-                    pool_size: int | None = None, first_toy: int = 0,
-                    target_z: float | None = None, n_jobs: int = -1, lam: float = LAMBDA_NET,
-                    barrier: float = BARRIER, tol: float = 1e-10, toy_tol: float = 1e-8,
-                    max_iter: int = 100, hessian_dtype: type = np.float32,
-                    cl: float = 0.6827, progress: bool = False) -> GoFResult:
+                    member: int | None = None, settings: GoFSettings | None = None,
+                    progress: bool = False, **overrides: Any) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
 
     Computes t on ``x_test`` and its null distribution from ``n_toys`` toys drawn from
@@ -266,22 +373,13 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         seed: seed of the pool and of every toy stream.
         variant: "ensemble" (with uncertainty), "frozen" (weights at ŵ) or "single".
         member: member index for ``variant="single"`` (its toys come from that member).
-        centre: constraint centre in the toys, "redrawn" (z₀ ~ N(0, C_r), default) or "fixed".
-        toy_size: "fixed" (N events per toy) or "poisson" (Poisson(N)).
-        pool_size: events in the pool (default max(10 N, 20 000)); must be at least 2 N.
-        first_toy: index of the first toy; run ranges in separate jobs and merge them with
-            :func:`~genval.gof.result.merge_results`.
-        target_z: the significance you need to resolve; raises if ``n_toys`` cannot (the
-            smallest p-value is 1 / (1 + B)).
-        n_jobs: threads fitting toys (-1: one per available core), each with a
-            single-threaded BLAS.
-        lam, tol, max_iter, hessian_dtype: see :func:`~genval.gof.test_statistic`.
-        toy_tol: convergence tolerance of the toy fits (each NLL within ``toy_tol`` of its
-            minimum, so every toy t within ~4 toy_tol of exact; 1e-8 saves ~15 % of the time).
-        barrier: weight of the log-barrier keeping both densities positive at every kernel
-            centre (see ``F_ref`` in :func:`~genval.gof.test_statistic`); same in data and toys.
-        cl: level of the Clopper–Pearson interval on p.
+        settings: :class:`GoFSettings` (calibration and profile settings; defaults when None).
         progress: show a progress bar of the toys on stderr.
+        **overrides: any field of :class:`GoFSettings` (``centre``, ``toy_size``,
+            ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``, ``cl``,
+            ``profile``) or of its :class:`~genval.gof.statistic.ProfileSettings` (``lam``,
+            ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``), replacing the one in
+            ``settings``.
 
     Returns:
         :class:`~genval.gof.result.GoFResult`.
@@ -291,6 +389,7 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
             ``target_z``.
         FitError: f(x; ŵ) ≤ 0 at some test events (the message lists where) and no weights
             near ŵ fix it (always so for the frozen and single variants).
+        TypeError: an override that names no setting (the message lists the valid ones).
 
     Warns:
         NegativeDensityWarning: f(x; ŵ) ≤ 0 at some test events (listed) but other weights
@@ -300,61 +399,26 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         Badaracco et al., Eq. (5) and the calibration paragraph of Step 4.
     """
     t_start = time.perf_counter()
-    if centre not in ("redrawn", "fixed"):
-        raise InputError(f"centre must be 'redrawn' or 'fixed', got {centre!r}")
-    if toy_size not in ("fixed", "poisson"):
-        raise InputError(f"toy_size must be 'fixed' or 'poisson', got {toy_size!r}")
-    if n_toys < 1:
-        raise InputError(f"n_toys must be >= 1, got {n_toys}")
-    if target_z is not None:
-        p_min = 1.0 / (1.0 + n_toys)
-        if p_min > scipy.stats.norm.sf(target_z):
-            need = int(np.ceil(1.0 / scipy.stats.norm.sf(target_z))) - 1
-            raise InputError(
-                f"{n_toys} toys resolve Z up to {scipy.stats.norm.isf(p_min):.2f} "
-                f"(smallest p = 1/(1+B) = {p_min:.3g}); target_z = {target_z:g} needs at least "
-                f"{need} toys. Run more toys (by ranges, merged), or read the labelled "
-                "scaled-chi2 extrapolation z_chi2")
-    if basis.n_features != members.n_features:
-        raise InputError(f"basis has {basis.n_features} features, members {members.n_features}")
-    x = as_events(x_test, n_features=members.n_features, name="test events")
+    cfg = apply_overrides(settings or GoFSettings(), overrides, "goodness_of_fit")
+    x = _validate(members, x_test, basis, n_toys, cfg)
     n_test = x.shape[0]
     constraint = make_constraint(fit, members.n_members, variant, member)
-    fit_kw: dict[str, Any] = {"lam": lam, "tol": tol, "max_iter": max_iter,
-                              "hessian_dtype": hessian_dtype, "barrier": barrier}
-
-    rows = scale_rows(log_density_matrix(members, x), basis.log_pdf(x), log=True)
-    density = rows.f @ constraint.weights
-    if not np.all(density > 0) and constraint.rank == 0:
-        raise FitError(_position_message(x, density))
-    if not np.all(density > 0):
-        warnings.warn(_position_message(x, density).split(": signed")[0] + ": the null is "
-                      "profiled from a feasible φ on Σφ = 1 (max-margin linear program)",
-                      NegativeDensityWarning, stacklevel=2)
-    ref = scale_rows(log_density_matrix(members, basis.centers), basis.log_pdf(basis.centers),
-                     log=True)
-    with limit_blas_threads(1):
-        observed = statistic_from_rows(rows, constraint, variant, np.zeros(constraint.rank),
-                                       ref=ref, warn_negative=False, **fit_kw)
-    del rows
+    observed = _observed_statistic(members, constraint, x, basis, variant, cfg.profile)
     t_obs_done = time.perf_counter()
 
-    size = int(pool_size) if pool_size is not None else max(10 * n_test, 20_000)
-    if size < 2 * n_test:
-        raise InputError(f"pool_size {size} must be at least 2 x the test size {n_test} "
-                         "(toys are subsets of the pool; pool >> toy)")
+    size = cfg.pool_events(n_test)
     pool = draw_pool(members, constraint, basis, size, seed)
     pool_done = time.perf_counter()
 
-    indices = np.arange(first_toy, first_toy + n_toys, dtype=np.int64)
-    batch = run_toys(pool, indices, seed=seed, n_test=n_test, poisson=toy_size == "poisson",
-                     centre=centre, n_jobs=n_jobs, progress=progress,
-                     **{**fit_kw, "tol": toy_tol})
+    indices = np.arange(cfg.first_toy, cfg.first_toy + n_toys, dtype=np.int64)
+    batch = run_toys(pool, indices, seed=seed, n_test=n_test, poisson=cfg.toy_size == "poisson",
+                     centre=cfg.centre, n_jobs=cfg.n_jobs, progress=progress,
+                     settings=cfg.toy_profile)
     end = time.perf_counter()
     return GoFResult(
         t_obs=float(observed), t_null=batch.t, toy_index=batch.index,
         toy_converged=batch.converged, toy_size=batch.size, observed=observed,
-        variant=variant, centre=centre, seed=int(seed), pool_size=size, n_test=n_test,
-        n_kernels=basis.n_kernels, poisson=toy_size == "poisson",
+        variant=variant, centre=cfg.centre, seed=int(seed), pool_size=size, n_test=n_test,
+        n_kernels=basis.n_kernels, poisson=cfg.toy_size == "poisson",
         timings={"observed": t_obs_done - t_start, "pool": pool_done - t_obs_done,
-                 "toys": end - pool_done, "total": end - t_start}, cl=cl)
+                 "toys": end - pool_done, "total": end - t_start}, cl=cfg.cl)

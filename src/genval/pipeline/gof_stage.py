@@ -10,10 +10,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from genval import gof, plots
-from genval.binned import bin_integrals, binned_reference, histogram_counts
 from genval.config import Config
+from genval.density_matrix import prepare_density_matrix
 from genval.errors import FitError, GenvalWarning
-from genval.html_report import VARIANT_LABELS
+from genval.gof import VARIANT_LABELS
 from genval.members import Members
 from genval.pipeline.artifacts import (
     load_fit,
@@ -25,9 +25,10 @@ from genval.pipeline.artifacts import (
 from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
+from genval.products.binned import bin_integrals, binned_reference, histogram_counts
 from genval.rundir import RunDir
 from genval.sampling import sample_mixture
-from genval.wifi import WeightFit, prepare_density_matrix
+from genval.wifi import WeightFit
 
 __all__ = ["stage_gof", "GofVariantWarning"]
 
@@ -120,11 +121,11 @@ def _null_figure(run: RunDir, variant: str, results: Sequence[gof.GoFResult],
 def _marginals_figure(run: RunDir, members: Members, fit: WeightFit, basis: gof.KernelBasis,
                       x_test: NDArray[np.float64], names: Sequence[str], stat: Any,
                       seed: int) -> None:
-    """Paper Fig. 1 from one pool drawn from f(x; ŵ) (see :mod:`genval.binned`).
+    """Paper Fig. 1 from one pool drawn from f(x; ŵ) (see :mod:`genval.products.binned`).
 
     Every curve is a bin integral of ``h / f`` over the pool, a ratio, so the member and
     kernel densities enter with their rows scaled by one common factor per pool event (the
-    scaling of :func:`genval.wifi.prepare_density_matrix`): nothing underflows in the tails.
+    scaling of :func:`genval.density_matrix.prepare_density_matrix`): nothing underflows in the tails.
     """
     cfg = run.config()
     # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].

@@ -1,4 +1,4 @@
-"""The two profiled hypotheses of Eq. (5): the constrained ensemble and ensemble + kernels.
+"""The Gaussian constraint on the ensemble weights under both hypotheses of Eq. (5).
 
 Null ``H_φ``: ``f(x; φ) = F(x)·φ`` with ``φ = ŵ + B z`` on the hyperplane ``Σ φ = 1`` (so the
 extended term ``N Σ φ`` is the constant N) and the Gaussian constraint
@@ -6,12 +6,12 @@ extended term ``N Σ φ`` is the constant N) and the Gaussian constraint
 ``G(x)·a`` with the extended term ``N Σ a`` and the weak penalty ``λ_net N ‖a‖²``.
 
 The constraint is whitened once: ``C_r = U Λ Uᵀ`` and ``z = U Λ^{1/2} u`` so that the constraint
-is ``½ ‖u − u₀‖²``; directions with (numerically) zero variance are pinned at ŵ. Rows of F and G
-are divided by the row maximum of F (``log_s``): the per-event constant ``Σ log s_n`` is the same
-in both hypotheses and cancels in t, and tail events no longer underflow.
+is ``½ ‖u − u₀‖²``; directions with (numerically) zero variance are pinned at ŵ.
+:meth:`Constraint.project` maps row-scaled densities (:func:`genval.density_matrix.scale_rows`)
+to the solver's ``c + A θ`` form.
 
 References:
-    Badaracco et al., Step 4, Eq. (5) and the paragraph after it; DESIGN.md "GoF".
+    Badaracco et al., Step 4, Eq. (5) and the paragraph after it.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from genval.density_matrix import ScaledRows
 from genval.errors import IllConditionedWarning, InputError
 from genval.linalg import sum_to_one_basis
-from genval.wifi import prepare_density_matrix
 
-__all__ = ["Constraint", "ScaledRows", "scale_rows", "LAMBDA_NET"]
+__all__ = ["Constraint"]
 
-LAMBDA_NET = 1e-6
 _RANK_TOL = 1e-12  # eigenvalues of C_r below this fraction of the largest are pinned
 _PSD_TOL = 1e-8  # more negative than this fraction of the largest: not a covariance
 
@@ -137,53 +136,19 @@ class Constraint:
         """Ensemble weights φ at whitened coordinates ``u``."""
         return self.weights + self.transform @ u if self.rank else self.weights.copy()
 
+    def project(self, rows: ScaledRows) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Row-scaled densities in the solver's form ``c + A θ``, θ = (u, a).
+
+        Returns ``(c, a)``: ``c = F̃ ŵ`` (N,), the null density at ŵ, and
+        ``a = [F̃ T | G̃]`` (N, rank + K), the whitened weight directions then the kernels.
+        """
+        c = rows.f @ self.weights
+        a = np.concatenate([rows.f @ self.transform, rows.g], axis=1)
+        return c, a
+
 
 def _as_weights(weights: ArrayLike) -> NDArray[np.float64]:
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.size < 1 or not np.all(np.isfinite(w)):
         raise InputError(f"weights must be finite, got {w}")
     return w
-
-
-@dataclass(frozen=True)
-class ScaledRows:
-    """Member and kernel densities divided by the row maximum of F.
-
-    Attributes:
-        f: (N, M) ``F / s``, each row's maximum is 1.
-        g: (N, K) ``G / s``.
-        log_s: (N,) ``log s``; ``−Σ log s`` is added back to report absolute NLLs.
-    """
-
-    f: NDArray[np.float64]
-    g: NDArray[np.float64]
-    log_s: NDArray[np.float64]
-
-
-def scale_rows(f: ArrayLike, g: ArrayLike, *, log: bool = False) -> ScaledRows:
-    """Row-scale F and G (given as densities, or as log-densities with ``log=True``).
-
-    Raises:
-        InputError: shapes disagree, values are NaN/+inf, densities are negative, or every
-            member is zero at some event.
-    """
-    fa = np.asarray(f, dtype=np.float64)
-    ga = np.asarray(g, dtype=np.float64)
-    if fa.ndim == 1:
-        fa = fa[:, None]
-    if fa.ndim != 2 or ga.ndim != 2 or fa.shape[0] != ga.shape[0]:
-        raise InputError(f"F must be (N, M) and G (N, K) with the same N, got {fa.shape} and "
-                         f"{ga.shape}")
-    if fa.shape[0] == 0:
-        raise InputError("no test events")
-    for name, arr in (("F", fa), ("G", ga)):
-        bad = np.isnan(arr) | np.isposinf(arr) | (np.isneginf(arr) if not log else False)
-        if bad.any():
-            rows = np.flatnonzero(bad.any(axis=1))
-            raise InputError(f"{name} has NaN/inf on {rows.size} events (first at row {rows[0]})")
-    if not log and (ga < 0).any():
-        raise InputError("G must hold densities (>= 0); pass log=True for log-densities")
-    # F's row scaling is the weight fit's (same checks: negative densities, dead rows).
-    f_scaled, log_s = prepare_density_matrix(fa, log=log)
-    g_scaled = np.exp(ga - log_s[:, None]) if log else ga / np.exp(log_s)[:, None]
-    return ScaledRows(f_scaled, g_scaled, log_s)

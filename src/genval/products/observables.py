@@ -1,4 +1,4 @@
-"""What a fitted w_i f_i ensemble produces: observables with errors and oversampled events.
+"""Observables of a fitted w_i f_i ensemble with their errors, paper Eqs. (3) and (4).
 
 An observable ``O = ∫ g(x) f(x) dx`` of the mixture is ``Ô = Σ_k ŵ_k Ô_k`` with member
 integrals ``O_k = ∫ g f_k``. With ŵ = w + δ (Cov δ = C) and, when the ``O_k`` are Monte-Carlo
@@ -28,17 +28,14 @@ from numpy.typing import ArrayLike, NDArray
 from genval._validation import as_rng
 from genval.errors import InputError
 from genval.members import Members
-from genval.sampling import sample_mixture
 from genval.wifi import WeightFit
 
 __all__ = [
     "MemberIntegrals",
     "ObservableEstimate",
-    "OversampledEvents",
     "member_integrals",
     "estimate_observable",
     "observable",
-    "oversample",
 ]
 
 
@@ -135,29 +132,3 @@ def observable(members: Members, fit: WeightFit,
                ) -> ObservableEstimate:
     """``Ô ± σ`` for ``∫ g f̂`` (default: the first moment of each feature), MC error included."""
     return estimate_observable(fit, member_integrals(members, g, n_per_member, rng))
-
-
-@dataclass(frozen=True)
-class OversampledEvents:
-    """Events drawn from the fitted mixture with the density and its σ (Eq. 3) at each event."""
-
-    x: NDArray[np.float64]
-    density: NDArray[np.float64]
-    density_std: NDArray[np.float64]
-    acceptance_rate: float
-
-
-def oversample(members: Members, fit: WeightFit, n: int,
-               rng: np.random.Generator | int | None = None) -> OversampledEvents:
-    """Draw ``n`` events exactly from ``f(x; ŵ)`` and attach ``f̂(x)`` and ``σ_f̂(x)``.
-
-    Uses the exact signed-mixture sampler (:func:`genval.sampling.sample_mixture`); the member
-    densities it computed for the acceptance test are reused for the density and its band.
-    """
-    drawn = sample_mixture(members, fit.weights, n, rng)
-    row_max = drawn.log_f.max(axis=1, keepdims=True)
-    scaled = np.exp(drawn.log_f - row_max)
-    scale = np.exp(row_max[:, 0])
-    return OversampledEvents(x=drawn.x, density=fit.density(scaled) * scale,
-                             density_std=fit.density_std(scaled) * scale,
-                             acceptance_rate=drawn.acceptance_rate)

@@ -1,0 +1,331 @@
+"""Exact damped-Newton solver for the convex objectives of paper Eqs. (1) and (5).
+
+The weight fit of Eq. (1) and both profiles of the test statistic of Eq. (5) have the form
+
+    NLL(θ) = −Σ_n ω_n log(c_n + A_n·θ) + bᵀθ + ½ Σ_j q_j θ_j²,      c + Aθ > 0,
+
+with non-negative row weights ω (1 by default) and a non-negative diagonal ``q``:
+
+* Eq. (1) (:func:`genval.wifi.fit_weights`): ``c = 0``, ``A`` the row-scaled member densities,
+  ``b = N·1``, ``q = 0``: the extended negative log-likelihood times N.
+* Eq. (5) (:mod:`genval.gof.statistic`): ``q > 0`` carries the whitened Gaussian constraint and
+  the ℓ2 penalty on the kernel coefficients.
+
+NLL is convex on its (convex) domain. The solver is damped Newton in float64 with a
+backtracking (Armijo) line search that never leaves the domain. The data-term Hessian
+``Aᵀ diag(ω/f²) A`` costs N p² and dominates; it is formed (in float32 when asked, solved in
+float64) and reused while it still gives fast convergence (a chord / lagged Newton method), and
+refreshed when progress slows. The minimiser does not depend on the Hessian used: convergence is
+declared on the Newton decrement ``gᵀ H⁻¹ g / 2`` computed from the exact float64 gradient, which
+bounds the distance of NLL to its minimum.
+
+References:
+    Badaracco et al., Eqs. (1) and (5); Boyd & Vandenberghe, Convex Optimization, Sec. 9.5
+    (Newton decrement, feasible line search).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import NDArray
+
+from genval.errors import FitError
+
+__all__ = ["Solution", "minimize_convex"]
+
+_ARMIJO = 1e-4
+_MIN_STEP = 1e-14  # line-search steps below this fraction of Newton's make no float64 progress
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Result of :func:`minimize_convex`.
+
+    Attributes:
+        theta: minimiser (p,).
+        density: ``c + Aθ`` at the minimiser (N,).
+        penalty: ``bᵀθ + ½ Σ q θ²`` at the minimiser.
+        converged: whether the Newton decrement fell below ``tol``.
+        n_iter: Newton steps taken (including the final full step of ``final_step=True``).
+        n_hessian: Hessian evaluations (each costs N p²).
+        decrement: ``gᵀ H⁻¹ g / 2`` at exit (an estimate of NLL − min NLL).
+        grad_norm: max-norm of the gradient at exit.
+        line_search_failed: the Armijo search found no descent at float64 precision (the
+            iteration stopped there, not converged).
+    """
+
+    theta: NDArray[np.float64]
+    density: NDArray[np.float64]
+    penalty: float
+    converged: bool
+    n_iter: int
+    n_hessian: int
+    decrement: float
+    grad_norm: float
+    line_search_failed: bool = field(default=False)
+
+
+@dataclass(frozen=True)
+class _Objective:
+    """The data of one NLL: ``−Σ ω log(c + Aθ) + bᵀθ + ½ Σ q θ²``."""
+
+    c: NDArray[np.float64]
+    a: NDArray[np.floating]
+    b: NDArray[np.float64]
+    q: NDArray[np.float64]
+    row_weights: NDArray[np.float64] | None
+
+    @property
+    def low(self) -> bool:
+        return self.a.dtype == np.float32
+
+    def prod(self, v: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``A v`` in float64."""
+        return (self.a @ v.astype(np.float32)).astype(np.float64) if self.low else self.a @ v
+
+    def rprod(self, v: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``vᵀ A`` in float64."""
+        return (v.astype(np.float32) @ self.a).astype(np.float64) if self.low else v @ self.a
+
+    def gradient(self, theta: NDArray[np.float64], r: NDArray[np.float64]
+                 ) -> NDArray[np.float64]:
+        """``∇NLL`` at θ, given ``r = 1 / (c + Aθ)``."""
+        wr = r if self.row_weights is None else self.row_weights * r
+        return -self.rprod(wr) + self.b + self.q * theta
+
+    def penalty(self, theta: NDArray[np.float64]) -> float:
+        return float(self.b @ theta + 0.5 * (self.q * theta) @ theta)
+
+
+def _hessian(a: NDArray[np.floating], r: NDArray[np.float64], q: NDArray[np.float64],
+             dtype: type, stride: int = 1, a_cast: NDArray[np.floating] | None = None
+             ) -> NDArray[np.float64]:
+    """``Aᵀ diag(r²) A + diag(q)``, optionally from every ``stride``-th row only.
+
+    A row-subsampled Hessian (scaled up) is a cheap preconditioner for the damped phase; its
+    diagonal is raised to the exact one (computed in O(N p)), which keeps it positive definite
+    and restores directions carried by a few events (tail kernels) that the subsample missed.
+    ``a_cast`` is ``a`` already converted to ``dtype`` (converted once per fit, not per call).
+    """
+    source = a_cast if a_cast is not None and a_cast.dtype == dtype else a
+    sub = source[::stride] if stride > 1 else source
+    rs = (r[::stride] if stride > 1 else r).astype(dtype, copy=False)
+    ar = (sub if sub.dtype == dtype else sub.astype(dtype)) * rs[:, None]
+    h = (ar.T @ ar).astype(np.float64)  # numpy dispatches X.T @ X to a symmetric rank-k update
+    if stride > 1:
+        h *= a.shape[0] / sub.shape[0]
+        exact = (r * r) @ (a * a) if a.dtype == np.float64 else \
+            ((r * r).astype(np.float32) @ (a * a)).astype(np.float64)
+        diag = np.diag(h)
+        h[np.diag_indices_from(h)] = np.maximum(diag, exact)
+    h[np.diag_indices_from(h)] += q
+    return h
+
+
+class _Factor:
+    """A factorised Hessian: Cholesky, or a truncated eigendecomposition.
+
+    With ``rcond`` set, eigenvalues below ``rcond`` times the largest are dropped: directions
+    singular to working precision (near-duplicate members in Eq. 1) do not change the objective,
+    so Newton leaves them where they start instead of driving them by rounding noise.
+    """
+
+    def __init__(self, h: NDArray[np.float64], rcond: float | None) -> None:
+        self.h = h
+        self.eigen: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+        self.cholesky: NDArray[np.float64] | None = None
+        if rcond is not None:
+            values, vectors = np.linalg.eigh(h)
+            keep = values > rcond * values[-1]
+            self.eigen = (vectors[:, keep], values[keep])
+            return
+        try:
+            self.cholesky = scipy.linalg.cho_factor(h, lower=True, check_finite=False)[0]
+        except np.linalg.LinAlgError:
+            self.cholesky = None
+
+    def solve(self, g: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``H⁻¹ g`` (the pseudo-inverse on the kept eigen-directions when truncated)."""
+        if self.eigen is not None:
+            vectors, values = self.eigen
+            return vectors @ ((vectors.T @ g) / values)
+        if self.cholesky is not None:
+            return scipy.linalg.cho_solve((self.cholesky, True), g, check_finite=False)
+        # Rounding made the (positive definite) Hessian indefinite: solve on its positive part.
+        vals, vecs = np.linalg.eigh(self.h)
+        vals = np.maximum(vals, 1e-12 * max(vals.max(), 1e-300))
+        return vecs @ ((vecs.T @ g) / vals)
+
+
+class _LaggedNewton:
+    """Newton directions from a Hessian reused while the decrement still falls fast.
+
+    Holds the last factorised Hessian, the accumulation dtype (float32 switches to float64
+    after six full Hessians: a float32 Hessian that slow is no longer good enough) and the
+    casts of ``A`` made once per fit.
+    """
+
+    def __init__(self, objective: _Objective, *, hessian_dtype: type, refresh: float,
+                 subsample_rows: int, rcond: float | None) -> None:
+        n = objective.a.shape[0]
+        self.objective = objective
+        self.dtype = hessian_dtype
+        self.refresh = refresh
+        self.rcond = rcond
+        self.stride = max(1, n // subsample_rows) if subsample_rows > 0 else 1
+        self.sqrt_w = (None if objective.row_weights is None
+                       else np.sqrt(objective.row_weights))
+        self.factor: _Factor | None = None
+        self.casts: dict[type, NDArray[np.floating]] = {}
+        self.n_hessian = 0
+        self.n_full = 0
+
+    def direction(self, r: NDArray[np.float64], g: NDArray[np.float64], prev_dec: float,
+                  dec: float) -> tuple[NDArray[np.float64], float]:
+        """Newton step ``−H⁻¹ g`` and decrement ``gᵀ H⁻¹ g``; ``dec`` is the last decrement."""
+        step = None
+        if self.factor is not None:
+            step = -self.factor.solve(g)
+            dec = float(-g @ step)
+        if (self.factor is None or not np.isfinite(dec) or dec < 0
+                or dec > self.refresh * prev_dec):
+            self._refresh(r, prev_dec, dec)
+            assert self.factor is not None
+            step = -self.factor.solve(g)
+            dec = float(-g @ step)
+        assert step is not None
+        return step, dec
+
+    def _refresh(self, r: NDArray[np.float64], prev_dec: float, dec: float) -> None:
+        a = self.objective.a
+        use_stride = self.stride if (self.stride > 1 and prev_dec > 1.0 and dec > 1.0) else 1
+        if use_stride == 1:
+            self.n_full += 1
+            if self.dtype != np.float64 and self.n_full > 6:
+                self.dtype = np.float64  # float32 Hessian no longer good enough: go exact
+        if self.dtype != a.dtype and use_stride == 1 and self.dtype not in self.casts:
+            self.casts[self.dtype] = a.astype(self.dtype)  # reused by every later full Hessian
+        h = _hessian(a, r if self.sqrt_w is None else self.sqrt_w * r, self.objective.q,
+                     self.dtype, use_stride, self.casts.get(self.dtype))
+        self.factor = _Factor(h, self.rcond)
+        self.n_hessian += 1
+
+
+def _feasible_step(f: NDArray[np.float64], a_step: NDArray[np.float64]) -> float:
+    """Largest step ≤ 1 that keeps every density positive (0.99 of the way to the boundary)."""
+    shrink = a_step < 0
+    if not shrink.any():
+        return 1.0
+    return min(1.0, 0.99 * float(np.min(-f[shrink] / a_step[shrink])))
+
+
+def _armijo(objective: _Objective, theta: NDArray[np.float64], r: NDArray[np.float64],
+            step: NDArray[np.float64], a_step: NDArray[np.float64], dec: float,
+            alpha: float) -> float | None:
+    """Backtrack from ``alpha`` to sufficient decrease; None when no step makes progress."""
+    slope = -dec
+    lin = objective.b @ step
+    q, w = objective.q, objective.row_weights
+    while True:
+        # NLL(θ + α d) − NLL(θ), accumulated as differences so that it stays accurate when both
+        # values are ~N and the change is ~1e-12.
+        logs = np.log1p(alpha * a_step * r)
+        delta = (-(logs.sum() if w is None else w @ logs) + alpha * lin
+                 + float(q @ (alpha * theta * step + 0.5 * alpha**2 * step * step)))
+        if delta <= _ARMIJO * alpha * slope:
+            return alpha
+        alpha *= 0.5
+        if alpha < _MIN_STEP:
+            return None
+
+
+def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[np.float64],
+                    q: NDArray[np.float64], theta0: NDArray[np.float64] | None = None, *,
+                    tol: float = 1e-10, max_iter: int = 100,
+                    hessian_dtype: type = np.float32, refresh: float = 0.25,
+                    subsample_rows: int = 0,
+                    row_weights: NDArray[np.float64] | None = None,
+                    rcond: float | None = None, final_step: bool = False) -> Solution:
+    """Minimise ``−Σ_n ω_n log(c + Aθ)_n + bᵀθ + ½ Σ q θ²`` exactly (ω_n = 1 by default).
+
+    Args:
+        c: (N,) offsets, the density at θ = 0 (float64).
+        a: (N, p) design matrix (may be a column slice of a larger array), float64 (float32
+            works but cannot reach tight tolerances: not used for the statistic).
+        b: (p,) linear coefficients.
+        q: (p,) non-negative diagonal of the quadratic term (0 where the data term alone
+            curves the objective, as in Eq. 1).
+        theta0: feasible start (default 0).
+        tol: stop when the Newton decrement ``gᵀH⁻¹g/2`` is below ``tol`` (absolute, in NLL
+            units).
+        max_iter: iteration cap; on reaching it ``converged`` is False.
+        hessian_dtype: accumulation type of the data Hessian (float32 halves its cost; the
+            solve and every gradient stay float64, so the minimiser is unaffected).
+        refresh: re-form the Hessian when the decrement shrank by less than this factor
+            since the last step (0: plain Newton, a fresh Hessian every step).
+        subsample_rows: when > 0 and N is larger, form the Hessian from about this many rows
+            while the decrement exceeds 1 (damped phase); full Hessians afterwards.
+        row_weights: optional positive (N,) weights of the log terms (small weights turn rows
+            into a log-barrier that keeps the density positive there).
+        rcond: None (default) solves with a Cholesky factor. A number solves with the
+            truncated-eigen pseudo-inverse that drops Hessian eigenvalues below ``rcond`` times
+            the largest: directions singular to working precision stay at ``theta0`` exactly.
+        final_step: once the decrement is below ``tol``, take one more full Newton step (when
+            it is feasible) before stopping. Inside the quadratic region the predicted decrease
+            is below the rounding of NLL, so a line search would only see noise; the full step
+            brings the stationarity conditions (e.g. Σŵ = 1 in Eq. 1) to rounding level.
+            Convergence then needs that step, so it cannot happen at the iteration cap.
+
+    Returns:
+        :class:`Solution`.
+
+    Raises:
+        FitError: if the start is infeasible (``c + Aθ0 ≤ 0`` somewhere).
+    """
+    n, p = a.shape
+    theta = np.zeros(p) if theta0 is None else np.array(theta0, dtype=np.float64)
+    objective = _Objective(c, a, b, q, row_weights)
+    f = c + objective.prod(theta) if p else c.copy()
+    bad = ~(f > 0)
+    if bad.any():
+        raise FitError(f"infeasible start: density <= 0 at {int(bad.sum())} of {n} events "
+                       f"(first at row {int(np.flatnonzero(bad)[0])})")
+    if p == 0:
+        return Solution(theta, f, 0.0, True, 0, 0, 0.0, 0.0)
+    newton = _LaggedNewton(objective, hessian_dtype=hessian_dtype, refresh=refresh,
+                           subsample_rows=subsample_rows, rcond=rcond)
+    prev_dec = np.inf
+    converged = failed = False
+    dec = grad_norm = np.inf
+    it = 0
+    for it in range(max_iter + 1):  # noqa: B007 -- `it` is reported
+        r = 1.0 / f
+        g = objective.gradient(theta, r)
+        grad_norm = float(np.abs(g).max())
+        step, dec = newton.direction(r, g, prev_dec, dec)
+        small = 0.5 * dec <= tol
+        if small and not final_step:
+            converged = True
+            break
+        if it == max_iter:
+            break
+        a_step = objective.prod(step)
+        alpha = _feasible_step(f, a_step)
+        if small and alpha == 1.0:
+            theta = theta + step
+            it += 1
+            converged = True
+            break
+        prev_dec = dec
+        accepted = _armijo(objective, theta, r, step, a_step, dec, alpha)
+        if accepted is None:
+            failed = True  # no descent possible at float64 precision: not converged
+            break
+        theta = theta + accepted * step
+        f = f + accepted * a_step
+    f = c + objective.prod(theta)  # without the rounding accumulated over the steps
+    return Solution(theta, f, objective.penalty(theta), converged, it, newton.n_hessian,
+                    0.5 * dec, grad_norm, failed)
