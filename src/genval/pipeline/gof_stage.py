@@ -125,7 +125,8 @@ def _marginals_figure(run: RunDir, members: Members, fit: WeightFit, basis: gof.
 
     Every curve is a bin integral of ``h / f`` over the pool, a ratio, so the member and
     kernel densities enter with their rows scaled by one common factor per pool event (the
-    scaling of :func:`genval.density_matrix.prepare_density_matrix`): nothing underflows in the tails.
+    scaling of :func:`genval.density_matrix.prepare_density_matrix`): nothing underflows in
+    the tails.
     """
     cfg = run.config()
     # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].
