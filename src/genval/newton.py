@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from genval.errors import FitError
 
-__all__ = ["Solution", "minimize_convex"]
+__all__ = ["NewtonOptions", "Solution", "minimize_convex"]
 
 _ARMIJO = 1e-4
 _MIN_STEP = 1e-14  # line-search steps below this fraction of Newton's make no float64 progress
@@ -242,13 +242,43 @@ def _armijo(objective: _Objective, theta: NDArray[np.float64], r: NDArray[np.flo
             return None
 
 
+@dataclass(frozen=True)
+class NewtonOptions:
+    """How :func:`minimize_convex` iterates.
+
+    Attributes:
+        tol: stop when the Newton decrement ``gᵀH⁻¹g/2`` is below ``tol`` (absolute, in NLL
+            units).
+        max_iter: iteration cap; on reaching it ``converged`` is False.
+        hessian_dtype: accumulation type of the data Hessian (float32 halves its cost; the
+            solve and every gradient stay float64, so the minimiser is unaffected).
+        refresh: re-form the Hessian when the decrement shrank by less than this factor
+            since the last step (0: plain Newton, a fresh Hessian every step).
+        subsample_rows: when > 0 and N is larger, form the Hessian from about this many rows
+            while the decrement exceeds 1 (damped phase); full Hessians afterwards.
+        rcond: None (default) solves with a Cholesky factor. A number solves with the
+            truncated-eigen pseudo-inverse that drops Hessian eigenvalues below ``rcond`` times
+            the largest: directions singular to working precision stay at ``theta0`` exactly.
+        final_step: once the decrement is below ``tol``, take one more full Newton step (when
+            it is feasible) before stopping. Inside the quadratic region the predicted decrease
+            is below the rounding of NLL, so a line search would only see noise; the full step
+            brings the stationarity conditions (e.g. Σŵ = 1 in Eq. 1) to rounding level.
+            Convergence then needs that step, so it cannot happen at the iteration cap.
+    """
+
+    tol: float = 1e-10
+    max_iter: int = 100
+    hessian_dtype: type = np.float32
+    refresh: float = 0.25
+    subsample_rows: int = 0
+    rcond: float | None = None
+    final_step: bool = False
+
+
 def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[np.float64],
                     q: NDArray[np.float64], theta0: NDArray[np.float64] | None = None, *,
-                    tol: float = 1e-10, max_iter: int = 100,
-                    hessian_dtype: type = np.float32, refresh: float = 0.25,
-                    subsample_rows: int = 0,
                     row_weights: NDArray[np.float64] | None = None,
-                    rcond: float | None = None, final_step: bool = False) -> Solution:
+                    options: NewtonOptions = NewtonOptions()) -> Solution:
     """Minimise ``−Σ_n ω_n log(c + Aθ)_n + bᵀθ + ½ Σ q θ²`` exactly (ω_n = 1 by default).
 
     Args:
@@ -259,25 +289,9 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
         q: (p,) non-negative diagonal of the quadratic term (0 where the data term alone
             curves the objective, as in Eq. 1).
         theta0: feasible start (default 0).
-        tol: stop when the Newton decrement ``gᵀH⁻¹g/2`` is below ``tol`` (absolute, in NLL
-            units).
-        max_iter: iteration cap; on reaching it ``converged`` is False.
-        hessian_dtype: accumulation type of the data Hessian (float32 halves its cost; the
-            solve and every gradient stay float64, so the minimiser is unaffected).
-        refresh: re-form the Hessian when the decrement shrank by less than this factor
-            since the last step (0: plain Newton, a fresh Hessian every step).
-        subsample_rows: when > 0 and N is larger, form the Hessian from about this many rows
-            while the decrement exceeds 1 (damped phase); full Hessians afterwards.
         row_weights: optional positive (N,) weights of the log terms (small weights turn rows
             into a log-barrier that keeps the density positive there).
-        rcond: None (default) solves with a Cholesky factor. A number solves with the
-            truncated-eigen pseudo-inverse that drops Hessian eigenvalues below ``rcond`` times
-            the largest: directions singular to working precision stay at ``theta0`` exactly.
-        final_step: once the decrement is below ``tol``, take one more full Newton step (when
-            it is feasible) before stopping. Inside the quadratic region the predicted decrease
-            is below the rounding of NLL, so a line search would only see noise; the full step
-            brings the stationarity conditions (e.g. Σŵ = 1 in Eq. 1) to rounding level.
-            Convergence then needs that step, so it cannot happen at the iteration cap.
+        options: tolerance, iteration cap and Hessian strategy (:class:`NewtonOptions`).
 
     Returns:
         :class:`Solution`.
@@ -295,22 +309,23 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
                        f"(first at row {int(np.flatnonzero(bad)[0])})")
     if p == 0:
         return Solution(theta, f, 0.0, True, 0, 0, 0.0, 0.0)
-    newton = _LaggedNewton(objective, hessian_dtype=hessian_dtype, refresh=refresh,
-                           subsample_rows=subsample_rows, rcond=rcond)
+    newton = _LaggedNewton(objective, hessian_dtype=options.hessian_dtype,
+                           refresh=options.refresh, subsample_rows=options.subsample_rows,
+                           rcond=options.rcond)
     prev_dec = np.inf
     converged = failed = False
     dec = grad_norm = np.inf
     it = 0
-    for it in range(max_iter + 1):  # noqa: B007 -- `it` is reported
+    for it in range(options.max_iter + 1):  # noqa: B007 -- `it` is reported
         r = 1.0 / f
         g = objective.gradient(theta, r)
         grad_norm = float(np.abs(g).max())
         step, dec = newton.direction(r, g, prev_dec, dec)
-        small = 0.5 * dec <= tol
-        if small and not final_step:
+        small = 0.5 * dec <= options.tol
+        if small and not options.final_step:
             converged = True
             break
-        if it == max_iter:
+        if it == options.max_iter:
             break
         a_step = objective.prod(step)
         alpha = _feasible_step(f, a_step)

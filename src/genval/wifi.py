@@ -33,7 +33,7 @@ from numpy.typing import ArrayLike, NDArray
 from genval.density_matrix import prepare_density_matrix
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
 from genval.linalg import sum_to_one_basis
-from genval.newton import Solution, minimize_convex
+from genval.newton import NewtonOptions, Solution, minimize_convex
 
 __all__ = ["WeightFit", "fit_weights", "prepare_density_matrix"]
 
@@ -228,8 +228,10 @@ def _solve_weights(S: NDArray[np.float64], w: NDArray[np.float64], tol: float, m
     """
     n_events, n_members = S.shape
     return minimize_convex(np.zeros(n_events), S, np.full(n_members, float(n_events)),
-                           np.zeros(n_members), w, tol=tol * n_events, max_iter=max_iter,
-                           hessian_dtype=np.float64, refresh=0.0, rcond=RCOND, final_step=True)
+                           np.zeros(n_members), w,
+                           options=NewtonOptions(tol=tol * n_events, max_iter=max_iter,
+                                                 hessian_dtype=np.float64, refresh=0.0,
+                                                 rcond=RCOND, final_step=True))
 
 
 @dataclass(frozen=True)

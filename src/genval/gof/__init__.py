@@ -34,7 +34,7 @@ from genval.gof.statistic import (
     test_statistic,
 )
 from genval.gof.toys import GoFSettings, ToyPool, draw_pool, goodness_of_fit, run_toys
-from genval.newton import Solution, minimize_convex
+from genval.newton import NewtonOptions, Solution, minimize_convex
 
 __all__ = [
     "KernelBasis",
@@ -52,6 +52,7 @@ __all__ = [
     "ToyPool",
     "draw_pool",
     "run_toys",
+    "NewtonOptions",
     "Solution",
     "minimize_convex",
     "LAMBDA_NET",

@@ -14,6 +14,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from genval.density_matrix import ScaledRows, scale_rows
 from genval.errors import ConvergenceWarning, FitError, InputError, NegativeDensityWarning
 from genval.gof._settings import apply_overrides
 from genval.gof.constraint import Constraint
-from genval.newton import Solution, minimize_convex
+from genval.newton import NewtonOptions, Solution, minimize_convex
 
 __all__ = ["LRStatistic", "ProfileSettings", "test_statistic", "statistic_from_rows",
            "profile_pair", "make_constraint", "Variant", "VARIANTS", "VARIANT_LABELS",
@@ -97,8 +98,12 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
         null_start: feasible start of the null (default u = 0, i.e. ŵ).
     """
     barrier, lam = settings.barrier, settings.lam
-    solver = {"tol": settings.tol, "max_iter": settings.max_iter,
-              "hessian_dtype": settings.hessian_dtype}
+    # Hessians cost N p² against N p per gradient: reuse each while the decrement still falls
+    # tenfold per step (measured best at M = 60, K = 100, N = 20k), and form the alternative's
+    # from a row subsample during its damped phase.
+    null_options = NewtonOptions(tol=settings.tol, max_iter=settings.max_iter,
+                                 hessian_dtype=settings.hessian_dtype, refresh=0.1)
+    alt_options = dataclasses.replace(null_options, subsample_rows=5000)
     n = c.shape[0] - n_ref
     k = a.shape[1] - rank
     weights = None
@@ -106,16 +111,12 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
         weights = np.ones(n + n_ref)
         weights[n:] = barrier
     q0 = np.ones(rank)
-    # Hessians cost N p² against N p per gradient: reuse each while the decrement still falls
-    # tenfold per step (measured best at M = 60, K = 100, N = 20k), and form the alternative's
-    # from a row subsample during its damped phase.
-    null = minimize_convex(c, a[:, :rank], -u0, q0, null_start, refresh=0.1,
-                           row_weights=weights, **solver)
+    null = minimize_convex(c, a[:, :rank], -u0, q0, null_start, row_weights=weights,
+                           options=null_options)
     b1 = np.concatenate([-u0, np.full(k, float(n))])
     q1 = np.concatenate([q0, np.full(k, 2.0 * lam * n)])
     start = np.concatenate([null.theta, np.zeros(k)])  # warm start: the null optimum, a = 0
-    alt = minimize_convex(c, a, b1, q1, start, refresh=0.1, subsample_rows=5000,
-                          row_weights=weights, **solver)
+    alt = minimize_convex(c, a, b1, q1, start, row_weights=weights, options=alt_options)
     # t from per-event log ratios (not a difference of two ~N-sized sums): accurate to ~1e-12.
     diff = a @ (alt.theta - start)
     logs = np.log1p(diff / null.density)
