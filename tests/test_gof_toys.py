@@ -237,24 +237,24 @@ def test_test_statistic_settings_and_overrides(setup):
 
 
 def test_moved_names_still_resolve():
-    import genval.density_matrix
     import genval.newton
     import genval.products.binned
+    import genval.row_scaling
 
     assert genval.gof.VARIANT_LABELS["ensemble"] == "ensemble with uncertainty"
     assert set(genval.gof.VARIANT_LABELS) == set(genval.gof.VARIANTS)
     assert genval.gof.LAMBDA_NET == 1e-6 and genval.gof.BARRIER == 1e-3
     assert genval.gof.minimize_convex is genval.newton.minimize_convex
-    assert genval.wifi.prepare_density_matrix is genval.density_matrix.prepare_density_matrix
-    assert genval.gof.scale_rows is genval.density_matrix.scale_rows
+    assert genval.wifi.prepare_density_matrix is genval.row_scaling.prepare_density_matrix
+    assert genval.gof.scale_rows is genval.row_scaling.scale_rows
     assert genval.products.binned_reference is genval.products.binned.binned_reference
     for name in ("oversample", "observable", "member_integrals", "OversampledEvents"):
         assert name in genval.products.__all__
 
 
 def test_constraint_projection(setup):
-    from genval.density_matrix import scale_rows
     from genval.gof import Constraint
+    from genval.row_scaling import scale_rows
 
     members, fit, basis, x_test = setup
     rows = scale_rows(log_density_matrix(members, x_test), basis.log_pdf(x_test), log=True)

@@ -39,13 +39,13 @@ __all__ = [
     "cli",
     "pipeline",
     "newton",
-    "density_matrix",
+    "row_scaling",
     "goodness_of_fit",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
-               "html_report", "paper", "cli", "pipeline", "newton", "density_matrix"}
+               "html_report", "paper", "cli", "pipeline", "newton", "row_scaling"}
 
 
 def __getattr__(name: str) -> Any:

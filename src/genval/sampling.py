@@ -14,9 +14,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from genval._validation import as_rng
-from genval.density_matrix import scale_log_rows
 from genval.errors import InputError
 from genval.members import Members, log_density_matrix
+from genval.row_scaling import scale_log_rows
 
 __all__ = ["MixtureSample", "sample_mixture", "mixture_ratio"]
 
@@ -46,7 +46,7 @@ class MixtureSample:
 def mixture_ratio(log_f: NDArray[np.float64], weights: NDArray[np.float64]) -> NDArray[np.float64]:
     """``Σ w_k F_k / Σ |w_k| F_k`` per row of ``log F`` (N, M), computed without underflow.
 
-    Rows are rescaled by their maximum first (:func:`genval.density_matrix.scale_log_rows`);
+    Rows are rescaled by their maximum first (:func:`genval.row_scaling.scale_log_rows`);
     the ratio is invariant to that scale.
     """
     scaled, _ = scale_log_rows(log_f)

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from genval.density_matrix import prepare_density_matrix
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
 from genval.linalg import sum_to_one_basis
 from genval.newton import NewtonOptions, Solution, minimize_convex
+from genval.row_scaling import prepare_density_matrix
 
 __all__ = ["WeightFit", "fit_weights", "prepare_density_matrix"]
 

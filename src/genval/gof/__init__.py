@@ -12,7 +12,6 @@ References:
 
 from __future__ import annotations
 
-from genval.density_matrix import ScaledRows, scale_rows
 from genval.gof.constraint import Constraint
 from genval.gof.kernels import KernelBasis
 from genval.gof.result import (
@@ -35,6 +34,7 @@ from genval.gof.statistic import (
 )
 from genval.gof.toys import GoFSettings, ToyPool, draw_pool, goodness_of_fit, run_toys
 from genval.newton import NewtonOptions, Solution, minimize_convex
+from genval.row_scaling import ScaledRows, scale_rows
 
 __all__ = [
     "KernelBasis",

@@ -7,7 +7,7 @@ extended term ``N Σ φ`` is the constant N) and the Gaussian constraint
 
 The constraint is whitened once: ``C_r = U Λ Uᵀ`` and ``z = U Λ^{1/2} u`` so that the constraint
 is ``½ ‖u − u₀‖²``; directions with (numerically) zero variance are pinned at ŵ.
-:meth:`Constraint.project` maps row-scaled densities (:func:`genval.density_matrix.scale_rows`)
+:meth:`Constraint.project` maps row-scaled densities (:func:`genval.row_scaling.scale_rows`)
 to the solver's ``c + A θ`` form.
 
 References:
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from genval.density_matrix import ScaledRows
 from genval.errors import IllConditionedWarning, InputError
 from genval.linalg import sum_to_one_basis
+from genval.row_scaling import ScaledRows
 
 __all__ = ["Constraint"]
 

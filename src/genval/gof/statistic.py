@@ -4,7 +4,7 @@ Three variants (the paper's Fig. 2): the ensemble with uncertainty (φ profiled 
 ``N(ŵ, Cov ŵ)``), the ensemble with weights frozen at ŵ, and a single member. Both profiles are
 minimised exactly by :func:`genval.newton.minimize_convex`; :class:`ProfileSettings` says how.
 
-Rows of F and G are divided by the row maximum of F (:func:`genval.density_matrix.scale_rows`):
+Rows of F and G are divided by the row maximum of F (:func:`genval.row_scaling.scale_rows`):
 the per-event constant ``Σ log s_n`` is the same in both hypotheses and cancels in t, and tail
 events no longer underflow.
 
@@ -22,11 +22,11 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from genval.density_matrix import ScaledRows, scale_rows
 from genval.errors import ConvergenceWarning, FitError, InputError, NegativeDensityWarning
 from genval.gof._settings import apply_overrides
 from genval.gof.constraint import Constraint
 from genval.newton import NewtonOptions, Solution, minimize_convex
+from genval.row_scaling import ScaledRows, scale_rows
 
 __all__ = ["LRStatistic", "ProfileSettings", "test_statistic", "statistic_from_rows",
            "profile_pair", "make_constraint", "Variant", "VARIANTS", "VARIANT_LABELS",

@@ -35,7 +35,6 @@ from numpy.typing import ArrayLike, NDArray
 from tqdm.auto import tqdm
 
 from genval._validation import as_events
-from genval.density_matrix import ScaledRows, scale_rows
 from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
 from genval.gof._settings import apply_overrides
@@ -51,6 +50,7 @@ from genval.gof.statistic import (
     statistic_from_rows,
 )
 from genval.members import Members, log_density_matrix
+from genval.row_scaling import ScaledRows, scale_rows
 from genval.sampling import sample_mixture
 
 __all__ = ["goodness_of_fit", "GoFSettings", "ToyPool", "draw_pool", "run_toys", "POOL_STREAM",

@@ -11,7 +11,6 @@ from numpy.typing import NDArray
 
 from genval import gof, plots
 from genval.config import Config
-from genval.density_matrix import prepare_density_matrix
 from genval.errors import FitError, GenvalWarning
 from genval.gof import VARIANT_LABELS
 from genval.members import Members
@@ -26,6 +25,7 @@ from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
 from genval.products.binned import bin_integrals, binned_reference, histogram_counts
+from genval.row_scaling import prepare_density_matrix
 from genval.rundir import RunDir
 from genval.sampling import sample_mixture
 from genval.wifi import WeightFit
@@ -125,7 +125,7 @@ def _marginals_figure(run: RunDir, members: Members, fit: WeightFit, basis: gof.
 
     Every curve is a bin integral of ``h / f`` over the pool, a ratio, so the member and
     kernel densities enter with their rows scaled by one common factor per pool event (the
-    scaling of :func:`genval.density_matrix.prepare_density_matrix`): nothing underflows in
+    scaling of :func:`genval.row_scaling.prepare_density_matrix`): nothing underflows in
     the tails.
     """
     cfg = run.config()

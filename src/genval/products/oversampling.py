@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from genval.density_matrix import scale_log_rows
 from genval.members import Members
+from genval.row_scaling import scale_log_rows
 from genval.sampling import sample_mixture
 from genval.wifi import WeightFit
 
