@@ -193,8 +193,9 @@ def test_train_settings_are_validated_frozen_and_named() -> None:
     with pytest.raises(InputError, match="precision must be one of"):
         s.replace(precision="float16")
     ens = FlowEnsemble(2, 2, **SMALL)
-    with pytest.raises(TypeError, match=r"unknown training setting\(s\) 'learning_rate'.*"
-                                        r"valid: val_fraction, batch_size, lr"):
+    with pytest.raises(TypeError, match=r"train\(\) got unexpected keyword argument\(s\) "
+                                        r"\['learning_rate'\]; valid settings: val_fraction, "
+                                        r"batch_size, lr"):
         train(ens, gaussian(50, 0), learning_rate=1e-3, progress=False)
 
 

@@ -26,7 +26,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -39,6 +38,7 @@ from numpy.typing import ArrayLike, NDArray
 from tqdm import tqdm
 
 from genval._allocator import retain_freed_memory
+from genval._settings import apply_overrides, setting_names
 from genval._validation import as_events
 from genval.errors import InputError
 from genval.flows.ensemble import PRECISIONS, FlowEnsemble
@@ -123,7 +123,7 @@ class TrainSettings:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The setting names, in declaration order."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return tuple(setting_names(cls()))
 
     def replace(self, **overrides: Any) -> TrainSettings:
         """A copy with some settings changed (validated).
@@ -131,11 +131,7 @@ class TrainSettings:
         Raises:
             TypeError: a name that is not a setting; the message lists the valid ones.
         """
-        unknown = sorted(set(overrides) - set(self.names()))
-        if unknown:
-            raise TypeError(f"unknown training setting(s) {', '.join(map(repr, unknown))}; "
-                            f"valid: {', '.join(self.names())}")
-        return dataclasses.replace(self, **overrides) if overrides else self
+        return apply_overrides(self, overrides, "train")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from genval._settings import apply_overrides
 from genval.errors import ConvergenceWarning, FitError, InputError, NegativeDensityWarning
-from genval.gof._settings import apply_overrides
 from genval.gof.constraint import Constraint
 from genval.newton import NewtonOptions, Solution, minimize_convex
 from genval.row_scaling import ScaledRows, scale_rows

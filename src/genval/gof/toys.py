@@ -34,10 +34,10 @@ import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 from tqdm.auto import tqdm
 
+from genval._settings import apply_overrides
 from genval._validation import as_events
 from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
-from genval.gof._settings import apply_overrides
 from genval.gof.constraint import Constraint
 from genval.gof.kernels import KernelBasis
 from genval.gof.result import GoFResult

@@ -1,6 +1,7 @@
 """Keyword overrides of frozen settings dataclasses, nested one level deep.
 
-:func:`~genval.gof.goodness_of_fit` and :func:`~genval.gof.test_statistic` take a settings object
+:func:`~genval.gof.goodness_of_fit`, :func:`~genval.gof.test_statistic` and
+:func:`~genval.flows.train` take a settings object
 plus keyword overrides of any of its fields, including the fields of a nested settings object
 (``lam=`` reaches ``GoFSettings.profile.lam``), so every keyword call written before the
 settings objects existed keeps working.
