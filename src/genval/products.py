@@ -29,6 +29,7 @@ from genval._validation import as_rng
 from genval.errors import InputError
 from genval.members import Members
 from genval.sampling import sample_mixture
+from genval.subnormal import exp_flushed
 from genval.wifi import WeightFit
 
 __all__ = [
@@ -156,7 +157,8 @@ def oversample(members: Members, fit: WeightFit, n: int,
     """
     drawn = sample_mixture(members, fit.weights, n, rng)
     row_max = drawn.log_f.max(axis=1, keepdims=True)
-    scaled = np.exp(drawn.log_f - row_max)
+    scaled = drawn.log_f - row_max
+    exp_flushed(scaled, out=scaled)  # no subnormals: see genval.wifi's row scaling
     scale = np.exp(row_max[:, 0])
     return OversampledEvents(x=drawn.x, density=fit.density(scaled) * scale,
                              density_std=fit.density_std(scaled) * scale,

@@ -32,6 +32,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
 from genval.linalg import sum_to_one_basis
+from genval.subnormal import TINY32, exp_flushed, flush_subnormal
 
 __all__ = ["WeightFit", "fit_weights", "prepare_density_matrix"]
 
@@ -78,10 +79,15 @@ def prepare_density_matrix(F: ArrayLike, *, log: bool = False, name: str = "F"
         rows = np.flatnonzero(dead)
         raise InputError(f"{rows.size} events have zero density under every member (first at "
                          f"event {rows[0]}): the mixture cannot describe them")
+    # Entries below 1.2e-38 (float32's normal range) are set to 0: subnormal operands make
+    # products 10-100x slower on Intel cores (genval.subnormal), and such an entry changes
+    # f_n = S_n·w by < 1.2e-38 ‖w‖₁, 22 orders below the rounding of f_n (~1e-16 |w_k| at the
+    # member with S_nk = 1); gradients and Hessians, sums of S/f and S Sᵀ/f², likewise.
     if log:
-        scaled = np.exp(arr - row_max[:, None])
+        scaled = arr - row_max[:, None]
+        exp_flushed(scaled, out=scaled)
     else:
-        scaled = arr / np.exp(row_max)[:, None]
+        scaled = flush_subnormal(arr / np.exp(row_max)[:, None], tiny=TINY32)
     return scaled, row_max
 
 
