@@ -7,12 +7,24 @@ The members are Gaussians jittered by 5 % around the paper's toy density (as in
 Also times the paper code's anchor: one full-batch Adam step on the alternative's objective
 (the paper fits every toy with up to 50,000 such steps).
 
+Guard against slow products (issue 15): after the toys, ``--guard-toys`` toys (default 10) are
+fitted again in this process on one BLAS thread, timing every full-size float32 Hessian call
+(``_hessian`` of the Newton solver), and a plain float32 ``XᵀX`` of the same shape on random
+normal numbers is timed beside it; the JSON reports both medians and their ratio (≤ 2 is the
+target). Subnormal operands make the Hessian 10-100x slower than the plain product on Intel
+cores; the machine is reported with every figure: processor model and vendor from
+/proc/cpuinfo, the BLAS library and its kernel (OpenBLAS ``openblas_get_corename``, what
+threadpoolctl reports as ``architecture``), read through ctypes since threadpoolctl is not a
+dependency.
+
 Run: python benchmarks/bench_gof.py [--toys 1000] [--jobs 1] [--hessian float32]
+     python benchmarks/bench_gof.py --toys 1 --no-adam     # the guard alone, quickly
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -21,7 +33,15 @@ import warnings
 
 import numpy as np
 
-from genval.gof import KernelBasis, goodness_of_fit
+from genval.gof import (
+    Constraint,
+    KernelBasis,
+    draw_pool,
+    goodness_of_fit,
+    minimize_convex,
+    run_toys,
+)
+from genval.gof._blas import limit_blas_threads
 from genval.members import GaussianMembers, log_density_matrix
 from genval.sampling import sample_mixture
 from genval.wifi import fit_weights
@@ -76,6 +96,96 @@ def adam_step_time(members, fit, x_test, basis, repeat: int = 20) -> float:
     return (time.perf_counter() - start) / repeat
 
 
+def processor() -> dict[str, str | None]:
+    """Processor model and vendor (Linux /proc/cpuinfo; platform module elsewhere)."""
+    info: dict[str, str | None] = {"model": None, "vendor": None}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and info["model"] is None:
+                    info["model"] = value.strip()
+                elif key == "vendor_id" and info["vendor"] is None:
+                    info["vendor"] = value.strip()
+    except OSError:
+        pass
+    info["model"] = info["model"] or platform.processor() or platform.machine()
+    return info
+
+
+def blas() -> list[dict[str, str | None]]:
+    """OpenBLAS libraries loaded in this process, with version string and kernel (corename)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = sorted({line.split()[-1] for line in fh if "openblas" in line.lower()
+                            and line.split()[-1].startswith("/")})
+    except OSError:
+        return [{"library": None, "config": None, "architecture": None}]
+    found = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        entry: dict[str, str | None] = {"library": os.path.basename(path), "config": None,
+                                        "architecture": None}
+        for field, stem in (("config", "get_config"), ("architecture", "get_corename")):
+            for name in (f"scipy_openblas_{stem}64_", f"scipy_openblas_{stem}",
+                         f"openblas_{stem}64_", f"openblas_{stem}"):
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p
+                    entry[field] = fn().decode()
+                    break
+        found.append(entry)
+    return found
+
+
+def hessian_guard(members, fit, basis, n_test: int, n_toys: int, seed: int,
+                  repeat: int = 15) -> dict:
+    """Median full-size float32 Hessian call of the toy fits vs plain float32 XᵀX, same shape.
+
+    The toys are refitted in this process on one BLAS thread, with the solver's ``_hessian``
+    wrapped by a timer (its module found through ``minimize_convex``, wherever it lives).
+    """
+    solver = minimize_convex.__globals__
+    inner = solver["_hessian"]
+    calls: dict[tuple[int, int], list[float]] = {}
+
+    def timed(a, r, q, dtype, stride=1, a_cast=None):
+        start = time.perf_counter()
+        h = inner(a, r, q, dtype, stride, a_cast)
+        if stride == 1 and np.dtype(dtype) == np.float32:
+            calls.setdefault(a.shape, []).append(time.perf_counter() - start)
+        return h
+
+    constraint = Constraint.from_fit(fit)
+    pool = draw_pool(members, constraint, basis, max(10 * n_test, 20_000), seed)
+    solver["_hessian"] = timed
+    try:
+        with limit_blas_threads(1):
+            run_toys(pool, np.arange(n_toys), seed=seed, n_test=n_test, n_jobs=1, tol=1e-8)
+    finally:
+        solver["_hessian"] = inner
+    out = {}
+    rng = np.random.default_rng(seed)
+    with limit_blas_threads(1):
+        for shape, times in sorted(calls.items()):
+            x = rng.standard_normal(shape).astype(np.float32)
+            plain = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                _ = x.T @ x
+                plain.append(time.perf_counter() - start)
+            med_h, med_p = float(np.median(times)), float(np.median(plain))
+            out[f"{shape[0]}x{shape[1]}"] = {
+                "calls": len(times), "hessian_median_ms": round(1e3 * med_h, 3),
+                "plain_float32_XtX_median_ms": round(1e3 * med_p, 3),
+                "ratio": round(med_h / med_p, 2)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toys", type=int, default=1000)
@@ -87,6 +197,8 @@ def main() -> None:
     parser.add_argument("--centre", choices=["redrawn", "fixed"], default="redrawn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-adam", action="store_true")
+    parser.add_argument("--guard-toys", type=int, default=10,
+                        help="toys refitted in-process to time the Hessian calls (0: skip)")
     args = parser.parse_args()
     members, fit, x_test, basis = make_problem(args.members, args.events, args.kernels,
                                                args.seed)
@@ -97,6 +209,8 @@ def main() -> None:
                           centre=args.centre)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     adam = None if args.no_adam else adam_step_time(members, fit, x_test, basis)
+    guard = (hessian_guard(members, fit, basis, args.events, args.guard_toys, args.seed)
+             if args.guard_toys > 0 else None)
     out = {
         "toys": args.toys, "events": args.events, "members": args.members,
         "kernels": args.kernels, "free_weight_directions": int(res.observed.phi0.size - 1
@@ -108,8 +222,9 @@ def main() -> None:
         "n_failed": res.n_failed, "pool_size": res.pool_size,
         "adam_step_ms": None if adam is None else round(1e3 * adam, 2),
         "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "hessian_vs_plain_float32_XtX": guard,
+        "cpus": os.cpu_count(), "processor": processor(), "blas": blas(),
+        "numpy": np.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     print(json.dumps(out, indent=1))
     print(res)

@@ -33,6 +33,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 
 from genval.errors import FitError
+from genval.subnormal import count_subnormal, flush_subnormal
 
 __all__ = ["NewtonOptions", "Solution", "minimize_convex"]
 
@@ -84,11 +85,11 @@ class _Objective:
 
     def prod(self, v: NDArray[np.float64]) -> NDArray[np.float64]:
         """``A v`` in float64."""
-        return (self.a @ v.astype(np.float32)).astype(np.float64) if self.low else self.a @ v
+        return (self.a @ _cast32(v)).astype(np.float64) if self.low else self.a @ v
 
     def rprod(self, v: NDArray[np.float64]) -> NDArray[np.float64]:
         """``vᵀ A`` in float64."""
-        return (v.astype(np.float32) @ self.a).astype(np.float64) if self.low else v @ self.a
+        return (_cast32(v) @ self.a).astype(np.float64) if self.low else v @ self.a
 
     def gradient(self, theta: NDArray[np.float64], r: NDArray[np.float64]
                  ) -> NDArray[np.float64]:
@@ -100,6 +101,17 @@ class _Objective:
         return float(self.b @ theta + 0.5 * (self.q * theta) @ theta)
 
 
+def _cast32(v: NDArray[np.float64]) -> NDArray[np.float32]:
+    """``v`` in float32 without subnormals: an O(N) or O(p) pass; entries below 1.2e-38 change
+    ``c + Aθ`` by < 1.2e-38 |θ|₁, far below its float32 rounding."""
+    return flush_subnormal(v.astype(np.float32))
+
+
+def _gram_floor(dtype: type) -> float:
+    """Entries of a Gram operand below this are zeroed: every pairwise product stays normal."""
+    return float(np.sqrt(np.finfo(dtype).tiny))
+
+
 def _hessian(a: NDArray[np.floating], r: NDArray[np.float64], q: NDArray[np.float64],
              dtype: type, stride: int = 1, a_cast: NDArray[np.floating] | None = None
              ) -> NDArray[np.float64]:
@@ -108,17 +120,38 @@ def _hessian(a: NDArray[np.floating], r: NDArray[np.float64], q: NDArray[np.floa
     A row-subsampled Hessian (scaled up) is a cheap preconditioner for the damped phase; its
     diagonal is raised to the exact one (computed in O(N p)), which keeps it positive definite
     and restores directions carried by a few events (tail kernels) that the subsample missed.
-    ``a_cast`` is ``a`` already converted to ``dtype`` (converted once per fit, not per call).
+    ``a_cast`` is ``a`` already converted to ``dtype`` with its subnormals flushed (converted
+    once per fit, not per call).
     """
     source = a_cast if a_cast is not None and a_cast.dtype == dtype else a
     sub = source[::stride] if stride > 1 else source
     rs = (r[::stride] if stride > 1 else r).astype(dtype, copy=False)
     ar = (sub if sub.dtype == dtype else sub.astype(dtype)) * rs[:, None]
+    # No subnormal may reach the GEMM, as operand or as product: Intel cores run it 10-100x
+    # slower (genval.subnormal). Entries |A r| < floor = sqrt(tiny) (1.1e-19 in float32) are
+    # zeroed, so every product of two entries is 0 or normal. By Cauchy-Schwarz this moves H_jk
+    # by < floor·sqrt(N H_kk) <= floor·sqrt(N/q_j)·sqrt(H_jj H_kk), i.e. < 1e-16 of
+    # sqrt(H_jj H_kk) since q >= 2λN (λ = 1e-6): far below float32 rounding (6e-8). And this
+    # Hessian only preconditions: the minimiser comes from the exact float64 gradient.
+    # Entries of the flushed cast are 0 or >= floor, so times r >= 1 they stay so: only rows
+    # with r < 1 (barrier rows, f > 1) need a pass; other sources are flushed whole, an O(N p)
+    # pass before the O(N p²) product.
+    floor = _gram_floor(dtype)
+    if source is a_cast:
+        low_r = rs < 1
+        if low_r.any():
+            ar[low_r] = flush_subnormal(ar[low_r], tiny=floor)
+    else:
+        flush_subnormal(ar, tiny=floor)
     h = (ar.T @ ar).astype(np.float64)  # numpy dispatches X.T @ X to a symmetric rank-k update
     if stride > 1:
         h *= a.shape[0] / sub.shape[0]
+        # float32 squares of entries below 1.1e-19 are subnormal: flushed (same bound as
+        # above). In float64 the GoF's entries are 0 or >= ~1e-60 (row-scaled densities are
+        # flushed below 1.2e-38 at the source, genval.row_scaling), so squares stay normal.
         exact = (r * r) @ (a * a) if a.dtype == np.float64 else \
-            ((r * r).astype(np.float32) @ (a * a)).astype(np.float64)
+            (flush_subnormal((r * r).astype(np.float32))
+             @ flush_subnormal(a * a)).astype(np.float64)
         diag = np.diag(h)
         h[np.diag_indices_from(h)] = np.maximum(diag, exact)
     h[np.diag_indices_from(h)] += q
@@ -206,8 +239,10 @@ class _LaggedNewton:
             self.n_full += 1
             if self.dtype != np.float64 and self.n_full > 6:
                 self.dtype = np.float64  # float32 Hessian no longer good enough: go exact
-        if self.dtype != a.dtype and use_stride == 1 and self.dtype not in self.casts:
-            self.casts[self.dtype] = a.astype(self.dtype)  # reused by every later full Hessian
+        if self.dtype != a.dtype and self.dtype not in self.casts:
+            # reused by every later Hessian; flushed once here, see _hessian
+            self.casts[self.dtype] = flush_subnormal(a.astype(self.dtype),
+                                                     tiny=_gram_floor(self.dtype))
         h = _hessian(a, r if self.sqrt_w is None else self.sqrt_w * r, self.objective.q,
                      self.dtype, use_stride, self.casts.get(self.dtype))
         self.factor = _Factor(h, self.rcond)
@@ -301,6 +336,10 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
     """
     n, p = a.shape
     theta = np.zeros(p) if theta0 is None else np.array(theta0, dtype=np.float64)
+    if a.dtype == np.float32 and count_subnormal(a):
+        # float32 products with subnormal operands are 10-100x slower on Intel cores; entries
+        # below 1.2e-38 change c + Aθ by < 1.2e-38 |θ|₁, far below float32 rounding of it.
+        a = flush_subnormal(a, out=np.empty_like(a))  # the caller's array is left alone
     objective = _Objective(c, a, b, q, row_weights)
     f = c + objective.prod(theta) if p else c.copy()
     bad = ~(f > 0)

@@ -25,7 +25,7 @@ from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
 from genval.products.binned import bin_integrals, binned_reference, histogram_counts
-from genval.row_scaling import prepare_density_matrix
+from genval.row_scaling import scale_rows
 from genval.rundir import RunDir
 from genval.sampling import sample_mixture
 from genval.wifi import WeightFit
@@ -125,22 +125,21 @@ def _marginals_figure(run: RunDir, members: Members, fit: WeightFit, basis: gof.
 
     Every curve is a bin integral of ``h / f`` over the pool, a ratio, so the member and
     kernel densities enter with their rows scaled by one common factor per pool event (the
-    scaling of :func:`genval.row_scaling.prepare_density_matrix`): nothing underflows in
-    the tails.
+    scaling of :func:`genval.row_scaling.scale_rows`): nothing underflows in the tails.
     """
     cfg = run.config()
     # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].
     size = cfg.report.pool_size or int(np.clip(20 * len(x_test), 50_000, 200_000))
     pool = sample_mixture(members, fit.weights, size, seed)
-    S, log_s = prepare_density_matrix(pool.log_f, log=True)  # F = exp(log_s) · S
+    rows = scale_rows(pool.log_f, basis.log_pdf(pool.x), log=True)  # F = exp(log_s) · S
+    S = rows.f
     f = S @ fit.weights
     reco_density = None
     phi, a = getattr(stat, "phi1", None), getattr(stat, "a", None)
     if phi is not None and a is not None and np.shape(phi) == fit.weights.shape:
         # H_{φ,a} is the density F·φ + G·a: the GoF profiles scale each row of F and G by the
         # same factor, so φ and a come back in density units; G takes the rows' scale too.
-        G = np.exp(basis.log_pdf(pool.x) - log_s[:, None])
-        reco_density = S @ np.asarray(phi) + G @ np.asarray(a)
+        reco_density = S @ np.asarray(phi) + rows.g @ np.asarray(a)
     hists = []
     for j, name in enumerate(names):
         lo, hi = np.quantile(x_test[:, j], [0.001, 0.999])
