@@ -3,6 +3,7 @@
 ``KernelBasis`` builds the alternative's kernels, ``test_statistic`` computes
 ``t = 2 (min NLL0 − min NLL1)`` on (F, G) with exact Newton profiles, ``goodness_of_fit``
 calibrates it with toys from f(x; ŵ) and returns p, Z and a scaled-χ² extrapolation.
+``prepare`` evaluates the test events and the toy pools once for several variants.
 ``ProfileSettings`` and ``GoFSettings`` gather their settings.
 
 References:
@@ -32,7 +33,16 @@ from genval.gof.statistic import (
     ProfileSettings,
     test_statistic,
 )
-from genval.gof.toys import GoFSettings, ToyPool, draw_pool, goodness_of_fit, run_toys
+from genval.gof.toys import (
+    GoFSettings,
+    PoolRows,
+    PreparedGoF,
+    ToyPool,
+    draw_pool,
+    goodness_of_fit,
+    prepare,
+    run_toys,
+)
 from genval.newton import NewtonOptions, Solution, minimize_convex
 from genval.row_scaling import ScaledRows, scale_rows
 
@@ -40,6 +50,9 @@ __all__ = [
     "KernelBasis",
     "test_statistic",
     "goodness_of_fit",
+    "prepare",
+    "PreparedGoF",
+    "PoolRows",
     "merge_results",
     "summarize_z",
     "GoFResult",

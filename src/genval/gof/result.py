@@ -1,7 +1,10 @@
 """Result of the calibrated goodness-of-fit test: p-value, significance and their errors.
 
 p = (1 + k) / (1 + B) with k of B toys at or above t_obs, a Clopper–Pearson interval on the
-tail probability, Z = Φ⁻¹(1 − p). Beyond the toys' reach a scaled χ², ``t ~ a·χ²(ν)`` fitted to
+tail probability, Z = Φ⁻¹(1 − p). The toys are subsets of a few independent pools drawn from
+f(x; ŵ); each pool's own fluctuation shifts the null of all its toys, so the spread of the tail
+fraction between the pools (beyond the binomial) is added to the Clopper–Pearson interval
+(``p_interval_total``). Beyond the toys' reach a scaled χ², ``t ~ a·χ²(ν)`` fitted to
 the null toys by maximum likelihood, extrapolates Z; it is always labelled as extrapolated.
 
 References:
@@ -85,6 +88,10 @@ class GoFResult:
         poisson: toy sizes Poisson(n_test) instead of n_test.
         timings: seconds spent on "observed", "pool", "toys" and "total".
         cl: confidence level of the Clopper–Pearson interval (default 68.27 %).
+        n_pools: independent pools; toy ``i`` is a subset of pool ``i mod n_pools``.
+        pool_negative_mass: (n_pools,) negative mass of f(x; ŵ) (the fraction of ∫|f| where
+            f < 0) measured on each pool, NaN for pools this run did not draw.
+        pool_negative_mass_error: (n_pools,) its statistical error per pool.
     """
 
     t_obs: float
@@ -102,6 +109,9 @@ class GoFResult:
     poisson: bool
     timings: dict[str, float] = field(default_factory=dict)
     cl: float = 0.6827
+    n_pools: int = 1
+    pool_negative_mass: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    pool_negative_mass_error: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
     @property
     def n_toys(self) -> int:
@@ -132,6 +142,81 @@ class GoFResult:
         """Clopper–Pearson interval on the tail probability at level ``cl``."""
         lo, hi = clopper_pearson(self.n_above, self.n_toys, self.cl)
         return float(lo), float(hi)
+
+    @property
+    def pool_counts(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Per pool: toys, and toys with t ≥ t_obs (toy ``i`` is on pool ``i mod n_pools``)."""
+        which = self.toy_index % max(self.n_pools, 1)
+        n = np.bincount(which, minlength=self.n_pools)
+        k = np.bincount(which, weights=self.t_null >= self.t_obs, minlength=self.n_pools)
+        return n.astype(np.int64), np.rint(k).astype(np.int64)
+
+    @property
+    def p_pool_sd(self) -> float | None:
+        """The pools' share of the standard error of the tail fraction k / B.
+
+        Toys of pool j estimate its own tail probability π_j; the π_j scatter around the
+        tail probability of f(x; ŵ) with a variance τ² (the pool's fluctuation). Moment
+        estimate over the pools with toys: ``Q = Σ n_j (p_j − p̂)²`` has expectation
+        ``(P − 1) p̂(1 − p̂) + τ² (B − Σ n_j² / B)``, so ``τ̂² = max(0, ...)`` and the share of
+        k / B is ``τ̂ (Σ n_j²)^{1/2} / B``. None with fewer than two pools with toys (not
+        measured). With P pools it rests on P − 1 degrees of freedom.
+        """
+        n, k = self.pool_counts
+        used = n > 0
+        n, k = n[used].astype(np.float64), k[used].astype(np.float64)
+        if n.size < 2:
+            return None
+        b = float(n.sum())
+        p_hat = float(k.sum()) / b
+        q = float(n @ (k / n - p_hat) ** 2)
+        denominator = b - float(n @ n) / b
+        tau2 = max(0.0, (q - (n.size - 1) * p_hat * (1.0 - p_hat) * b / (b - 1.0)) /
+                   denominator) if denominator > 0 and b > 1 else 0.0
+        return float(np.sqrt(tau2 * float(n @ n)) / b)
+
+    @property
+    def p_interval_total(self) -> tuple[float, float]:
+        """The Clopper–Pearson interval widened by the pools' share, added in quadrature.
+
+        Each side ``d → (d² + (z_cl · p_pool_sd)²)^{1/2}`` with ``z_cl`` the normal quantile
+        of ``cl`` (1 at 68.27 %), clipped to [0, 1]; equal to ``p_interval`` when the share is
+        zero or not measured (one pool).
+        """
+        lo, hi = self.p_interval
+        share = self.p_pool_sd
+        if not share:
+            return lo, hi
+        p_hat = self.n_above / self.n_toys
+        extra = (float(scipy.stats.norm.isf((1.0 - self.cl) / 2.0)) * share) ** 2
+        return (max(0.0, p_hat - float(np.sqrt((p_hat - lo) ** 2 + extra))),
+                min(1.0, p_hat + float(np.sqrt((hi - p_hat) ** 2 + extra))))
+
+    @property
+    def z_interval_total(self) -> tuple[float, float]:
+        """``z_interval`` from :attr:`p_interval_total`."""
+        lo, hi = self.p_interval_total
+        return float(scipy.stats.norm.isf(hi)), float(scipy.stats.norm.isf(lo))
+
+    @property
+    def negative_mass(self) -> float:
+        """Negative mass of f(x; ŵ) (fraction of ∫|f| where f < 0), mean over the pools."""
+        drawn = self.pool_negative_mass[np.isfinite(self.pool_negative_mass)]
+        return float(drawn.mean()) if drawn.size else 0.0
+
+    @property
+    def negative_mass_error(self) -> float:
+        """Statistical error of :attr:`negative_mass`."""
+        err = self.pool_negative_mass_error[np.isfinite(self.pool_negative_mass_error)]
+        return float(np.sqrt((err ** 2).sum()) / err.size) if err.size else 0.0
+
+    @property
+    def null(self) -> str:
+        """Which null the toys calibrate: f(x; ŵ), or max(f, 0)/∫max(f, 0) where f < 0."""
+        if self.negative_mass > 0:
+            return (f"max(f, 0) / ∫max(f, 0) (f(x; ŵ) has negative mass "
+                    f"{self.negative_mass:.3g} ± {self.negative_mass_error:.2g} of ∫|f|)")
+        return "f(x; ŵ)" if self.variant != "single" else "the single member"
 
     @property
     def z(self) -> float:
@@ -169,6 +254,13 @@ class GoFResult:
             "n_failed": self.n_failed, "variant": self.variant, "centre": self.centre,
             "seed": self.seed, "pool_size": self.pool_size, "n_test": self.n_test,
             "overlap": self.overlap, "n_kernels": self.n_kernels, "poisson": self.poisson,
+            "n_pools": self.n_pools, "p_pool_sd": self.p_pool_sd,
+            "p_interval_total": list(self.p_interval_total),
+            "z_interval_total": list(self.z_interval_total),
+            "negative_mass": self.negative_mass,
+            "negative_mass_error": self.negative_mass_error, "null": self.null,
+            "pool_negative_mass": _nan_to_none(self.pool_negative_mass),
+            "pool_negative_mass_error": _nan_to_none(self.pool_negative_mass_error),
             "timings": dict(self.timings), "t_null": self.t_null.tolist(),
             "toy_index": self.toy_index.tolist(),
             "toy_converged": self.toy_converged.tolist(), "toy_size": self.toy_size.tolist(),
@@ -185,17 +277,26 @@ class GoFResult:
         except InputError:
             extra = "  Z_chi2 unavailable (too few toys)"
         obs_ok = getattr(self.observed, "converged", True)
+        share = self.p_pool_sd
+        tlo, thi = self.p_interval_total
+        pools = (f"  p [{tlo:.3g}, {thi:.3g}] with the pools' share (sd {share:.2g} from "
+                 f"{self.n_pools} pools)\n" if share is not None else
+                 f"  pools' share of p's error not measured ({self.n_pools} pool)\n")
+        null = f"  null calibrated: toys from {self.null}\n"
         return (
             f"GoFResult(variant={self.variant!r}, centre={self.centre!r})\n"
             f"  t_obs = {self.t_obs:.4g}   N_test = {self.n_test}, K = {self.n_kernels}"
             f"{'' if obs_ok else '   (observed fit NOT converged)'}\n"
             f"  p = {self.p_value:.4g}  [{lo:.3g}, {hi:.3g}] Clopper-Pearson "
             f"{100 * self.cl:.1f}% CL, k = {self.n_above} of B = {self.n_toys}\n"
+            f"{pools}"
             f"  Z = {self.z:.2f}  [{zlo:.2f}, {zhi:.2f}]{bound}\n"
             f"{extra}\n"
             f"  toys: {self.n_toys} ({self.n_failed} not converged, kept), "
             f"{'Poisson' if self.poisson else 'fixed'} size, pool {self.pool_size} events "
-            f"(overlap {100 * self.overlap:.1f}%), seed {self.seed}\n"
+            f"x {self.n_pools} independent pool(s) (overlap {100 * self.overlap:.1f}%), "
+            f"seed {self.seed}\n"
+            f"{null}"
             f"  time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
         )
 
@@ -204,7 +305,8 @@ class GoFResult:
         """The result :meth:`to_dict` described (``observed`` is not saved: pass it or None).
 
         Derived values in ``data`` (p, Z, the χ² fit, ...) are ignored: they are recomputed
-        from the toys, so a saved result cannot disagree with itself.
+        from the toys, so a saved result cannot disagree with itself. Files written before
+        the pools were several read as one pool, without a measured negative mass.
 
         Raises:
             KeyError: a field of the result is missing.
@@ -220,11 +322,23 @@ class GoFResult:
             n_test=int(data["n_test"]), n_kernels=int(data["n_kernels"]),
             poisson=bool(data["poisson"]),
             timings={str(k): float(v) for k, v in dict(data.get("timings", {})).items()},
-            cl=float(data.get("cl", 0.6827)),
+            cl=float(data.get("cl", 0.6827)), n_pools=int(data.get("n_pools", 1)),
+            pool_negative_mass=_none_to_nan(data.get("pool_negative_mass", [])),
+            pool_negative_mass_error=_none_to_nan(data.get("pool_negative_mass_error", [])),
         )
 
 
-_MERGE_KEYS = ("variant", "centre", "seed", "pool_size", "n_test", "n_kernels", "poisson")
+def _nan_to_none(values: NDArray[np.float64]) -> list[float | None]:
+    """JSON has no NaN: pools not drawn are written as null."""
+    return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+def _none_to_nan(values: Sequence[float | None]) -> NDArray[np.float64]:
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+_MERGE_KEYS = ("variant", "centre", "seed", "pool_size", "n_test", "n_kernels", "poisson",
+               "n_pools")
 
 
 def merge_results(results: Sequence[GoFResult]) -> GoFResult:
@@ -256,12 +370,25 @@ def merge_results(results: Sequence[GoFResult]) -> GoFResult:
             timings[k] = timings.get(k, 0.0) + v
     return replace(
         first,
+        pool_negative_mass=_merge_pools([r.pool_negative_mass for r in results]),
+        pool_negative_mass_error=_merge_pools([r.pool_negative_mass_error for r in results]),
         t_null=np.concatenate([r.t_null for r in results])[order],
         toy_index=index[order],
         toy_converged=np.concatenate([r.toy_converged for r in results])[order],
         toy_size=np.concatenate([r.toy_size for r in results])[order],
         timings=timings,
     )
+
+
+def _merge_pools(parts: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
+    """Per-pool measurements of several runs: each pool's value from any run that drew it."""
+    out = np.array(parts[0], dtype=np.float64, copy=True)
+    for part in parts[1:]:
+        if part.shape != out.shape:
+            continue  # a file without per-pool values (older format)
+        take = ~np.isfinite(out) & np.isfinite(part)
+        out[take] = part[take]
+    return out
 
 
 @dataclass(frozen=True)

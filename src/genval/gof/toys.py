@@ -1,14 +1,24 @@
-"""Calibration of Eq. (5) with toys: one pool from f(x; ŵ), toys as random subsets of it.
+"""Calibration of Eq. (5) with toys: independent pools from f(x; ŵ), toys as subsets of them.
 
-Evaluating M density estimators per toy would dominate everything, so one large pool is drawn
-from f(x; ŵ) once with the exact signed-mixture sampler (which returns ``log F`` of the pool),
-the kernels are evaluated on it once, and each toy is a random subset without replacement
-(pool ≫ toy; two toys share on average ``N / pool`` of their events, stated in the result).
+Evaluating M density estimators per toy would dominate everything, so ``n_pools`` pools are
+drawn from f(x; ŵ) with the exact signed-mixture sampler (which returns ``log F`` of each pool),
+the kernels are evaluated on them once, and each toy is a random subset of one pool without
+replacement (pool ≫ toy; two toys of a pool share on average ``N / pool`` of their events).
+
+A pool is a finite sample of f: its own fluctuation shifts the null of every toy drawn from it.
+Toy ``i`` uses pool ``i mod n_pools``; the spread of the tail fraction between the pools
+measures that share of the p-value's error, which :class:`~genval.gof.result.GoFResult` adds to
+the Clopper–Pearson interval (``p_interval_total``; docs/method.md gives the evidence).
 
 Each toy ``i`` draws its size, its subset and its constraint centre from its own stream
-``numpy.random.default_rng([seed, TOY_STREAM, i])`` and the pool from ``[seed, POOL_STREAM]``,
+``numpy.random.default_rng([seed, TOY_STREAM, i])``; pool ``j`` comes from
+``[seed, POOL_STREAM, j]`` (pool 0 from ``[seed, POOL_STREAM]``, as when there was one pool),
 so toys can run by index range in separate processes or jobs and be merged
 (:func:`~genval.gof.result.merge_results`): the merge equals a single run with the same seed.
+
+The frozen and ensemble variants share their null's pools (both draw from f(x; ŵ)):
+:func:`prepare` evaluates the test events and the pools once (row-scaled ``F`` and ``G``), and
+each variant projects them onto its own constraint.
 
 Constraint centre (``centre``): "redrawn" draws z₀ ~ N(0, C_r) per toy (a randomised global
 observable, the standard LHC frequentist treatment); "fixed" keeps z₀ = 0, i.e. centred at ŵ
@@ -20,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -53,11 +64,15 @@ from genval.members import Members, log_density_matrix
 from genval.row_scaling import ScaledRows, scale_rows
 from genval.sampling import sample_mixture
 
-__all__ = ["goodness_of_fit", "GoFSettings", "ToyPool", "draw_pool", "run_toys", "POOL_STREAM",
-           "TOY_STREAM"]
+__all__ = ["goodness_of_fit", "prepare", "PreparedGoF", "GoFSettings", "ToyPool", "PoolRows",
+           "draw_pool", "draw_pool_rows", "run_toys", "pool_rng", "POOL_STREAM", "TOY_STREAM",
+           "MIN_POOL_RATIO"]
 
-POOL_STREAM = 0x706F6F6C  # "pool": separates the pool's RNG stream from the toys'
+POOL_STREAM = 0x706F6F6C  # "pool": separates the pools' RNG streams from the toys'
 TOY_STREAM = 0x746F7973  # "toys"
+#: Smallest pool, in test sizes N: at 2 N the pool's own fluctuation spread p by ~8x the
+#: binomial error (docs/method.md), at 5 N it is about that error.
+MIN_POOL_RATIO = 5
 Centre = Literal["redrawn", "fixed"]
 ToySize = Literal["fixed", "poisson"]
 
@@ -69,7 +84,11 @@ class GoFSettings:
     Attributes:
         centre: constraint centre in the toys, "redrawn" (z₀ ~ N(0, C_r), default) or "fixed".
         toy_size: "fixed" (N events per toy) or "poisson" (Poisson(N)).
-        pool_size: events in the pool (default max(10 N, 20 000)); must be at least 2 N.
+        n_pools: independent pools from f(x; ŵ); toy ``i`` is a subset of pool
+            ``i mod n_pools``. With two or more, the spread between the pools measures their
+            share of the p-value's error (``GoFResult.p_interval_total``).
+        pool_size: events per pool (default max(5 N, 10 000)); at least ``MIN_POOL_RATIO``
+            (5) x N.
         first_toy: index of the first toy; run ranges in separate jobs and merge them with
             :func:`~genval.gof.result.merge_results`.
         target_z: the significance you need to resolve; raises if ``n_toys`` cannot (the
@@ -79,22 +98,29 @@ class GoFSettings:
         toy_tol: convergence tolerance of the toy fits (each NLL within ``toy_tol`` of its
             minimum, so every toy t within ~4 toy_tol of exact; 1e-8 saves ~15 % of the time).
         cl: level of the Clopper–Pearson interval on p.
+        max_negative_mass: largest negative mass of f(x; ŵ) (the fraction of ∫|f| where
+            f < 0, measured by the sampler on each pool) for which the toys, drawn from
+            max(f, 0) / ∫max(f, 0), are accepted as its null; above it :class:`FitError`
+            (config key ``gof.max_negative_mass``).
         profile: how the observed statistic is profiled (the toys use it with ``toy_tol``);
             its fields (``lam``, ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``) can be
             overridden by keyword like the fields above.
 
     Raises:
-        InputError: an unknown ``centre`` or ``toy_size``.
+        InputError: an unknown ``centre`` or ``toy_size``, ``n_pools < 1`` or a negative
+            ``max_negative_mass``.
     """
 
     centre: Centre = "redrawn"
     toy_size: ToySize = "fixed"
+    n_pools: int = 4
     pool_size: int | None = None
     first_toy: int = 0
     target_z: float | None = None
     n_jobs: int = -1
     toy_tol: float = 1e-8
     cl: float = 0.6827
+    max_negative_mass: float = 1e-3
     profile: ProfileSettings = field(default_factory=ProfileSettings)
 
     def __post_init__(self) -> None:
@@ -102,6 +128,10 @@ class GoFSettings:
             raise InputError(f"centre must be 'redrawn' or 'fixed', got {self.centre!r}")
         if self.toy_size not in ("fixed", "poisson"):
             raise InputError(f"toy_size must be 'fixed' or 'poisson', got {self.toy_size!r}")
+        if int(self.n_pools) < 1:
+            raise InputError(f"n_pools must be >= 1, got {self.n_pools}")
+        if not self.max_negative_mass >= 0:
+            raise InputError(f"max_negative_mass must be >= 0, got {self.max_negative_mass}")
 
     @property
     def toy_profile(self) -> ProfileSettings:
@@ -109,8 +139,29 @@ class GoFSettings:
         return replace(self.profile, tol=self.toy_tol)
 
     def pool_events(self, n_test: int) -> int:
-        """Events in the pool for ``n_test`` test events (default max(10 N, 20 000))."""
-        return int(self.pool_size) if self.pool_size is not None else max(10 * n_test, 20_000)
+        """Events per pool for ``n_test`` test events (default max(5 N, 10 000))."""
+        return int(self.pool_size) if self.pool_size is not None else max(
+            MIN_POOL_RATIO * n_test, 10_000)
+
+
+@dataclass(frozen=True)
+class PoolRows:
+    """One pool drawn from ``Σ w_k f_k``, evaluated once: what every variant projects.
+
+    Attributes:
+        rows: row-scaled member and kernel densities of the pool's events.
+        acceptance: acceptance rate of the signed-mixture sampler.
+        negative_mass: fraction of ∫|f| where f < 0 as the sampler measured it (0 when the
+            sampler does not report it); the pool is then drawn from max(f, 0) / ∫max(f, 0).
+        negative_mass_error: its statistical error.
+        index: the pool's index j (toys ``i`` with ``i mod n_pools == j`` use it).
+    """
+
+    rows: ScaledRows
+    acceptance: float
+    negative_mass: float = 0.0
+    negative_mass_error: float = 0.0
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +175,10 @@ class ToyPool:
         acceptance: acceptance rate of the signed-mixture sampler.
         n_ref: the last ``n_ref`` rows of ``c`` and ``a`` are the positivity check points
             (kernel centres), appended to every toy.
+        negative_mass: fraction of ∫|f| where f(x; ŵ) < 0, measured while drawing the pool:
+            when positive, the toys calibrate the null max(f, 0) / ∫max(f, 0).
+        negative_mass_error: its statistical error.
+        index: the pool's index j.
     """
 
     c: NDArray[np.float64]
@@ -131,19 +186,14 @@ class ToyPool:
     rank: int
     acceptance: float
     n_ref: int = 0
+    negative_mass: float = 0.0
+    negative_mass_error: float = 0.0
+    index: int = 0
 
     @property
     def size(self) -> int:
         """Pool events (without the check points)."""
         return int(self.c.size) - self.n_ref
-
-
-def _check_points(members: Members, constraint: Constraint, basis: KernelBasis
-                  ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Rows of the kernel centres where f(x; ŵ) > 0: the alternative's positivity checks."""
-    c, a = constraint.project(_check_rows(members, basis))
-    ok = c > 0
-    return c[ok], a[ok]
 
 
 def _check_rows(members: Members, basis: KernelBasis) -> ScaledRows:
@@ -152,33 +202,71 @@ def _check_rows(members: Members, basis: KernelBasis) -> ScaledRows:
                       log=True)
 
 
-def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size: int,
-              seed: int, *, max_proposals_per_chunk: int = 2_000_000) -> ToyPool:
-    """Draw the pool from ``f(x; constraint.weights)`` and evaluate F and G on it once.
+def pool_rng(seed: int, pool: int) -> np.random.Generator:
+    """The RNG stream of pool ``pool`` (pool 0: ``[seed, POOL_STREAM]``, as with one pool)."""
+    key = [seed, POOL_STREAM] if pool == 0 else [seed, POOL_STREAM, pool]
+    return np.random.default_rng(key)
 
-    The signed-mixture sampler accepts a fraction ``1 / Σ|ŵ|`` of its proposals (10²–10³
-    with near-duplicate members) and bounds its own proposal batches; the pool is drawn in
-    chunks of accepted events so that only their reduced rows (``c``, ``a``), not the full
-    F and G of the whole pool, are held at once.
+
+def draw_pool_rows(members: Members, weights: ArrayLike, basis: KernelBasis, size: int,
+                   seed: int, *, pool: int = 0, max_proposals_per_chunk: int = 2_000_000
+                   ) -> PoolRows:
+    """Draw pool ``pool`` from ``Σ w_k f_k`` and evaluate row-scaled F and G on it once.
+
+    The signed-mixture sampler bounds its own proposal batches; the pool is drawn in chunks of
+    accepted events so that only their row-scaled densities, never the proposals', are held.
+    The sampler's negative mass (``MixtureSample.negative_mass``, where it reports one) is
+    averaged over the chunks, weighted by their proposals.
     """
-    rng = np.random.default_rng([seed, POOL_STREAM])
-    sum_abs = max(float(np.abs(constraint.weights).sum()), 1.0)
+    w = np.asarray(weights, dtype=np.float64)
+    rng = pool_rng(seed, pool)
+    sum_abs = max(float(np.abs(w).sum()), 1.0)
     chunk = max(1000, int(max_proposals_per_chunk / sum_abs))
-    c_parts, a_parts = [], []
+    parts: list[ScaledRows] = []
     n_acc = n_prop = 0
+    neg = neg_var = 0.0
     for start in range(0, int(size), chunk):
         n = min(chunk, int(size) - start)
         # give up beyond 10x the expected proposals (a mixture negative almost everywhere)
-        sample = sample_mixture(members, constraint.weights, n, rng,
-                                max_proposals=int(10 * sum_abs * n) + 100_000)
-        c, a = constraint.project(scale_rows(sample.log_f, basis.log_pdf(sample.x), log=True))
-        c_parts.append(c)
-        a_parts.append(a)
+        sample = sample_mixture(members, w, n, rng, max_proposals=int(10 * sum_abs * n) + 100_000)
+        parts.append(scale_rows(sample.log_f, basis.log_pdf(sample.x), log=True))
         n_acc += sample.n_accepted
         n_prop += sample.n_proposed
-    c_ref, a_ref = _check_points(members, constraint, basis)
-    return ToyPool(np.concatenate(c_parts + [c_ref]), np.concatenate(a_parts + [a_ref]),
-                   constraint.rank, n_acc / max(n_prop, 1), n_ref=c_ref.size)
+        neg += sample.n_proposed * float(getattr(sample, "negative_mass", 0.0) or 0.0)
+        neg_var += (sample.n_proposed * float(getattr(sample, "negative_mass_error", 0.0)
+                                              or 0.0)) ** 2
+    rows = parts[0] if len(parts) == 1 else ScaledRows(
+        np.concatenate([r.f for r in parts]), np.concatenate([r.g for r in parts]),
+        np.concatenate([r.log_s for r in parts]))
+    total = max(n_prop, 1)
+    return PoolRows(rows, n_acc / total, neg / total, float(np.sqrt(neg_var)) / total, pool)
+
+
+def project_pool(pool: PoolRows, constraint: Constraint, check: ScaledRows) -> ToyPool:
+    """The toys' form of a pool for one variant: ``c + A θ`` rows, then the check points.
+
+    Check points (kernel centres) where f(x; ŵ) ≤ 0 already are left out: the null cannot be
+    positive there.
+    """
+    c, a = constraint.project(pool.rows)
+    c_ref, a_ref = constraint.project(check)
+    ok = c_ref > 0
+    return ToyPool(np.concatenate([c, c_ref[ok]]), np.concatenate([a, a_ref[ok]]),
+                   constraint.rank, pool.acceptance, n_ref=int(ok.sum()),
+                   negative_mass=pool.negative_mass,
+                   negative_mass_error=pool.negative_mass_error, index=pool.index)
+
+
+def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size: int,
+              seed: int, *, pool: int = 0, max_proposals_per_chunk: int = 2_000_000) -> ToyPool:
+    """Draw pool ``pool`` from ``f(x; constraint.weights)`` and evaluate F and G on it once.
+
+    The signed-mixture sampler accepts a fraction ``1 / Σ|ŵ|`` of its proposals (10²–10³
+    with near-duplicate members) and bounds its own proposal batches.
+    """
+    rows = draw_pool_rows(members, constraint.weights, basis, size, seed, pool=pool,
+                          max_proposals_per_chunk=max_proposals_per_chunk)
+    return project_pool(rows, constraint, _check_rows(members, basis))
 
 
 @dataclass(frozen=True)
@@ -240,7 +328,8 @@ def _fork_context() -> multiprocessing.context.BaseContext | None:
 def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: int,
              poisson: bool = False, centre: Centre = "redrawn", n_jobs: int = -1,
              progress: bool = False, parallel: Literal["processes", "threads"] = "processes",
-             settings: ProfileSettings | None = None, **overrides: Any) -> ToyBatch:
+             settings: ProfileSettings | None = None, bar: Any = None,
+             **overrides: Any) -> ToyBatch:
     """Fit toys ``indices`` (each on its own RNG stream) and return their statistics.
 
     ``settings`` (and keyword ``overrides`` of its fields) say how each toy's profiles are
@@ -250,7 +339,8 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
     toy per core, single-threaded BLAS each; the Python parts of a fit hold the GIL, so
     threads scale only ~1.5x on two cores), or in threads where fork is unavailable or
     ``parallel="threads"``. The toys are identical either way: each has its own RNG stream.
-    ``progress`` shows a bar on stderr.
+    ``progress`` shows a bar on stderr; ``bar``, a tqdm bar the caller owns, is advanced
+    instead (one bar over several pools).
     """
     global _FORKED_STATE
     fit_settings = apply_overrides(settings or ProfileSettings(), overrides, "run_toys")
@@ -264,8 +354,11 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
             bar.update(1)  # tqdm serialises updates from the worker threads
         return rows
 
-    with limit_blas_threads(1), tqdm(total=int(indices.size), desc="toys", unit="toy",
-                                     disable=not progress, leave=False) as bar:
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=int(indices.size), desc="toys", unit="toy", disable=not progress,
+                   leave=False)
+    with limit_blas_threads(1), bar if own_bar else contextlib.nullcontext():
         # One toy per core beats threaded BLAS on small GEMMs.
         if jobs > 1 and indices.size > 1 and context is not None:
             chunks = np.array_split(indices, min(indices.size, 16 * jobs))
@@ -322,25 +415,109 @@ def _check_toy_count(n_toys: int, target_z: float | None) -> None:
             "scaled-chi2 extrapolation z_chi2")
 
 
-def _validate(members: Members, x_test: ArrayLike, basis: KernelBasis, n_toys: int,
-              settings: GoFSettings) -> NDArray[np.float64]:
-    """Check the settings against the data; return the test events as an (N, D) array."""
-    _check_toy_count(n_toys, settings.target_z)
+def _check_pool_size(size: int, n_test: int) -> None:
+    if size < MIN_POOL_RATIO * n_test:
+        raise InputError(f"pool_size {size} must be at least {MIN_POOL_RATIO} x the test size "
+                         f"{n_test} (toys are subsets of a pool, and a small pool's own "
+                         "fluctuation shifts their whole null; docs/method.md)")
+
+
+class PreparedGoF:
+    """The test events and the toy pools of one test, evaluated once for every variant.
+
+    The frozen and ensemble variants calibrate the same null sample, toys from f(x; ŵ): their
+    pools are drawn (and F, G evaluated on them) once and projected onto each variant's
+    constraint; ``log F`` of the test events and of the kernel centres is evaluated once too.
+    Pools are drawn on first use; with ``keep_pools`` they are kept for the next variant
+    (memory: ``n_pools · pool_size · (M + K)`` floats; :meth:`clear` frees them).
+
+    Build it with :func:`prepare` and pass it to :func:`goodness_of_fit` (``prepared=``).
+
+    Attributes:
+        x: (N, D) test events.
+        seed: seed of the pools (and of the toys of every variant run on it).
+        n_pools, pool_size: pools and events per pool.
+        test_rows: row-scaled F and G at the test events.
+        check_rows: row-scaled F and G at the kernel centres (positivity check points).
+        keep_pools: keep drawn pools for the next variant.
+        seconds: time spent evaluating the test events and drawing pools.
+    """
+
+    def __init__(self, members: Members, x: NDArray[np.float64], basis: KernelBasis, *,
+                 seed: int, n_pools: int, pool_size: int, keep_pools: bool = True) -> None:
+        start = time.perf_counter()
+        self.members, self.basis, self.x = members, basis, x
+        self.seed, self.n_pools, self.pool_size = int(seed), int(n_pools), int(pool_size)
+        self.keep_pools = keep_pools
+        self.test_rows = scale_rows(log_density_matrix(members, x), basis.log_pdf(x), log=True)
+        self.check_rows = _check_rows(members, basis)
+        self._pools: dict[tuple[bytes, int], PoolRows] = {}
+        self.seconds = time.perf_counter() - start
+
+    def pool_rows(self, weights: NDArray[np.float64], pool: int) -> PoolRows:
+        """Pool ``pool`` from ``Σ weights_k f_k`` (drawn once per weights while kept)."""
+        key = (np.asarray(weights, dtype=np.float64).tobytes(), int(pool))
+        if key in self._pools:
+            return self._pools[key]
+        start = time.perf_counter()
+        rows = draw_pool_rows(self.members, weights, self.basis, self.pool_size, self.seed,
+                              pool=int(pool))
+        self.seconds += time.perf_counter() - start
+        if self.keep_pools:
+            self._pools[key] = rows
+        return rows
+
+    def clear(self) -> None:
+        """Free the kept pools."""
+        self._pools.clear()
+
+    def check(self, members: Members, x_test: ArrayLike, basis: KernelBasis, seed: int,
+              cfg: GoFSettings) -> None:
+        """Raise :class:`InputError` unless this preparation is that of these inputs."""
+        if members is not self.members or basis is not self.basis:
+            raise InputError("prepared GoF was built for other members or another kernel basis")
+        x = as_events(x_test, n_features=members.n_features, name="test events")
+        if x.shape != self.x.shape or not np.array_equal(x, self.x):
+            raise InputError("prepared GoF was built for other test events")
+        wanted = (int(seed), int(cfg.n_pools), cfg.pool_events(x.shape[0]))
+        have = (self.seed, self.n_pools, self.pool_size)
+        if wanted != have:
+            raise InputError(f"prepared GoF has (seed, n_pools, pool_size) = {have}, the call "
+                             f"asks for {wanted}")
+
+
+def prepare(members: Members, x_test: ArrayLike, basis: KernelBasis, seed: int = 0, *,
+            settings: GoFSettings | None = None, keep_pools: bool = True,
+            **overrides: Any) -> PreparedGoF:
+    """Evaluate the test events once and get the pools ready for several variants.
+
+    Args:
+        members, x_test, basis, seed: as for :func:`goodness_of_fit` (the same seed there).
+        settings: :class:`GoFSettings`; only ``n_pools`` and ``pool_size`` matter here.
+        keep_pools: keep each pool once drawn (for the next variant).
+        **overrides: fields of :class:`GoFSettings`.
+
+    Example::
+
+        prep = gof.prepare(members, x_test, basis, seed=1)
+        for variant in ("frozen", "ensemble"):
+            res = gof.goodness_of_fit(members, fit, x_test, basis, seed=1, variant=variant,
+                                      prepared=prep)
+    """
+    cfg = apply_overrides(settings or GoFSettings(), overrides, "prepare")
     if basis.n_features != members.n_features:
         raise InputError(f"basis has {basis.n_features} features, members {members.n_features}")
     x = as_events(x_test, n_features=members.n_features, name="test events")
-    size, n_test = settings.pool_events(x.shape[0]), x.shape[0]
-    if size < 2 * n_test:
-        raise InputError(f"pool_size {size} must be at least 2 x the test size {n_test} "
-                         "(toys are subsets of the pool; pool >> toy)")
-    return x
+    size = cfg.pool_events(x.shape[0])
+    _check_pool_size(size, x.shape[0])
+    return PreparedGoF(members, x, basis, seed=seed, n_pools=cfg.n_pools, pool_size=size,
+                       keep_pools=keep_pools)
 
 
-def _observed_statistic(members: Members, constraint: Constraint, x: NDArray[np.float64],
-                        basis: KernelBasis, variant: str, settings: ProfileSettings
-                        ) -> LRStatistic:
+def _observed_statistic(prepared: PreparedGoF, constraint: Constraint, variant: str,
+                        settings: ProfileSettings) -> LRStatistic:
     """t on the test events, with the kernel centres as positivity check points."""
-    rows = scale_rows(log_density_matrix(members, x), basis.log_pdf(x), log=True)
+    rows, x = prepared.test_rows, prepared.x
     density = rows.f @ constraint.weights
     if not np.all(density > 0) and constraint.rank == 0:
         raise FitError(_position_message(x, density))
@@ -350,45 +527,119 @@ def _observed_statistic(members: Members, constraint: Constraint, x: NDArray[np.
                       NegativeDensityWarning, stacklevel=3)
     with limit_blas_threads(1):
         return statistic_from_rows(rows, constraint, variant, np.zeros(constraint.rank),
-                                   ref=_check_rows(members, basis), settings=settings,
+                                   ref=prepared.check_rows, settings=settings,
                                    warn_negative=False)
+
+
+def _check_negative_mass(pool: PoolRows, limit: float) -> None:
+    """Refuse a null whose toys (from max(f, 0)) would misrepresent f beyond ``limit``."""
+    if pool.negative_mass > limit:
+        raise FitError(
+            f"f(x; ŵ) has negative mass {pool.negative_mass:.3g} ± "
+            f"{pool.negative_mass_error:.2g} (the fraction of ∫|f| where f < 0, measured while "
+            f"drawing toy pool {pool.index}), above max_negative_mass = {limit:g}: the toys "
+            "would calibrate the null max(f, 0) / ∫max(f, 0), not f(x; ŵ). Refit the weights "
+            "(e.g. fewer near-duplicate members), or accept that null by raising the limit "
+            "(GoFSettings.max_negative_mass, config key gof.max_negative_mass)")
+
+
+@dataclass
+class _ToyTable:
+    """The toys of one call, filled pool by pool (internal)."""
+
+    index: NDArray[np.int64]
+    n_pools: int
+    t: NDArray[np.float64] = field(init=False)
+    converged: NDArray[np.bool_] = field(init=False)
+    size: NDArray[np.int64] = field(init=False)
+    negative_mass: NDArray[np.float64] = field(init=False)
+    negative_mass_error: NDArray[np.float64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.t = np.zeros(self.index.size)
+        self.converged = np.zeros(self.index.size, dtype=bool)
+        self.size = np.zeros(self.index.size, dtype=np.int64)
+        self.negative_mass = np.full(self.n_pools, np.nan)
+        self.negative_mass_error = np.full(self.n_pools, np.nan)
+
+
+def _run_pools(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np.int64],
+               cfg: GoFSettings, progress: bool) -> tuple[_ToyTable, float, float]:
+    """Toy ``i`` on pool ``i mod n_pools``; returns the toys, pool seconds and toy seconds."""
+    table = _ToyTable(indices, prepared.n_pools)
+    which = indices % prepared.n_pools
+    pool_s = toy_s = 0.0
+    with tqdm(total=int(indices.size), desc="toys", unit="toy", disable=not progress,
+              leave=False) as bar:
+        for j in np.unique(which):
+            pool_s, toy_s = _run_pool(prepared, constraint, indices, which, int(j), cfg, bar,
+                                      table, pool_s, toy_s)
+    return table, pool_s, toy_s
+
+
+def _run_pool(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np.int64],
+              which: NDArray[np.int64], j: int, cfg: GoFSettings, bar: Any, table: _ToyTable,
+              pool_s: float, toy_s: float) -> tuple[float, float]:
+    """The toys of pool ``j`` into ``table``; returns the updated pool and toy seconds."""
+    start = time.perf_counter()
+    rows = prepared.pool_rows(constraint.weights, int(j))
+    _check_negative_mass(rows, cfg.max_negative_mass)
+    pool = project_pool(rows, constraint, prepared.check_rows)
+    table.negative_mass[j] = pool.negative_mass
+    table.negative_mass_error[j] = pool.negative_mass_error
+    mid = time.perf_counter()
+    sel = which == j
+    batch = run_toys(pool, indices[sel], seed=prepared.seed, n_test=prepared.x.shape[0],
+                     poisson=cfg.toy_size == "poisson", centre=cfg.centre,
+                     n_jobs=cfg.n_jobs, settings=cfg.toy_profile, bar=bar)
+    table.t[sel], table.converged[sel], table.size[sel] = (batch.t, batch.converged,
+                                                           batch.size)
+    return pool_s + mid - start, toy_s + time.perf_counter() - mid
 
 
 def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,
                     n_toys: int = 1000, seed: int = 0, *, variant: Variant = "ensemble",
                     member: int | None = None, settings: GoFSettings | None = None,
-                    progress: bool = False, **overrides: Any) -> GoFResult:
+                    prepared: PreparedGoF | None = None, progress: bool = False,
+                    **overrides: Any) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
 
     Computes t on ``x_test`` and its null distribution from ``n_toys`` toys drawn from
     f(x; ŵ) (parametric bootstrap of the composite null), then p, Z and a scaled-χ² fit.
+    Toy ``i`` is a subset of pool ``i mod n_pools``; the spread between the pools widens the
+    Clopper–Pearson interval of p into ``GoFResult.p_interval_total``.
 
     Args:
-        members: the ensemble members (evaluated on x_test and on the pool only).
+        members: the ensemble members (evaluated on x_test and on the pools only).
         fit: the w_i f_i fit (``.weights``, ``.cov``); may be None for ``variant="single"``.
         x_test: test events (N, D), disjoint from everything used to train the members, fit
             ŵ or place the kernel centres.
         basis: the kernel basis of the alternative.
         n_toys: number of toys B.
-        seed: seed of the pool and of every toy stream.
+        seed: seed of the pools and of every toy stream.
         variant: "ensemble" (with uncertainty), "frozen" (weights at ŵ) or "single".
         member: member index for ``variant="single"`` (its toys come from that member).
         settings: :class:`GoFSettings` (calibration and profile settings; defaults when None).
+        prepared: a :func:`prepare` of these members, events, basis and seed: the test events
+            are not evaluated again, and pools drawn for an earlier variant with the same
+            null (frozen and ensemble) are reused. The result is the one without it.
         progress: show a progress bar of the toys on stderr.
         **overrides: any field of :class:`GoFSettings` (``centre``, ``toy_size``,
-            ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``, ``cl``,
-            ``profile``) or of its :class:`~genval.gof.statistic.ProfileSettings` (``lam``,
-            ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``), replacing the one in
-            ``settings``.
+            ``n_pools``, ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``,
+            ``cl``, ``max_negative_mass``, ``profile``) or of its
+            :class:`~genval.gof.statistic.ProfileSettings` (``lam``, ``barrier``, ``tol``,
+            ``max_iter``, ``hessian_dtype``), replacing the one in ``settings``.
 
     Returns:
         :class:`~genval.gof.result.GoFResult`.
 
     Raises:
-        InputError: bad input (non-finite events, shapes, settings), too few toys for
-            ``target_z``.
+        InputError: bad input (non-finite events, shapes, settings, a pool below
+            ``MIN_POOL_RATIO`` x N), too few toys for ``target_z``, or a ``prepared`` of other
+            inputs.
         FitError: f(x; ŵ) ≤ 0 at some test events (the message lists where) and no weights
-            near ŵ fix it (always so for the frozen and single variants).
+            near ŵ fix it (always so for the frozen and single variants); or the negative
+            mass of f(x; ŵ) measured on a pool exceeds ``max_negative_mass``.
         TypeError: an override that names no setting (the message lists the valid ones).
 
     Warns:
@@ -400,25 +651,25 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     """
     t_start = time.perf_counter()
     cfg = apply_overrides(settings or GoFSettings(), overrides, "goodness_of_fit")
-    x = _validate(members, x_test, basis, n_toys, cfg)
-    n_test = x.shape[0]
+    _check_toy_count(n_toys, cfg.target_z)
+    if prepared is None:
+        prepared = prepare(members, x_test, basis, seed, settings=cfg, keep_pools=False)
+    else:
+        prepared.check(members, x_test, basis, seed, cfg)
+    n_test = prepared.x.shape[0]
     constraint = make_constraint(fit, members.n_members, variant, member)
-    observed = _observed_statistic(members, constraint, x, basis, variant, cfg.profile)
+    observed = _observed_statistic(prepared, constraint, variant, cfg.profile)
     t_obs_done = time.perf_counter()
 
-    size = cfg.pool_events(n_test)
-    pool = draw_pool(members, constraint, basis, size, seed)
-    pool_done = time.perf_counter()
-
     indices = np.arange(cfg.first_toy, cfg.first_toy + n_toys, dtype=np.int64)
-    batch = run_toys(pool, indices, seed=seed, n_test=n_test, poisson=cfg.toy_size == "poisson",
-                     centre=cfg.centre, n_jobs=cfg.n_jobs, progress=progress,
-                     settings=cfg.toy_profile)
+    toys, pool_s, toy_s = _run_pools(prepared, constraint, indices, cfg, progress)
     end = time.perf_counter()
     return GoFResult(
-        t_obs=float(observed), t_null=batch.t, toy_index=batch.index,
-        toy_converged=batch.converged, toy_size=batch.size, observed=observed,
-        variant=variant, centre=cfg.centre, seed=int(seed), pool_size=size, n_test=n_test,
-        n_kernels=basis.n_kernels, poisson=cfg.toy_size == "poisson",
-        timings={"observed": t_obs_done - t_start, "pool": pool_done - t_obs_done,
-                 "toys": end - pool_done, "total": end - t_start}, cl=cfg.cl)
+        t_obs=float(observed), t_null=toys.t, toy_index=toys.index,
+        toy_converged=toys.converged, toy_size=toys.size, observed=observed,
+        variant=variant, centre=cfg.centre, seed=int(seed), pool_size=prepared.pool_size,
+        n_test=n_test, n_kernels=basis.n_kernels, poisson=cfg.toy_size == "poisson",
+        timings={"observed": t_obs_done - t_start, "pool": pool_s, "toys": toy_s,
+                 "total": end - t_start}, cl=cfg.cl, n_pools=prepared.n_pools,
+        pool_negative_mass=toys.negative_mass,
+        pool_negative_mass_error=toys.negative_mass_error)
