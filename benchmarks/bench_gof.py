@@ -17,8 +17,14 @@ cores; the machine is reported with every figure: processor model and vendor fro
 threadpoolctl reports as ``architecture``), read through ctypes since threadpoolctl is not a
 dependency.
 
+Pool share (issue 10, docs/method.md): ``--pool-share RATIO,POOLS,TOYS`` draws POOLS
+independent pools of RATIO x N events and fits TOYS toys on each; at the pooled null's
+quantiles 0.5, 0.16 and 0.05 it reports the spread of the tail fraction between the pools,
+the binomial spread it would have without a pool effect, and the pool's own share τ.
+
 Run: python benchmarks/bench_gof.py [--toys 1000] [--jobs 1] [--hessian float32]
      python benchmarks/bench_gof.py --toys 1 --no-adam     # the guard alone, quickly
+     python benchmarks/bench_gof.py --pool-share 5,10,200 --pool-share 10,10,200
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 
 from genval.gof import (
     Constraint,
+    GoFSettings,
     KernelBasis,
     draw_pool,
     goodness_of_fit,
@@ -186,6 +193,41 @@ def hessian_guard(members, fit, basis, n_test: int, n_toys: int, seed: int,
     return out
 
 
+def pool_share(members, fit, basis, n_test: int, ratio: int, n_pools: int, toys: int,
+               seed: int, jobs: int) -> dict:
+    """Spread of the toys' tail fraction between independent pools of ``ratio`` x N events.
+
+    At the pooled null's quantiles ``q``: the between-pool standard deviation of the tail
+    fraction, the binomial one ``(q (1 − q) / toys)^{1/2}``, and the pool's own share
+    ``τ = (sd² − binomial²)^{1/2}`` per pool; ``ratio_at_B1000`` is the total error of p over
+    the binomial one with B = 1000 toys on one such pool, ``ratio_default_pools`` with B = 1000
+    toys spread over the default number of pools.
+    """
+    constraint = Constraint.from_fit(fit)
+    t_all = []
+    for j in range(n_pools):
+        pool = draw_pool(members, constraint, basis, ratio * n_test, seed + 1, pool=j + 1)
+        t_all.append(run_toys(pool, np.arange(toys) + 100_000 * j, seed=seed, n_test=n_test,
+                              n_jobs=jobs, tol=1e-8).t)
+        del pool
+    t = np.array(t_all)
+    default_pools = GoFSettings().n_pools
+    out: dict = {"ratio": ratio, "n_pools": n_pools, "toys_per_pool": toys,
+                 "pool_mean_t": [round(float(v), 3) for v in t.mean(1)],
+                 "t_sd": round(float(t.std()), 3), "levels": {}}
+    for q in (0.5, 0.16, 0.05):
+        above = (t >= np.quantile(t, 1 - q)).mean(1)
+        sd, binom = float(above.std(ddof=1)), float(np.sqrt(q * (1 - q) / toys))
+        tau2, b1000 = max(sd ** 2 - binom ** 2, 0.0), q * (1 - q) / 1000
+        out["levels"][str(q)] = {
+            "between_pool_sd": round(sd, 4), "binomial_sd": round(binom, 4),
+            "tau": round(float(np.sqrt(tau2)), 4),
+            "ratio_at_B1000": round(float(np.sqrt((tau2 + b1000) / b1000)), 2),
+            "ratio_default_pools": round(float(np.sqrt((tau2 / default_pools + b1000) / b1000)),
+                                         2)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toys", type=int, default=1000)
@@ -197,11 +239,19 @@ def main() -> None:
     parser.add_argument("--centre", choices=["redrawn", "fixed"], default="redrawn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-adam", action="store_true")
+    parser.add_argument("--pool-share", action="append", default=[],
+                        metavar="RATIO,POOLS,TOYS", help="measure the pools' share of p")
     parser.add_argument("--guard-toys", type=int, default=10,
                         help="toys refitted in-process to time the Hessian calls (0: skip)")
     args = parser.parse_args()
     members, fit, x_test, basis = make_problem(args.members, args.events, args.kernels,
                                                args.seed)
+    if args.pool_share:
+        for spec in args.pool_share:
+            ratio, pools, toys = (int(v) for v in spec.split(","))
+            print(json.dumps(pool_share(members, fit, basis, args.events, ratio, pools, toys,
+                                        args.seed, args.jobs)), flush=True)
+        return
     load_before = os.getloadavg()[0]
     start, cpu_start = time.perf_counter(), time.process_time()
     res = goodness_of_fit(members, fit, x_test, basis, n_toys=args.toys, seed=args.seed,
@@ -219,7 +269,8 @@ def main() -> None:
         "cpu_s": round(cpu, 2),
         "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
         "ms_per_toy": round(1e3 * res.timings["toys"] / args.toys, 2),
-        "n_failed": res.n_failed, "pool_size": res.pool_size,
+        "n_failed": res.n_failed, "pool_size": res.pool_size, "n_pools": res.n_pools,
+        "p_interval": res.p_interval, "p_interval_total": res.p_interval_total,
         "adam_step_ms": None if adam is None else round(1e3 * adam, 2),
         "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "hessian_vs_plain_float32_XtX": guard,

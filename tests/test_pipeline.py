@@ -217,15 +217,17 @@ def test_gof_stage_writes_results_figures_and_report(tmp_path, monkeypatch):
     real = gof.goodness_of_fit
 
     def spy(members, fit, x_test, basis, **kw):
-        calls.append((kw["variant"], len(x_test), kw["member"], kw["seed"]))
+        calls.append((kw["variant"], len(x_test), kw["member"], kw["seed"], kw["prepared"]))
         return real(members, fit, x_test, basis, **kw)
 
     monkeypatch.setattr(gof, "goodness_of_fit", spy)
     cfg = _gof_config(tmp_path, n_test_sets=2)
     run = pipeline.run_pipeline(cfg, stages=["split", "train", "fit", "gof", "report"])
-    assert [c[0] for c in calls] == ["single"] * 2 + ["frozen"] * 2 + ["ensemble"] * 2
+    # per test set, every variant on one preparation (test rows and f(x; ŵ) pools shared)
+    assert [c[0] for c in calls] == ["single", "frozen", "ensemble"] * 2
     assert {c[1] for c in calls} == {80}  # two disjoint halves of the 160 test events
-    assert calls[0][2] == 0 and calls[2][2] is None and calls[1][3] == calls[0][3] + 1
+    assert calls[0][2] == 0 and calls[1][2] is None and calls[3][3] == calls[0][3] + 1
+    assert calls[1][4] is calls[2][4] and calls[3][4] is not calls[0][4]
     for variant in ("single", "frozen", "ensemble"):
         record = artifacts.load_gof(run, variant)
         res = record.result
@@ -241,6 +243,12 @@ def test_gof_stage_writes_results_figures_and_report(tmp_path, monkeypatch):
     report = (run.root / "report.html").read_text()
     assert report.count("data:image/png") == 5  # marginals, 3 nulls, weights
     assert "20.29 ± 0.10" in report and "ensemble with uncertainty" in report
+    # the p interval beside Clopper-Pearson includes the toy pools' share
+    res = artifacts.load_gof(run, "ensemble").result
+    lo, hi = res.p_interval_total
+    assert "p interval: with the pools&#x27; share" in report or \
+        "p interval: with the pools' share" in report
+    assert f"[{lo:.3g}, {hi:.3g}]" in report and res.n_pools == 4
     ensemble = artifacts.load_gof(run, "ensemble")
     assert f"<b>{ensemble.z_summary.median:.2f}" in report or \
         f"<b>≥ {ensemble.z_summary.median:.2f}" in report

@@ -258,8 +258,12 @@ class GofConfig(_Section):
         False, description="measure sigma in units of each feature's standard deviation")
     lambda_net: float = Field(1e-6, ge=0, description="weak L2 penalty on kernel coefficients")
     n_toys: int = Field(200, ge=1, description="null toys per variant")
+    n_pools: int = Field(
+        4, ge=1, description="independent toy pools; their spread widens p's interval")
     pool_size: int | None = Field(
-        None, ge=1, description="events in the toy pool; null: max(10 N_test, 20000)")
+        None, ge=1, description="events per toy pool (>= 5 N_test); null: max(5 N_test, 10000)")
+    max_negative_mass: float = Field(
+        1e-3, ge=0, description="refuse the test above this negative mass of f(x; ŵ)")
     constraint_centre: Literal["redrawn", "fixed"] = Field(
         "redrawn", description="redrawn (z0 ~ N(0, C_r) per toy) | fixed (z0 = 0)")
     toy_size: Literal["fixed", "poisson"] = Field(

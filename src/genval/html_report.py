@@ -33,7 +33,11 @@ __all__ = ["GofRow", "CoverageRow", "render_report", "write_report"]
 
 @dataclass(frozen=True)
 class GofRow:
-    """One GoF variant. ``z_band`` is the 16–84 % band over test sets, when there are several."""
+    """One GoF variant. ``z_band`` is the 16–84 % band over test sets, when there are several.
+
+    ``p_interval`` is the Clopper–Pearson interval of the toys' tail fraction, ``p_interval_total``
+    the same widened by the toy pools' share (``GoFResult.p_interval_total``).
+    """
 
     variant: str
     t_obs: float
@@ -44,6 +48,8 @@ class GofRow:
     z_band: tuple[float, float] | None = None
     z_is_bound: bool = False
     note: str = ""
+    p_interval: tuple[float, float] | None = None
+    p_interval_total: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,9 +82,15 @@ def _paper_z(variant: str) -> str:
         f"{med:.2f} <sup>+{up:.2f}</sup><sub>−{down:.2f}</sub>"
 
 
+def _interval(bounds: tuple[float, float] | None) -> str:
+    return "—" if bounds is None else f"[{_num(bounds[0], 3)}, {_num(bounds[1], 3)}]"
+
+
 def _gof_table(rows: Sequence[GofRow]) -> str:
-    head = ("<tr><th>variant</th><th>t<sub>obs</sub></th><th>p (toys)</th><th>Z (toys)</th>"
-            "<th>Z (χ² extrapolation)</th><th>toys</th><th>paper Z (2D toy)</th></tr>")
+    head = ("<tr><th>variant</th><th>t<sub>obs</sub></th><th>p (toys)</th>"
+            "<th>p interval: Clopper–Pearson</th><th>p interval: with the pools' share</th>"
+            "<th>Z (toys)</th><th>Z (χ² extrapolation)</th><th>toys</th>"
+            "<th>paper Z (2D toy)</th></tr>")
     body = []
     for r in rows:
         # t_obs beyond every toy: the toys only bound Z from below.
@@ -88,7 +100,8 @@ def _gof_table(rows: Sequence[GofRow]) -> str:
         label = html.escape(VARIANT_LABELS.get(r.variant, r.variant))
         note = f"<br><small>{html.escape(r.note)}</small>" if r.note else ""
         body.append(f"<tr><td>{label}{note}</td><td>{_num(r.t_obs)}</td>"
-                    f"<td>{_num(r.p_value)}</td><td><b>{z}</b></td>"
+                    f"<td>{_num(r.p_value)}</td><td>{_interval(r.p_interval)}</td>"
+                    f"<td>{_interval(r.p_interval_total)}</td><td><b>{z}</b></td>"
                     f"<td>{'—' if r.z_chi2 is None else f'{r.z_chi2:.2f}'}</td>"
                     f"<td>{'—' if r.n_toys is None else r.n_toys}</td>"
                     f"<td>{_paper_z(r.variant)}</td></tr>")

@@ -58,15 +58,16 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     observed: dict[str, Any] = {}
     for variant in cfg.gof.variants:
         log(f"[gof] {variant}: {cfg.gof.n_toys} toys x {len(chunks)} test set(s)")
-        try:
-            results = _run_variant(cfg, variant, members, fit, chunks, basis, seed)
-        except FitError as exc:
+    outcome = _run_variants(cfg, members, fit, chunks, basis, seed)
+    for variant in cfg.gof.variants:
+        results = outcome[variant]
+        if isinstance(results, FitError):
             # One variant undefined (e.g. a signed mixture <= 0 at test events) must not cost
             # the others: record why, warn, and go on.
-            save_gof_error(run, variant, str(exc))
-            warnings.warn(f"GoF variant {variant!r} undefined: {exc}", GofVariantWarning,
+            save_gof_error(run, variant, str(results))
+            warnings.warn(f"GoF variant {variant!r} undefined: {results}", GofVariantWarning,
                           stacklevel=2)
-            summary[variant] = {"error": str(exc)}
+            summary[variant] = {"error": str(results)}
             continue
         z_summary = gof.summarize_z(results) if len(results) > 1 else None
         save_gof(run, results, z_summary)
@@ -76,9 +77,10 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                             "z_chi2": float(res.z_chi2), "n_sets": len(results)}
         observed[variant] = res.observed
         bound = "≥ " if res.z_is_bound else ""
-        log(f"[gof] {variant}: t_obs = {res.t_obs:.4g}, p = {res.p_value:.3g}, "
-            f"Z = {bound}{res.z:.2f} ({res.n_toys} toys), Z(χ² extrapolation) = "
-            f"{res.z_chi2:.2f}")
+        lo, hi = res.p_interval_total
+        log(f"[gof] {variant}: t_obs = {res.t_obs:.4g}, p = {res.p_value:.3g} "
+            f"[{lo:.3g}, {hi:.3g} with the pools' share], Z = {bound}{res.z:.2f} "
+            f"({res.n_toys} toys), Z(χ² extrapolation) = {res.z_chi2:.2f}")
     # LRT RECO of Fig. 1 is the alternative profiled for the ensemble with uncertainty.
     reco_stat = observed.get("ensemble", next(iter(observed.values()), None))
     _marginals_figure(run, members, fit, basis, x_test, names, reco_stat,
@@ -87,21 +89,37 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     return summary
 
 
-def _run_variant(cfg: Config, variant: str, members: Members, fit: WeightFit,
-                 chunks: Sequence[NDArray[np.float64]], basis: gof.KernelBasis, seed: int
-                 ) -> list[gof.GoFResult]:
-    """One variant on every test set (test set ``i`` seeds its toys with ``seed + i``).
+def _run_variants(cfg: Config, members: Members, fit: WeightFit,
+                  chunks: Sequence[NDArray[np.float64]], basis: gof.KernelBasis, seed: int
+                  ) -> dict[str, list[gof.GoFResult] | FitError]:
+    """Every variant on every test set (test set ``i`` seeds its pools and toys ``seed + i``).
 
-    Raises:
-        FitError: the variant is undefined on these events.
+    Per test set, the test events are evaluated once and the frozen and ensemble variants
+    share their pools from f(x; ŵ) (:func:`genval.gof.prepare`); the results equal separate
+    calls. A variant undefined on some test set maps to its :class:`FitError`.
     """
-    return [gof.goodness_of_fit(
-        members, fit, chunk, basis, n_toys=cfg.gof.n_toys, seed=seed + i, variant=variant,
-        member=cfg.gof.single_member if variant == "single" else None,
-        centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size,
-        pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs, lam=cfg.gof.lambda_net,
-        progress=not cfg.quiet)
-        for i, chunk in enumerate(chunks)]
+    out: dict[str, list[gof.GoFResult] | FitError] = {v: [] for v in cfg.gof.variants}
+    settings = gof.GoFSettings(
+        centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size, n_pools=cfg.gof.n_pools,
+        pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs,
+        max_negative_mass=cfg.gof.max_negative_mass,
+        profile=gof.ProfileSettings(lam=cfg.gof.lambda_net))
+    for i, chunk in enumerate(chunks):
+        prepared = gof.prepare(members, chunk, basis, seed + i, settings=settings)
+        for variant in cfg.gof.variants:
+            done = out[variant]
+            if isinstance(done, FitError):
+                continue
+            try:
+                done.append(gof.goodness_of_fit(
+                    members, fit, chunk, basis, n_toys=cfg.gof.n_toys, seed=seed + i,
+                    variant=variant, settings=settings, prepared=prepared,
+                    member=cfg.gof.single_member if variant == "single" else None,
+                    progress=not cfg.quiet))
+            except FitError as exc:
+                out[variant] = exc
+        prepared.clear()
+    return out
 
 
 def _null_figure(run: RunDir, variant: str, results: Sequence[gof.GoFResult],

@@ -29,7 +29,8 @@ _FIGURE_CAPTIONS = {
     "training": "Training curves of the members",
 }
 
-_GOF_SETTINGS = ("n_kernels", "centre", "poisson", "pool_size", "n_test", "overlap", "seed")
+_GOF_SETTINGS = ("n_kernels", "centre", "poisson", "n_pools", "pool_size", "n_test", "overlap",
+                 "seed", "null")
 """Settings of the test shown under the GoF table (attributes of :class:`GoFResult`)."""
 
 _FIT_DIAGNOSTICS = ("converged", "n_iter", "nll", "grad_norm", "hessian_condition",
@@ -72,7 +73,8 @@ def _gof_section(cfg: Config, records: Sequence[GofRecord]
         if res.n_failed:
             notes.append(f"{record.variant}: {res.n_failed} toy fits did not converge")
         rows.append(GofRow(record.variant, res.t_obs, res.p_value, z, z_chi2=res.z_chi2,
-                           n_toys=res.n_toys, z_band=band, z_is_bound=res.z_is_bound))
+                           n_toys=res.n_toys, z_band=band, z_is_bound=res.z_is_bound,
+                           p_interval=res.p_interval, p_interval_total=res.p_interval_total))
         settings = {k: getattr(res, k) for k in _GOF_SETTINGS}
     if any(r.z_is_bound for r in rows):
         notes.append("Z marked ≥: t_obs exceeds every toy, so the toys only bound Z from below; "
