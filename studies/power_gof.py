@@ -55,7 +55,8 @@ def main() -> None:
                         help="sigma in units of each feature's standard deviation")
     parser.add_argument("--sets", type=int, default=5)
     parser.add_argument("--toys", type=int, default=300)
-    parser.add_argument("--pool", type=int, default=50_000)
+    parser.add_argument("--pool", type=int, default=None,
+                        help="events per toy pool (default: genval's, 5 N)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--variants", default="ensemble,frozen,single",
                         help="comma-separated subset of ensemble,frozen,single")

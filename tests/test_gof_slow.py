@@ -67,7 +67,7 @@ def test_five_percent_mean_shift_is_detected_with_the_exact_statistic():
     basis = KernelBasis.from_events(truth(20_000), 10, 1.0, standardize=True, seed=rng)
     x_test = truth(20_000, 0.05)
     res = goodness_of_fit(members, fit, x_test, basis, n_toys=800, seed=700,
-                          pool_size=50_000)
+                          pool_size=100_000)  # the minimum, 5 N
 
     # goodness_of_fit keeps the kernel centres where f(x; ŵ) > 0 as positivity check points
     F_ref = np.exp(log_density_matrix(members, basis.centers))
