@@ -70,8 +70,8 @@ __all__ = ["goodness_of_fit", "prepare", "PreparedGoF", "GoFSettings", "ToyPool"
 
 POOL_STREAM = 0x706F6F6C  # "pool": separates the pools' RNG streams from the toys'
 TOY_STREAM = 0x746F7973  # "toys"
-#: Smallest pool, in test sizes N: at 2 N the pool's own fluctuation spread p by ~8x the
-#: binomial error (docs/method.md), at 5 N it is about that error.
+#: Smallest pool, in test sizes N: toys share N / pool of their events, and below a few N the
+#: pool's own fluctuation grows fast (measured in docs/method.md).
 MIN_POOL_RATIO = 5
 Centre = Literal["redrawn", "fixed"]
 ToySize = Literal["fixed", "poisson"]
