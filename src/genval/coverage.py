@@ -268,6 +268,6 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
                             integrals="exact" if integrals is not None else "common sample")
     for category, first in categories.items():
         warnings.warn(f"coverage study: weight fits and samplers issued {len(messages)} "
-                      f"warnings (all kept in result.messages); first {category.__name__}: {first}", category,
-                      stacklevel=2)
+                      f"warnings (all kept in result.messages); first {category.__name__}: "
+                      f"{first}", category, stacklevel=2)
     return result
