@@ -254,15 +254,24 @@ def test_collinear_coverage_with_a_common_sample(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("envelope", [False, True], ids=["genval-sampler", "test-envelope"])
 def test_collinear_coverage_acceptance(monkeypatch, envelope):
-    """The issue's acceptance: 100 data sets of 20k events, oversampling 2 (App. A): the spread
-    of Ô < 2x its spread with exact member integrals, 68.3 % coverage of each feature in
-    [0.60, 0.77]. ``genval-sampler`` draws with :func:`genval.sampling.sample_mixture`,
-    ``test-envelope`` with :class:`EnvelopeSampler` (both exact)."""
-    _, result, spread_ratio = collinear_study(monkeypatch, 100, 20_000, envelope=envelope)
-    print(result, "\nspread ratio", spread_ratio, "\nmedian Σ|ŵ|",
+    """The issue's acceptance study, 20k events per data set, oversampling 2 (App. A), over 400
+    data sets: the spread of Ô < 2x its spread with exact member integrals, the 68.3 % coverage
+    of each feature in [0.60, 0.77] and the pulls' standard deviation in [0.9, 1.1].
+
+    400, not 100: at 100 data sets [0.60, 0.77] is only ±1.8 sd of a binomial per feature, so
+    an exact method fails it for about one seed in seven; at 400 it is ±3.5 sd. Data set r
+    uses the stream ``[seed, r]``, so the first 100 are the issue's 100-data-set study (printed).
+    ``genval-sampler`` draws with :func:`genval.sampling.sample_mixture`, ``test-envelope``
+    with :class:`EnvelopeSampler` (both exact)."""
+    _, result, spread_ratio = collinear_study(monkeypatch, 400, 20_000, envelope=envelope)
+    first = result.covered[:100, :, 0].mean(axis=0)
+    print(result, "\nspread ratio", spread_ratio, "\npull sd", result.pulls.std(axis=0),
+          "\nfirst 100 data sets: coverage", first, "\nmedian Σ|ŵ|",
           np.median(np.abs(result.weights).sum(axis=1)))
     assert np.all(spread_ratio < 2.0), spread_ratio
     assert np.all((result.fractions[:, 0] >= 0.60) & (result.fractions[:, 0] <= 0.77)), result
+    pull_sd = result.pulls.std(axis=0)
+    assert np.all((pull_sd > 0.9) & (pull_sd < 1.1)), pull_sd
 
 
 def test_observable_total_variance_with_a_common_sample():
