@@ -238,7 +238,7 @@ def test_collinear_coverage_with_a_common_sample(monkeypatch):
     (expected √1.5 ≈ 1.22: the mean of 2N events from f̂ adds Var(g)/2N to the weight error
     ≈ Var(g)/N), and the 68.3 % coverage over both features (240 intervals, sd 0.03) lies in
     [0.60, 0.77]. Per-member samples of the same total size would have a Monte-Carlo error
-    > 20x larger (Σ ŵ_k² σ_k² / n_k, computed, not drawn)."""
+    > 100x larger (measured: ~4700x) (Σ ŵ_k² σ_k² / n_k, computed, not drawn)."""
     members, result, spread_ratio = collinear_study(monkeypatch, 120, 2000, envelope=True)
     assert result.integrals == "common sample" and result.n_generated == 4000
     assert np.median(np.abs(result.weights).sum(axis=1)) > 500
@@ -248,7 +248,7 @@ def test_collinear_coverage_with_a_common_sample(monkeypatch):
     n_per_member = result.n_generated / members.n_members
     per_member_mc = np.sqrt((result.weights ** 2) @ np.diagonal(members.covs, 0, 1, 2)
                             / n_per_member)
-    assert np.all(np.median(per_member_mc / result.stds_mc, axis=0) > 20)
+    assert np.all(np.median(per_member_mc / result.stds_mc, axis=0) > 100)
 
 
 @pytest.mark.slow
