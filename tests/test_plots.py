@@ -122,9 +122,22 @@ def test_bin_integrals_match_gaussian_cdfs(rng):
     cov = np.array([[0.01, -0.01], [-0.01, 0.01]])
     ref = binned_reference(pool.x[:, 0], edges, F, w, cov)
     np.testing.assert_allclose(ref.fraction, histogram_counts(pool.x[:, 0], edges) / 40_000)
-    expected_w = np.sqrt(np.einsum("bk,kl,bl->b", per_member, cov, per_member))
-    np.testing.assert_allclose(ref.std_weights, expected_w)
-    assert np.all(ref.std >= ref.std_weights)
+    # Eq. (3) with the member fractions' full pool covariance Σ̂_b, built here by brute force:
+    # σ_w² = P_bᵀ C P_b − tr(C Σ̂_b), σ_mc² = ŵᵀ Σ̂_b ŵ (genval.products.binned).
+    ratios = F / (F @ w)[:, None]
+    in_bin = np.searchsorted(edges, pool.x[:, 0], side="right") - 1
+    expected_w2, expected_mc2 = [], []
+    for b in range(len(edges) - 1):
+        y = ratios * (in_bin == b)[:, None]
+        sigma_b = np.cov(y, rowvar=False) / len(y)
+        expected_w2.append(per_member[b] @ cov @ per_member[b] - np.trace(cov @ sigma_b))
+        expected_mc2.append(w @ sigma_b @ w)
+    np.testing.assert_allclose(ref.std_weights, np.sqrt(expected_w2), rtol=1e-9)
+    np.testing.assert_allclose(ref.std_mc, np.sqrt(expected_mc2), rtol=1e-9)
+    np.testing.assert_allclose(ref.std, np.hypot(ref.std_weights, ref.std_mc), rtol=1e-12)
+    # The noise bias removed is the pool's, small beside the band at 40k events.
+    plug_in = np.sqrt(np.einsum("bk,kl,bl->b", per_member, cov, per_member))
+    assert np.all(ref.std_weights < plug_in) and np.all(ref.std_weights > 0.99 * plug_in)
 
 
 def test_bin_integrals_validate_inputs():

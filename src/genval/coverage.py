@@ -1,11 +1,14 @@
 """Coverage study: do the ensemble's error bars contain a known truth as often as they claim?
 
-Repeatedly draw a fresh weight-fit data set from the truth, refit the weights, estimate an
-observable ``Ô ± σ`` (default: the first moment of each feature, with member integrals from
-each member's own samples and their Monte-Carlo error propagated) and record whether
+Repeatedly draw a fresh weight-fit data set from the truth, refit the weights, generate
+``oversampling × n_events`` events from the fitted mixture f(x; ŵ) itself, estimate an
+observable ``Ô ± σ`` from them (default: the first moment of each feature; every member
+integral an importance estimate from that one sample, with the weight error of Eq. 3 and the
+full Monte-Carlo covariance propagated, :mod:`genval.products.observables`) and record whether
 ``|Ô − O*| < z σ`` (paper Eq. 4). The covered fraction per feature and level comes with an
 exact binomial (Clopper–Pearson) interval. The paper reports 61.3 % and 68.7 % for its two
-features at the 68 % level over 284 data sets with 2x oversampling (Appendix A).
+features at the 68 % level over 284 data sets with 2x oversampling (Appendix A: 100k target
+events, 200k events generated from f̂).
 
 References:
     Badaracco et al., Step 3, Eq. (4), Appendix A.
@@ -26,7 +29,13 @@ from tqdm.auto import tqdm
 from genval._validation import as_events
 from genval.errors import InputError
 from genval.members import Members, log_density_matrix
-from genval.products import MemberIntegrals, estimate_observable, member_integrals
+from genval.products import (
+    MemberIntegrals,
+    ObservableEstimate,
+    common_sample_integrals,
+    estimate_observable,
+)
+from genval.sampling import sample_mixture
 from genval.stats import clopper_pearson
 from genval.wifi import WeightFit, fit_weights
 
@@ -63,12 +72,18 @@ class CoverageResult:
         stds: σ per data set (R, P), weight and Monte-Carlo parts combined.
         stds_weights: the weight-uncertainty part of σ alone (R, P); judging coverage with it
             shows what leaving out the Monte-Carlo error (as the reference code did) costs.
+            The Monte-Carlo part is :attr:`stds_mc`.
         weights: ŵ per data set (R, M).
         covs: Cov(ŵ) per data set (R, M, M).
         converged: whether each weight fit converged (R,).
         n_events: weight-fit events per data set.
-        n_generated: generated events per data set used for the member integrals (0 if exact).
-        messages: warnings issued by the fits.
+        n_generated: events generated from f(x; ŵ) per data set, ``oversampling × n_events``
+            (0 with exact member integrals).
+        messages: warnings issued by the fits and the samplers, one per data set and warning.
+        integrals: how the member integrals were obtained: ``"common sample"`` (one sample of
+            f(x; ŵ) per data set, importance ratios), ``"exact"`` (given), or
+            ``"member samples"`` (each member sampled on its own; studies saved before the
+            common sample).
     """
 
     truth: NDArray[np.float64]
@@ -82,6 +97,7 @@ class CoverageResult:
     n_events: int
     n_generated: int
     messages: tuple[str, ...] = field(default=())
+    integrals: str = "common sample"
 
     @property
     def n_datasets(self) -> int:
@@ -91,6 +107,11 @@ class CoverageResult:
     def z_values(self) -> NDArray[np.float64]:
         """Standard-normal quantiles z_α of the levels (two-sided)."""
         return stats.norm.isf((1.0 - self.levels) / 2)
+
+    @property
+    def stds_mc(self) -> NDArray[np.float64]:
+        """The Monte-Carlo part of σ (R, P): ``σ² = σ_weights² + σ_mc²``."""
+        return np.sqrt(np.clip(self.stds ** 2 - self.stds_weights ** 2, 0.0, None))
 
     @property
     def pulls(self) -> NDArray[np.float64]:
@@ -128,7 +149,7 @@ class CoverageResult:
     def __repr__(self) -> str:
         bounds = self.intervals()
         lines = [f"CoverageResult({self.n_datasets} data sets of {self.n_events} events, "
-                 f"{self.n_generated} generated per set, "
+                 f"{self.n_generated} generated per set ({self.integrals}), "
                  f"{int((~self.converged).sum())} non-converged fits)"]
         for p, truth in enumerate(self.truth):
             cells = ", ".join(
@@ -151,6 +172,9 @@ class CoverageResult:
     def from_dict(cls, data: Mapping[str, Any]) -> CoverageResult:
         """The study :meth:`to_dict` described; keys that are not fields are ignored.
 
+        Files written before ``integrals`` existed read as ``"member samples"`` (or
+        ``"exact"`` when nothing was generated), which is how they were computed.
+
         Raises:
             KeyError: a field is missing.
         """
@@ -158,17 +182,27 @@ class CoverageResult:
                   ("truth", "levels", "estimates", "stds", "stds_weights", "weights", "covs")}
         return cls(**arrays, converged=np.asarray(data["converged"], dtype=np.bool_),
                    n_events=int(data["n_events"]), n_generated=int(data["n_generated"]),
-                   messages=tuple(str(m) for m in data.get("messages", ())))
+                   messages=tuple(str(m) for m in data.get("messages", ())),
+                   integrals=str(data.get("integrals", "member samples"
+                                          if int(data["n_generated"]) else "exact")))
 
 
-def _fit_recording_warnings(members: Members, data: NDArray[np.float64]
-                            ) -> tuple[WeightFit, list[tuple[type[Warning], str]]]:
-    """The weight fit (Eq. 1) of one data set and the warnings it issued, kept, not shown:
-    the study reports them once, summarised, instead of once per data set."""
+def _one_dataset(members: Members, data: NDArray[np.float64],
+                 g: Callable[[NDArray[np.float64]], ArrayLike] | None,
+                 integrals: MemberIntegrals | None, n_generated: int, rng: np.random.Generator
+                 ) -> tuple[WeightFit, ObservableEstimate, list[tuple[type[Warning], str]]]:
+    """The weight fit (Eq. 1) of one data set, ``Ô ± σ`` from ``n_generated`` events of the
+    fitted f(x; ŵ) (App. A; or from exact ``integrals``), and the warnings the fit and the
+    sampler issued, kept, not shown: the study reports them once, summarised, instead of once
+    per data set."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = fit_weights(log_density_matrix(members, data), log=True)
-    return fit, [(w.category, str(w.message)) for w in caught]
+        if integrals is None:
+            drawn = sample_mixture(members, fit.weights, n_generated, rng)
+            integrals = common_sample_integrals(drawn.x, drawn.log_f, fit.weights, g)
+        estimate = estimate_observable(fit, integrals)
+    return fit, estimate, [(w.category, str(w.message)) for w in caught]
 
 
 def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Generator], ArrayLike],
@@ -186,8 +220,9 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
         n_datasets: number of independent data sets R.
         n_events: weight-fit events per data set.
         g: observable function (default: first moment of each feature).
-        oversampling: generated events per data set as a multiple of ``n_events``, split
-            evenly across members, for Monte-Carlo member integrals redrawn per data set.
+        oversampling: events generated from the fitted f(x; ŵ) per data set, as a multiple of
+            ``n_events`` (App. A: 2); every member integral is an importance estimate from
+            that one sample (:func:`genval.products.common_sample_integrals`).
         integrals: exact member integrals instead (then ``oversampling`` is ignored).
         levels: nominal coverage levels.
         seed: seed; data set ``r`` uses the stream ``default_rng([seed, r])``, so studies can be
@@ -198,10 +233,11 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
     if n_datasets < 2:
         raise InputError(f"a coverage study needs at least 2 data sets, got {n_datasets}")
     if integrals is None and oversampling is None:
-        raise InputError("give either oversampling (MC member integrals) or exact integrals")
-    n_per_member = 0
+        raise InputError("give either oversampling (events generated from f(x; ŵ)) or exact "
+                         "integrals")
+    n_generated = 0
     if integrals is None:
-        n_per_member = max(2, int(round(float(oversampling) * n_events / members.n_members)))
+        n_generated = max(2, int(round(float(oversampling) * n_events)))
     estimates, stds, stds_weights, weights, covs, converged = [], [], [], [], [], []
     messages: list[str] = []
     categories: dict[type[Warning], str] = {}
@@ -209,14 +245,11 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
         rng = np.random.default_rng([seed, r])
         data = as_events(sample_truth(n_events, rng), n_features=members.n_features,
                          name=f"truth sample {r}")
-        fit, caught = _fit_recording_warnings(members, data)
+        fit, estimate, caught = _one_dataset(members, data, g, integrals, n_generated, rng)
         for category, message in caught:
             text = f"data set {r}: {message}"
             messages.append(text)
             categories.setdefault(category, text)
-        these = integrals if integrals is not None else member_integrals(
-            members, g, n_per_member, rng)
-        estimate = estimate_observable(fit, these)
         if estimate.value.shape != target.shape:
             raise InputError(f"observable has {estimate.value.size} components, truth "
                              f"{target.size}")
@@ -231,10 +264,10 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
                             stds_weights=np.array(stds_weights),
                             weights=np.array(weights), covs=np.array(covs),
                             converged=np.array(converged), n_events=int(n_events),
-                            n_generated=n_per_member * members.n_members,
-                            messages=tuple(messages))
+                            n_generated=n_generated, messages=tuple(messages),
+                            integrals="exact" if integrals is not None else "common sample")
     for category, first in categories.items():
-        warnings.warn(f"coverage study: weight fits issued {len(messages)} warnings (all kept in "
-                      f"result.messages); first {category.__name__}: {first}", category,
-                      stacklevel=2)
+        warnings.warn(f"coverage study: weight fits and samplers issued {len(messages)} "
+                      f"warnings (all kept in result.messages); first {category.__name__}: "
+                      f"{first}", category, stacklevel=2)
     return result

@@ -27,7 +27,12 @@ def _levels(config: Config) -> tuple[float, ...]:
 
 
 def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
-    """The first-moment coverage study (Eq. 4) on synthetic data sets from the known truth."""
+    """The first-moment coverage study (Eq. 4) on synthetic data sets from the known truth.
+
+    Per data set ``coverage.n_generated`` events are generated from the refitted f(x; ŵ) and
+    every member integral is an importance estimate from that one sample (App. A,
+    :func:`genval.coverage.run_coverage` with ``oversampling = n_generated / n_events``).
+    """
     cfg = run.config()
     if not cfg.coverage.enabled:
         return {"skipped": "coverage.enabled is false"}
@@ -52,6 +57,8 @@ def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     run.update_metadata(seeds={"coverage": seed})
     log("[coverage] " + ", ".join(f"{n}: {100 * c:.1f} %" for n, c in
                                   zip(names, result.fractions[:, 0], strict=True))
-        + f" at nominal {100 * levels[0]:.1f} % over {result.n_datasets} data sets")
+        + f" at nominal {100 * levels[0]:.1f} % over {result.n_datasets} data sets, "
+        f"{result.n_generated} events generated from f(x; ŵ) per set")
     return {"coverage": dict(zip(names, result.fractions[:, 0].tolist(), strict=True)),
-            "level": levels[0]}
+            "level": levels[0], "n_generated": result.n_generated,
+            "integrals": result.integrals}

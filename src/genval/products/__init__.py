@@ -1,7 +1,8 @@
 """What a fitted w_i f_i ensemble produces: observables with errors, oversampled events and
 binned reference fractions.
 
-``observables``: ``Ô ± σ`` for integrals of the mixture (paper Eqs. 3-4, Appendix A);
+``observables``: ``Ô ± σ`` for integrals of the mixture from one common sample of f(x; ŵ)
+with importance ratios (paper Eqs. 3-4, Appendix A);
 ``oversampling``: exact draws from f(x; ŵ) with the density and its Eq. (3) band;
 ``binned``: bin integrals from one importance-weighted pool (paper Fig. 1).
 
@@ -18,9 +19,12 @@ from genval.products.binned import (
     histogram_counts,
 )
 from genval.products.observables import (
+    DEFAULT_N_SAMPLES,
     MemberIntegrals,
     ObservableEstimate,
+    common_sample_integrals,
     estimate_observable,
+    importance_ratios,
     member_integrals,
     observable,
 )
@@ -30,6 +34,9 @@ __all__ = [
     "MemberIntegrals",
     "ObservableEstimate",
     "OversampledEvents",
+    "DEFAULT_N_SAMPLES",
+    "common_sample_integrals",
+    "importance_ratios",
     "member_integrals",
     "estimate_observable",
     "observable",
