@@ -61,9 +61,13 @@ def test_sampler_bad_input(rng):
         sample_mixture(members, np.array([-1.0, 0.0, 0.0]), 10, rng)
     with pytest.raises(InputError, match="3 finite"):
         sample_mixture(members, np.array([1.0, np.nan, 0.0]), 10, rng)
-    # Negative almost everywhere: N(0, 0.25²) with weight 2 minus N(0, 1): gives up cleanly.
+    # ∫f = 1e-4: the |w| envelope (acceptance ∫f⁺/Σ|w|... of a mostly cancelled mixture)
+    # gives up cleanly at max_proposals.
     with pytest.raises(InputError, match="non-positive almost everywhere"):
-        sample_mixture(members, np.array([-1.0, 1.0001, 0.0]), 1000, rng, max_proposals=5000)
+        sample_mixture(members, np.array([-1.0, 1.0001, 0.0]), 1000, rng, max_proposals=5000,
+                       method="abs")
+    with pytest.raises(InputError, match="method must be"):
+        sample_mixture(members, SIGNED, 10, rng, method="box")
 
 
 def test_observable_with_mc_error_matches_exact(rng):
@@ -114,9 +118,15 @@ def test_sampler_memory_is_bounded_by_max_batch(rng):
         def sample(self, n, member, rng=None):
             return base.sample(n, member, rng)
 
-    drawn = sample_mixture(Recording(), weights, 5000, rng, max_batch=4096)
+    drawn = sample_mixture(Recording(), weights, 5000, rng, max_batch=4096, method="abs")
     assert max(seen) <= 4096 and sum(seen) == drawn.n_proposed
     assert abs(drawn.acceptance_rate - 1 / 41) < 5 * np.sqrt(1 / 41 / drawn.n_proposed)
+    assert stats.kstest(drawn.x[:, 0], stats.norm.cdf).pvalue > 0.01
+    # The default proposal (the members' mixture) needs no more than max_envelope per event.
+    seen.clear()
+    drawn = sample_mixture(Recording(), weights, 5000, rng, max_batch=4096)
+    assert drawn.method == "mixture" and max(seen) <= 4096 and sum(seen) == drawn.n_proposed
+    assert drawn.evaluations_per_event < 2.5
     assert stats.kstest(drawn.x[:, 0], stats.norm.cdf).pvalue > 0.01
 
 
