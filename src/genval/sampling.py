@@ -15,7 +15,8 @@ members make ``Σ|w_k|`` reach 10²–10⁴. Two proposals are implemented:
     proposals, counted in ``MixtureSample.n_duplicates`` (typically 10⁻⁵–10⁻⁴ of the events).
     The constant C is estimated from a pilot batch (``safety ×`` its largest ratio, capped at
     ``max_envelope ×`` ∫f⁺ as estimated from the proposals, and at the proven bound
-    ``max_k w_k / π_k`` where ``C q`` dominates f everywhere), raised after every violation for the following batches, and always applied
+    ``max_k w_k / π_k`` where ``C q`` dominates f everywhere -- taken whenever it is within 1.5
+    times the cap), raised after every violation for the following batches, and always applied
     to proposals it does not depend on (the pilot's own proposals are not returned): so the
     cost is about ``C / ∫f⁺ ≤ max_envelope`` proposals per event, independent of ``Σ|w|``.
     Raising C *retroactively* (empirical-supremum rejection) would make C depend on the
@@ -242,7 +243,10 @@ class _Envelope:
     def update(self, largest_ratio: float, positive_mass: float) -> None:
         """C for the *next* proposals (never lowered), after seeing ``largest_ratio`` and
         estimating ``∫f⁺ = E_q[max(r, 0)]`` as ``positive_mass``."""
-        cap = min(self.max_envelope * positive_mass, self.bound)
+        cap = self.max_envelope * positive_mass
+        if self.bound <= 1.5 * cap:  # the proven bound is affordable: independent draws
+            cap = self.bound
+        cap = min(cap, self.bound)
         wanted = min(max(self.safety * largest_ratio, 0.0), cap)
         if not wanted > 0:  # nothing positive seen yet: the proven bound
             wanted = self.bound
@@ -301,7 +305,10 @@ def sample_mixture(members: Members, weights: ArrayLike, n: int,
             raise InputError(f"only {counts[1]} of {n} events accepted after {counts[0]} "
                              "proposals: the mixture is non-positive almost everywhere")
         rate = counts[1] / counts[0] if counts[1] else w.sum() / env.value
-        wanted = max(1024, 1.2 * (n - counts[1]) / max(rate, 1e-6))
+        # 20 % spare for the |w| envelope (its rate is known only roughly); 5 % once the
+        # mixture's pilot has measured its rate
+        spare = 1.2 if proposal.method == "abs" else 1.05
+        wanted = max(1024, spare * (n - counts[1]) / max(rate, 1e-6))
         x, log_f, r = proposal.ratios(members, w, int(min(limit - counts[0], max_batch,
                                                           wanted)), gen)
         copies = _copies(r, env.value, gen)
