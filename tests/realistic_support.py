@@ -4,8 +4,8 @@ ensembles whose Σ|ŵ| reaches the hundreds).
 ``jittered_toy_ensemble`` builds 60 Gaussian members jittered around the paper's 2D toy
 (Badaracco et al., Eq. 6): means moved by ``jitter`` standard deviations, widths by
 ``jitter`` in log, correlations of about ``jitter``. The weight-fit events (20k) are drawn
-from the members' equal-weight mixture, a truth that every member approximates as bootstrap members do;
-the fitted ŵ (Eq. 1) then cancels between near-duplicates: Σ|ŵ| = 410, Hessian condition
+from the members' equal-weight mixture, a truth that every member approximates as bootstrap
+members do; the fitted ŵ (Eq. 1) then cancels between near-duplicates: Σ|ŵ| = 410, Hessian condition
 5e8 at the default seed, and f(x; ŵ) is negative on ≈ 1e-4 of ∫|f|.
 """
 

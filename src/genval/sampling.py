@@ -304,7 +304,9 @@ def sample_mixture(members: Members, weights: ArrayLike, n: int,
         if counts[0] >= limit:
             raise InputError(f"only {counts[1]} of {n} events accepted after {counts[0]} "
                              "proposals: the mixture is non-positive almost everywhere")
-        rate = counts[1] / counts[0] if counts[1] else w.sum() / env.value
+        # expected rate ∫f⁺/C before any event (1/Σ|w| for the |w| envelope, as always)
+        rate = (counts[1] / counts[0] if counts[1] else 1.0 / env.value
+                if proposal.method == "abs" else w.sum() / env.value)
         # 20 % spare for the |w| envelope (its rate is known only roughly); 5 % once the
         # mixture's pilot has measured its rate
         spare = 1.2 if proposal.method == "abs" else 1.05
