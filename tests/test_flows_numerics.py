@@ -227,6 +227,7 @@ class _OneByOne:
         return self._ens.sample(n, member, rng)
 
 
+@pytest.mark.filterwarnings("ignore:the mixture f:genval.errors.NegativeDensityWarning")
 def test_sample_mixture_uses_batched_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
     """A flow ensemble is sampled in one batched pass per proposal batch, and that pass gives
     the events member-by-member sampling gives from the same base draws (same rng stream)."""

@@ -134,6 +134,7 @@ def test_bad_inputs(setup):
         goodness_of_fit(members, fit, x_test, KernelBasis(np.zeros((2, 3)), 0.1), n_toys=5)
 
 
+@pytest.mark.filterwarnings("ignore:the mixture f:genval.errors.NegativeDensityWarning")
 def test_negative_mixture_density_names_events(setup):
     from genval.errors import NegativeDensityWarning
 

@@ -148,7 +148,7 @@ def _gof_matmul_operands(problem: tuple[Any, ...], monkeypatch: pytest.MonkeyPat
     ratio = sampler_globals["mixture_ratio"]
     monkeypatch.setitem(solver_globals, "minimize_convex", traced_solver)
     monkeypatch.setitem(sampler_globals, "mixture_ratio",
-                        lambda log_f, w: np.asarray(ratio(log_f.view(_Probe), w)))
+                        lambda log_f, *args: np.asarray(ratio(log_f.view(_Probe), *args)))
     _Probe.log = []
     goodness_of_fit(members, fit, x_test, basis, n_toys=2, seed=0, n_jobs=1)
     totals: dict[str, tuple[int, int]] = {}

@@ -18,6 +18,7 @@ models/ensemble.safetensors the flow ensemble                             train
 models/history.npz          :class:`LearningCurves` of the flows          train
 fit/fit.npz, fit/fit.json   :class:`~genval.wifi.WeightFit`               fit
 samples/OUTPUT, density.npz oversampled events with f̂ and σ_f̂ (Eq. 3)     sample
+samples/sampler.json        the sampler's diagnostics, negative mass      sample
 coverage/coverage.npz|json  :class:`~genval.coverage.CoverageResult`      coverage
 gof/VARIANT.json            :class:`GofRecord` (GoFResult, Z band)        gof
 ==========================  ============================================  ===============
@@ -54,6 +55,7 @@ __all__ = [
     "KdeSpec", "save_kde", "load_kde", "save_ensemble", "load_members",
     "LearningCurves", "save_history", "load_history",
     "save_fit", "has_fit", "load_fit", "save_samples", "load_samples",
+    "save_sampler", "load_sampler",
     "CoverageRecord", "save_coverage", "load_coverage",
     "GofRecord", "save_gof", "save_gof_error", "load_gof",
 ]
@@ -277,6 +279,20 @@ def load_samples(run: RunDir) -> tuple[EventTable, NDArray[np.float64], NDArray[
     table = read_events(out / run.config().sample.output)
     arrays = _load_npz(out / "density.npz")
     return table, arrays["density"], arrays["density_std"]
+
+
+def save_sampler(run: RunDir, diagnostics: Mapping[str, Any]) -> Path:
+    """The sampler's diagnostics (:meth:`genval.sampling.MixtureSample.diagnostics`): the
+    negative mass of f(x; ŵ), the envelope constant, violations, evaluations per event."""
+    path = run.dir("samples") / "sampler.json"
+    atomic_write_json(path, to_jsonable(dict(diagnostics)))
+    return path
+
+
+def load_sampler(run: RunDir) -> dict[str, Any] | None:
+    """The sampler's diagnostics, or ``None`` before the sample stage ran."""
+    path = run.root / "samples" / "sampler.json"
+    return load_json(path) if path.is_file() else None
 
 
 # --- coverage study (coverage stage) ---------------------------------------------------------

@@ -9,10 +9,15 @@ from genval.members import log_density_matrix
 from genval.pipeline.artifacts import load_members, save_fit, split_events
 from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
+from genval.pipeline.seeds import stage_seed
 from genval.rundir import RunDir
+from genval.sampling import estimate_negative_mass
 from genval.wifi import fit_weights
 
 __all__ = ["stage_fit"]
+
+NEGATIVE_MASS_PROPOSALS = 8192
+"""Proposals of the fit stage's quick negative-mass estimate (resolution about 1e-4)."""
 
 
 def stage_fit(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
@@ -24,7 +29,14 @@ def stage_fit(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     fit = fit_weights(log_f, log=True, max_iter=cfg.wifi.max_iter, tol=cfg.wifi.tol)
     save_fit(run, fit)
     draw(run, "weights", plots.plot_weights, weights=fit.weights, cov=fit.cov)
+    # A quick look at where f(x; ŵ) < 0 (the sample stage measures it on all its proposals).
+    negative, negative_err = estimate_negative_mass(members, fit.weights,
+                                                    NEGATIVE_MASS_PROPOSALS,
+                                                    stage_seed(cfg, "fit-negative-mass"))
     log(f"[fit] {'converged' if fit.converged else 'NOT converged'} in {fit.n_iter} Newton "
         f"iterations on {len(x_fit)} events; cond(V) = {fit.hessian_condition:.3g}, "
-        f"effective rank {fit.effective_rank:.2f} of {fit.n_members}")
-    return {"converged": bool(fit.converged), "n_iter": int(fit.n_iter), "nll": float(fit.nll)}
+        f"effective rank {fit.effective_rank:.2f} of {fit.n_members}, "
+        f"sum|w| = {fit.abs_weight_sum:.3g}, negative mass {negative:.2g} ± {negative_err:.1g}")
+    return {"converged": bool(fit.converged), "n_iter": int(fit.n_iter), "nll": float(fit.nll),
+            "abs_weight_sum": fit.abs_weight_sum, "negative_mass": negative,
+            "negative_mass_error": negative_err}

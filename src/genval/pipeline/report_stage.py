@@ -12,7 +12,14 @@ from typing import Any
 
 from genval.config import Config
 from genval.html_report import CoverageRow, GofRow, write_report
-from genval.pipeline.artifacts import GofRecord, has_fit, load_coverage, load_fit, load_gof
+from genval.pipeline.artifacts import (
+    GofRecord,
+    has_fit,
+    load_coverage,
+    load_fit,
+    load_gof,
+    load_sampler,
+)
 from genval.pipeline.log import Log, quiet
 from genval.rundir import STAGES, RunDir
 
@@ -101,8 +108,30 @@ def _fit_section(run: RunDir) -> tuple[dict[str, Any] | None, list[str]]:
     if not has_fit(run):
         return None, []
     fit = load_fit(run)
-    return ({k: getattr(fit, k) for k in _FIT_DIAGNOSTICS},
-            [f"w_i f_i fit: {m}" for m in fit.messages])
+    info = {k: getattr(fit, k) for k in _FIT_DIAGNOSTICS}
+    info["Σ|ŵ|"] = fit.abs_weight_sum
+    info.update(_negative_mass_rows(run))
+    return info, [f"w_i f_i fit: {m}" for m in fit.messages]
+
+
+def _negative_mass_rows(run: RunDir) -> dict[str, str]:
+    """Where f(x; ŵ) < 0, as a fraction of ∫|f| (fit stage's quick estimate, sample stage's
+    measurement), and the sampler's envelope diagnostics."""
+    rows: dict[str, str] = {}
+    fit_info = run.stage_info("fit") or {}
+    if "negative_mass" in fit_info:
+        rows["negative mass of f (fit, quick)"] = (f"{float(fit_info['negative_mass']):.3g} ± "
+                                                   f"{float(fit_info['negative_mass_error']):.2g}")
+    sampler = load_sampler(run)
+    if sampler is not None:
+        rows["negative mass of f (samples)"] = (f"{float(sampler['negative_mass']):.3g} ± "
+                                                f"{float(sampler['negative_mass_error']):.2g}")
+        rows["sampler"] = (f"{sampler['method']}: "
+                           f"{float(sampler['evaluations_per_event']):.2f} evaluations per "
+                           f"event, envelope C = {float(sampler['envelope']):.3g}, "
+                           f"{sampler['n_violations']} violations, "
+                           f"{sampler['n_duplicates']} copies")
+    return rows
 
 
 def _stage_notes(run: RunDir) -> list[str]:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from genval.pipeline.artifacts import load_fit, load_members, save_samples, split_events
+from genval.pipeline.artifacts import (
+    load_fit,
+    load_members,
+    save_sampler,
+    save_samples,
+    split_events,
+)
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
 from genval.products import oversample
@@ -14,7 +20,11 @@ __all__ = ["stage_sample"]
 
 
 def stage_sample(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
-    """Draw ``sample.n_events`` events from f(x; ŵ) and write them with f̂ and σ_f̂ (Eq. 3)."""
+    """Draw ``sample.n_events`` events from f(x; ŵ) and write them with f̂ and σ_f̂ (Eq. 3).
+
+    The sampler's diagnostics (negative mass of f̂, envelope, violations) go to the stage's
+    info and to ``samples/sampler.json``.
+    """
     cfg = run.config()
     members, fit = load_members(run), load_fit(run)
     _, names = split_events(run, "weight_fit")
@@ -22,8 +32,14 @@ def stage_sample(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     drawn = oversample(members, fit, cfg.sample.n_events, seed)
     path = save_samples(run, cfg.sample.output, drawn.x, names, drawn.density,
                         drawn.density_std)
+    save_sampler(run, drawn.sampler)
     run.update_metadata(seeds={"sample": seed})
     log(f"[sample] {cfg.sample.n_events} events -> {path.name} "
-        f"(acceptance {drawn.acceptance_rate:.1%})")
+        f"(acceptance {drawn.acceptance_rate:.1%}, "
+        f"{drawn.sampler.get('evaluations_per_event', float('nan')):.2f} evaluations per "
+        f"event, negative mass {drawn.negative_mass:.2g} ± {drawn.negative_mass_error:.1g})")
     return {"path": str(path.relative_to(run.root)), "n_events": cfg.sample.n_events,
-            "acceptance_rate": float(drawn.acceptance_rate)}
+            "acceptance_rate": float(drawn.acceptance_rate),
+            "negative_mass": float(drawn.negative_mass),
+            "negative_mass_error": float(drawn.negative_mass_error),
+            "sampler": drawn.sampler}

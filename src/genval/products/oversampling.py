@@ -8,7 +8,8 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,12 +24,23 @@ __all__ = ["OversampledEvents", "oversample"]
 
 @dataclass(frozen=True)
 class OversampledEvents:
-    """Events drawn from the fitted mixture with the density and its σ (Eq. 3) at each event."""
+    """Events drawn from the fitted mixture with the density and its σ (Eq. 3) at each event.
+
+    Attributes:
+        x, density, density_std: the events, f̂ and σ_f̂ (Eq. 3) at each.
+        acceptance_rate: events per proposal of the sampler.
+        negative_mass: fraction of ``∫|f̂|`` where ``f̂ < 0`` (events there follow ``max(f̂, 0)``).
+        negative_mass_error: its Monte-Carlo standard error.
+        sampler: :meth:`genval.sampling.MixtureSample.diagnostics` (envelope, violations, ...).
+    """
 
     x: NDArray[np.float64]
     density: NDArray[np.float64]
     density_std: NDArray[np.float64]
     acceptance_rate: float
+    negative_mass: float = 0.0
+    negative_mass_error: float = 0.0
+    sampler: dict[str, Any] = field(default_factory=dict)
 
 
 def oversample(members: Members, fit: WeightFit, n: int,
@@ -37,6 +49,8 @@ def oversample(members: Members, fit: WeightFit, n: int,
 
     Uses the exact signed-mixture sampler (:func:`genval.sampling.sample_mixture`); the member
     densities it computed for the acceptance test are reused for the density and its band.
+    Where f̂ < 0 the events follow its positive part; the sampler measures that negative mass
+    and warns (:class:`~genval.errors.NegativeDensityWarning`).
     """
     drawn = sample_mixture(members, fit.weights, n, rng)
     # Row-scaled member densities avoid underflow; f̂ and σ are linear in the row scale.
@@ -44,4 +58,7 @@ def oversample(members: Members, fit: WeightFit, n: int,
     scale = np.exp(log_scale)
     return OversampledEvents(x=drawn.x, density=fit.density(scaled) * scale,
                              density_std=fit.density_std(scaled) * scale,
-                             acceptance_rate=drawn.acceptance_rate)
+                             acceptance_rate=drawn.acceptance_rate,
+                             negative_mass=drawn.negative_mass,
+                             negative_mass_error=drawn.negative_mass_error,
+                             sampler=drawn.diagnostics())
