@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 import genval
-from genval.errors import FitError, InputError
+from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof import (
     GoFResult,
     KernelBasis,
@@ -136,7 +136,6 @@ def test_bad_inputs(setup):
 
 @pytest.mark.filterwarnings("ignore:the mixture f:genval.errors.NegativeDensityWarning")
 def test_negative_mixture_density_names_events(setup):
-    from genval.errors import NegativeDensityWarning
 
     members, fit, basis, _ = setup
     signed = type(fit)(np.array([2.0, -1.5, 0.3, 0.2]), fit.cov * 1e4)
@@ -147,10 +146,17 @@ def test_negative_mixture_density_names_events(setup):
     assert n_bad > 0
     with pytest.raises(FitError, match=rf"<= 0 on {n_bad} of 200 test events \(row \d+: x = \["):
         goodness_of_fit(members, signed, x, basis, n_toys=5, variant="frozen")
+    # The toys would come from max(f, 0): refused at the default negative-mass limit ...
+    with pytest.warns(NegativeDensityWarning, match=rf"<= 0 on {n_bad} of 200 test events"), \
+            pytest.raises(FitError, match=r"negative mass 0\.\d+ ± .* above max_negative_mass"):
+        goodness_of_fit(members, signed, x, basis, n_toys=5, pool_size=4000)
+    # ... and run, saying so, when the user accepts that null.
     with pytest.warns(NegativeDensityWarning, match=rf"<= 0 on {n_bad} of 200 test events "
                                                     r"\(row \d+: x = \["):
-        res = goodness_of_fit(members, signed, x, basis, n_toys=5, pool_size=4000)
+        res = goodness_of_fit(members, signed, x, basis, n_toys=5, pool_size=4000,
+                              max_negative_mass=0.5)
     assert np.isfinite(res.t_obs)
+    assert res.negative_mass > 0.1 and res.null.startswith("max(f, 0)")
 
 
 def test_clopper_pearson_and_chi2_fit():
@@ -364,10 +370,12 @@ def test_result_round_trip_with_pools_and_older_files(setup):
     assert legacy.p_interval_total == legacy.p_interval and "not measured" in repr(legacy)
 
 
+@pytest.mark.filterwarnings("ignore:the mixture f.* is negative:"
+                            "genval.errors.NegativeDensityWarning")
 def test_negative_mass_recorded_and_limited(setup, monkeypatch):
     """The sampler's negative mass (where it reports one) reaches the result, which names the
     null it calibrates; above gof.max_negative_mass the test refuses with the measured value."""
-    import types
+    import dataclasses
 
     import genval.gof.toys as toys
 
@@ -375,11 +383,12 @@ def test_negative_mass_recorded_and_limited(setup, monkeypatch):
 
     def with_negative_mass(*args, **kw):
         sample = real(*args, **kw)
-        return types.SimpleNamespace(**vars(sample), negative_mass=0.004,
-                                     negative_mass_error=0.001)
+        return dataclasses.replace(sample, negative_mass=0.004, negative_mass_error=0.001)
 
     monkeypatch.setattr(toys, "sample_mixture", with_negative_mass)
-    with pytest.raises(FitError, match=r"negative mass 0\.004 .*gof\.max_negative_mass"):
+    with pytest.warns(NegativeDensityWarning, match=r"negative on a fraction 0\.004 ± 0\.001 "
+                                                    r"of ∫\|f\| \(toy pool 0"), \
+            pytest.raises(FitError, match=r"negative mass 0\.004 .*gof\.max_negative_mass"):
         _run(setup, n_toys=4)
     res = _run(setup, n_toys=8, max_negative_mass=0.01)
     assert res.negative_mass == pytest.approx(0.004)

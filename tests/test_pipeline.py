@@ -254,6 +254,8 @@ def test_gof_stage_writes_results_figures_and_report(tmp_path, monkeypatch):
         f"<b>≥ {ensemble.z_summary.median:.2f}" in report
 
 
+@pytest.mark.filterwarnings("ignore:the mixture f.* is negative:"
+                            "genval.errors.NegativeDensityWarning")  # signed KDE weights
 def test_gof_result_round_trips_through_its_artifact(tmp_path):
     cfg = _gof_config(tmp_path, variants=["ensemble"])
     run = pipeline.run_pipeline(cfg, stages=["split", "train", "fit"])

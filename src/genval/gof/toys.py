@@ -209,37 +209,47 @@ def pool_rng(seed: int, pool: int) -> np.random.Generator:
 
 
 def draw_pool_rows(members: Members, weights: ArrayLike, basis: KernelBasis, size: int,
-                   seed: int, *, pool: int = 0, max_proposals_per_chunk: int = 2_000_000
+                   seed: int, *, pool: int = 0, max_values_per_chunk: int = 2**23
                    ) -> PoolRows:
     """Draw pool ``pool`` from ``Σ w_k f_k`` and evaluate row-scaled F and G on it once.
 
-    The signed-mixture sampler bounds its own proposal batches; the pool is drawn in chunks of
-    accepted events so that only their row-scaled densities, never the proposals', are held.
-    The sampler's negative mass (``MixtureSample.negative_mass``, where it reports one) is
-    averaged over the chunks, weighted by their proposals.
+    The pool is drawn in chunks of at most ``max_values_per_chunk`` row-scaled values
+    (64 MiB), so that only the accepted events' F and G rows are held, never the proposals'.
+    The sampler's cost per event does not depend on Σ|ŵ| (:mod:`genval.sampling`), so neither
+    does the chunking: every chunk after the first continues with the envelope constant of the
+    one before instead of paying a new pilot. The negative mass is averaged over the chunks,
+    weighted by their proposals, and warned about once for the whole pool.
     """
     w = np.asarray(weights, dtype=np.float64)
     rng = pool_rng(seed, pool)
     sum_abs = max(float(np.abs(w).sum()), 1.0)
-    chunk = max(1000, int(max_proposals_per_chunk / sum_abs))
+    chunk = max(1000, max_values_per_chunk // (members.n_members + basis.n_kernels))
     parts: list[ScaledRows] = []
     n_acc = n_prop = 0
     neg = neg_var = 0.0
+    envelope: float | None = None
     for start in range(0, int(size), chunk):
         n = min(chunk, int(size) - start)
-        # give up beyond 10x the expected proposals (a mixture negative almost everywhere)
-        sample = sample_mixture(members, w, n, rng, max_proposals=int(10 * sum_abs * n) + 100_000)
+        # give up beyond 10x the |w|-envelope's proposals (a mixture negative almost everywhere)
+        sample = sample_mixture(members, w, n, rng, envelope=envelope, warn=False,
+                                max_proposals=int(10 * sum_abs * n) + 100_000)
+        envelope = sample.envelope
         parts.append(scale_rows(sample.log_f, basis.log_pdf(sample.x), log=True))
         n_acc += sample.n_accepted
         n_prop += sample.n_proposed
-        neg += sample.n_proposed * float(getattr(sample, "negative_mass", 0.0) or 0.0)
-        neg_var += (sample.n_proposed * float(getattr(sample, "negative_mass_error", 0.0)
-                                              or 0.0)) ** 2
+        neg += sample.n_proposed * sample.negative_mass
+        neg_var += (sample.n_proposed * sample.negative_mass_error) ** 2
     rows = parts[0] if len(parts) == 1 else ScaledRows(
         np.concatenate([r.f for r in parts]), np.concatenate([r.g for r in parts]),
         np.concatenate([r.log_s for r in parts]))
     total = max(n_prop, 1)
-    return PoolRows(rows, n_acc / total, neg / total, float(np.sqrt(neg_var)) / total, pool)
+    negative_mass, negative_mass_error = neg / total, float(np.sqrt(neg_var)) / total
+    if negative_mass > 0:
+        warnings.warn(f"the mixture f(x; ŵ) is negative on a fraction {negative_mass:.3g} ± "
+                      f"{negative_mass_error:.2g} of ∫|f| (toy pool {pool}, {n_prop} "
+                      "proposals); the toys there follow max(f, 0)", NegativeDensityWarning,
+                      stacklevel=2)
+    return PoolRows(rows, n_acc / total, negative_mass, negative_mass_error, pool)
 
 
 def project_pool(pool: PoolRows, constraint: Constraint, check: ScaledRows) -> ToyPool:
@@ -258,14 +268,10 @@ def project_pool(pool: PoolRows, constraint: Constraint, check: ScaledRows) -> T
 
 
 def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size: int,
-              seed: int, *, pool: int = 0, max_proposals_per_chunk: int = 2_000_000) -> ToyPool:
-    """Draw pool ``pool`` from ``f(x; constraint.weights)`` and evaluate F and G on it once.
-
-    The signed-mixture sampler accepts a fraction ``1 / Σ|ŵ|`` of its proposals (10²–10³
-    with near-duplicate members) and bounds its own proposal batches.
-    """
-    rows = draw_pool_rows(members, constraint.weights, basis, size, seed, pool=pool,
-                          max_proposals_per_chunk=max_proposals_per_chunk)
+              seed: int, *, pool: int = 0) -> ToyPool:
+    """Draw pool ``pool`` from ``f(x; constraint.weights)`` and evaluate F and G on it once
+    (:func:`draw_pool_rows`), in the toys' form for this constraint."""
+    rows = draw_pool_rows(members, constraint.weights, basis, size, seed, pool=pool)
     return project_pool(rows, constraint, _check_rows(members, basis))
 
 
