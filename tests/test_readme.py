@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
+
+from genval.errors import GenvalWarning
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -22,5 +25,11 @@ def test_readme_has_a_python_example():
 def test_readme_python_example_runs(index, capsys):
     code = _python_blocks()[index]
     namespace: dict[str, object] = {"__name__": "__readme__"}
-    exec(compile(code, f"README.md python block {index}", "exec"), namespace)  # noqa: S102
+    with warnings.catch_warnings(record=True) as caught:
+        # genval's own caveats (e.g. a negative-mass warning for signed KDE weights) are what a
+        # user sees printed; any other warning is still an error.
+        warnings.simplefilter("error")
+        warnings.simplefilter("always", GenvalWarning)
+        exec(compile(code, f"README.md python block {index}", "exec"), namespace)  # noqa: S102
+    assert all(issubclass(w.category, GenvalWarning) for w in caught)
     assert capsys.readouterr().out.strip(), "the example prints its results"

@@ -223,8 +223,9 @@ class CoverageConfig(_Section):
 
     Needs a known truth to draw synthetic data sets from, so it runs on generated data only
     (skipped, with a note, for data read from a file). ``n_events`` weight-fit events per data
-    set (default: the weight-fit split size) and ``n_generated`` generated events for the
-    member integrals; ``truth`` overrides the generator's mean as O*.
+    set (default: the weight-fit split size) and ``n_generated`` events generated from
+    f(x; ŵ) per data set, the one common sample of the observables (App. A: 200k for 100k);
+    ``truth`` overrides the generator's mean as O*.
     """
 
     enabled: bool = Field(True, description="run the coverage study (generated data only)")
@@ -232,7 +233,7 @@ class CoverageConfig(_Section):
     n_events: int | None = Field(
         None, ge=1, description="weight-fit events per data set; null: weight-fit split size")
     n_generated: int = Field(
-        200_000, ge=1, description="generated events per data set for the member integrals")
+        200_000, ge=1, description="events generated from f(x; ŵ) per data set (App. A)")
     z_alpha: float = Field(1.0, gt=0, description="interval half-width in σ (1: 68.3 %)")
     truth: list[float] | None = Field(
         None, description="true first moments O*; null: the generator's mean")
