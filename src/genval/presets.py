@@ -25,7 +25,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                                               "learning_rate": 1e-3, "batch_size": 512,
                                               "max_epochs": 40, "patience": 5}},
         "sample": {"n_events": 60_000},
-        "coverage": {"n_datasets": 100, "n_generated": 40_000},
+        # App. A's ratio: 2 x the 12,000 weight-fit events of a data set, drawn from f(x; ŵ)
+        # (each needs every member's density for the importance ratios: the study's main cost)
+        "coverage": {"n_datasets": 100, "n_generated": 24_000},
         "gof": {"n_toys": 300, "n_kernels": 100},
     },
     # The paper's sizes (Sec. 3): 10^5 events, M = 60, the paper architecture; for a GPU.
