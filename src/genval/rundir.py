@@ -271,16 +271,22 @@ class RunDir:
 
     # --- stages ------------------------------------------------------------------------------
 
-    def is_done(self, stage: str) -> bool:
-        """Whether ``stage`` finished under this run's current configuration."""
+    def _marker_record(self, stage: str) -> dict[str, Any] | None:
+        """The parsed marker of ``stage``; None when absent or unreadable (a marker we cannot
+        read proves nothing: the stage counts as not finished and runs again)."""
         marker = self._marker(stage)
         if not marker.is_file():
-            return False
+            return None
         try:
             record = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            return False  # a marker we cannot read proves nothing: re-run the stage
-        return record.get("config_hash") == config_hash(self.config())
+            return None
+        return record if isinstance(record, dict) else None
+
+    def is_done(self, stage: str) -> bool:
+        """Whether ``stage`` finished under this run's current configuration."""
+        record = self._marker_record(stage)
+        return record is not None and record.get("config_hash") == config_hash(self.config())
 
     def require(self, stage: str) -> None:
         """Raise :class:`RunDirError` unless every stage ``stage`` depends on has finished."""
@@ -328,8 +334,8 @@ class RunDir:
         """
         say = log or (lambda _msg: None)
         if not force and self.is_done(stage):
-            record = json.loads(self._marker(stage).read_text(encoding="utf-8"))
-            say(f"[{stage}] already done ({record['finished']}); skipping (use --force)")
+            record = self._marker_record(stage) or {}
+            say(f"[{stage}] already done ({record.get('finished')}); skipping (use --force)")
             return StageOutcome(stage, False, 0.0, record.get("info", {}))
         self.require(stage)
         # The inputs of the stages that depend on this one are about to change: re-run them.
@@ -377,14 +383,8 @@ class RunDir:
 
     def stage_info(self, stage: str) -> dict[str, Any] | None:
         """The info dict ``stage`` recorded in its marker, or None if it has not finished."""
-        marker = self._marker(stage)
-        if not marker.is_file():
-            return None
-        try:
-            record = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
-        return dict(record.get("info", {}))
+        record = self._marker_record(stage)
+        return None if record is None else dict(record.get("info", {}))
 
     def status(self) -> dict[str, bool]:
         """Which stages have finished."""
