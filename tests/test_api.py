@@ -77,3 +77,9 @@ def test_cli_version():
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert genval.__version__ in result.output
+
+
+def test_python_dash_m_genval_is_the_cli():
+    out = subprocess.run([sys.executable, "-m", "genval", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == f"genval, version {genval.__version__}"
