@@ -342,3 +342,18 @@ def test_marginals_figure_is_immune_to_densities_that_underflow(tmp_path, monkey
         for attr in ("ref", "ref_std", "reco", "data"):
             np.testing.assert_allclose(getattr(scaled, attr), getattr(plain, attr),
                                        rtol=1e-9, err_msg=attr)
+
+
+def test_negative_mass_and_sampler_diagnostics_reach_the_report(tmp_path):
+    run = pipeline.run_pipeline(tiny(tmp_path), stages=["split", "train", "fit", "sample",
+                                                        "report"])
+    fit_info = run.stage_info("fit")
+    sampler = artifacts.load_sampler(run)
+    assert 0.0 <= fit_info["negative_mass"] < 1.0 and fit_info["negative_mass_error"] >= 0.0
+    assert sampler["n_accepted"] >= tiny(tmp_path).sample.n_events
+    assert sampler["evaluations_per_event"] >= 1.0
+    report = (run.root / "report.html").read_text(encoding="utf-8")
+    assert "negative mass of f (fit, quick)" in report
+    assert (f"negative mass of f (samples)</th><td>{sampler['negative_mass']:.3g} ± "
+            f"{sampler['negative_mass_error']:.2g}") in report
+    assert f"{sampler['evaluations_per_event']:.2f} evaluations per event" in report
