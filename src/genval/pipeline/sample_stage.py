@@ -22,8 +22,8 @@ __all__ = ["stage_sample"]
 def stage_sample(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """Draw ``sample.n_events`` events from f(x; ŵ) and write them with f̂ and σ_f̂ (Eq. 3).
 
-    The sampler's diagnostics (negative mass of f̂, envelope, violations) go to the stage's
-    info and to ``samples/sampler.json``.
+    The sampler's diagnostics (negative mass of f̂, envelope, violations) go to
+    ``samples/sampler.json``; the stage's info keeps the negative mass.
     """
     cfg = run.config()
     members, fit = load_members(run), load_fit(run)
@@ -41,5 +41,4 @@ def stage_sample(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     return {"path": str(path.relative_to(run.root)), "n_events": cfg.sample.n_events,
             "acceptance_rate": float(drawn.acceptance_rate),
             "negative_mass": float(drawn.negative_mass),
-            "negative_mass_error": float(drawn.negative_mass_error),
-            "sampler": drawn.sampler}
+            "negative_mass_error": float(drawn.negative_mass_error)}
