@@ -120,18 +120,21 @@ def _negative_mass_rows(run: RunDir) -> dict[str, str]:
     rows: dict[str, str] = {}
     fit_info = run.stage_info("fit") or {}
     if "negative_mass" in fit_info:
-        rows["negative mass of f (fit, quick)"] = (f"{float(fit_info['negative_mass']):.3g} ± "
-                                                   f"{float(fit_info['negative_mass_error']):.2g}")
+        rows["negative mass of f (fit, quick)"] = _mass(fit_info)
     sampler = load_sampler(run)
     if sampler is not None:
-        rows["negative mass of f (samples)"] = (f"{float(sampler['negative_mass']):.3g} ± "
-                                                f"{float(sampler['negative_mass_error']):.2g}")
+        rows["negative mass of f (samples)"] = _mass(sampler)
         rows["sampler"] = (f"{sampler['method']}: "
                            f"{float(sampler['evaluations_per_event']):.2f} evaluations per "
                            f"event, envelope C = {float(sampler['envelope']):.3g}, "
                            f"{sampler['n_violations']} violations, "
                            f"{sampler['n_duplicates']} copies")
     return rows
+
+
+def _mass(record: dict[str, Any]) -> str:
+    """``negative_mass ± negative_mass_error`` of a stage's record."""
+    return f"{float(record['negative_mass']):.3g} ± {float(record['negative_mass_error']):.2g}"
 
 
 def _stage_notes(run: RunDir) -> list[str]:
