@@ -7,6 +7,7 @@ from scipy.stats import norm
 
 from genval.errors import FitError, InputError
 from genval.gof import KernelBasis, goodness_of_fit, require_unweighted
+from genval.io import FORMATS, read_events, write_events
 from genval.linalg import sum_to_one_basis
 from genval.members import GaussianMembers, KDEMembers, log_density_matrix
 from genval.sampling import sample_mixture
@@ -252,3 +253,40 @@ def test_gof_refuses_weighted_test_events_and_accepts_equal_weights():
     plain = goodness_of_fit(MEMBERS_1D, fit, x_test, basis, **kw)
     assert equal.t_obs == plain.t_obs
     np.testing.assert_array_equal(equal.t_null, plain.t_null)
+
+
+# --- reading a weight column --------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != ".npy"])
+def test_the_weight_column_is_read_with_the_features_and_is_never_one(tmp_path, rng, fmt):
+    for library in {".parquet": ("pyarrow",), ".h5": ("h5py",),
+                    ".root": ("uproot", "awkward")}.get(fmt, ()):
+        pytest.importorskip(library)
+    table = np.column_stack([rng.normal(size=(50, 2)), rng.normal(1.0, 2.0, 50)])
+    spec = f"{tmp_path}/w{fmt}{':events' if fmt in ('.h5', '.root') else ''}"
+    write_events(spec, table, ["pt", "eta", "mcw"])
+    everything = read_events(spec, weight="mcw")  # features=None: every other column
+    assert everything.names == ["pt", "eta"] and everything.weight_name == "mcw"
+    np.testing.assert_array_equal(everything.x, table[:, :2])
+    np.testing.assert_array_equal(everything.weights, table[:, 2])
+    chosen = read_events(spec, ["eta"], weight="mcw")
+    np.testing.assert_array_equal(chosen.x, table[:, 1:2])
+    np.testing.assert_array_equal(chosen.weights, table[:, 2])
+    assert read_events(spec).weights is None and read_events(spec).names == ["pt", "eta", "mcw"]
+    with pytest.raises(InputError, match=r"weight column 'mcv' not found .*did you mean 'mcw'"):
+        read_events(spec, weight="mcv")
+    assert read_events(spec, weight="mcv", weight_required=False).weights is None
+    with pytest.raises(InputError, match="'eta' is both a feature and the weight column"):
+        read_events(spec, ["pt", "eta"], weight="eta")
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    table = np.ones((10, 3))
+    table[4, 2] = np.nan
+    write_events(tmp_path / "w.csv", np.nan_to_num(table, nan=0.0), ["a", "b", "w"])
+    text = (tmp_path / "w.csv").read_text().splitlines()
+    text[5] = "1,1,nan"
+    (tmp_path / "w.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(InputError, match=r"weights 'w' in .*w\.csv contain 1 NaN/inf values "
+                                         r"\(first at row 4\)"):
+        read_events(tmp_path / "w.csv", weight="w")
