@@ -22,7 +22,7 @@ EXPORTS = {
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
             "GoFResult", "LRStatistic", "ZSummary", "fit_scaled_chi2", "clopper_pearson",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
-            "VARIANT_LABELS"],
+            "VARIANT_LABELS", "require_unweighted"],
     "flows": ["FlowEnsemble", "TrainSettings", "TrainingHistory", "train", "save", "load",
               "read_metadata", "PAPER_ARCHITECTURE", "PAPER_TRAINING", "PRECISIONS"],
     "members": ["Members", "KDEMembers", "GaussianMembers", "CallableMembers",
@@ -30,7 +30,7 @@ EXPORTS = {
     "products": ["observable", "oversample", "member_integrals", "estimate_observable",
                  "binned_reference", "bin_integrals", "histogram_counts"],
     "coverage": ["run_coverage", "CoverageResult", "coverage_interval"],
-    "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS"],
+    "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS", "split_events", "split_weights"],
     "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD", "is_paper_toy"],
 }
 

@@ -7,7 +7,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import InputError
 
-__all__ = ["as_events", "as_rng"]
+__all__ = ["as_events", "as_event_weights", "as_rng"]
 
 
 def as_events(x: ArrayLike, *, n_features: int | None = None, min_events: int = 1,
@@ -33,6 +33,29 @@ def as_events(x: ArrayLike, *, n_features: int | None = None, min_events: int = 
     if not finite.all():
         rows = np.flatnonzero(~finite)
         raise InputError(f"{name} contain {rows.size} rows with NaN/inf (first at row {rows[0]})")
+    return np.ascontiguousarray(arr)
+
+
+def as_event_weights(weights: ArrayLike, n_events: int, *, name: str = "event weights",
+                     positive_total: bool = True) -> NDArray[np.float64]:
+    """Per-event weights as a float64 (N,) array, or raise :class:`InputError`.
+
+    Monte-Carlo weights may be negative; they must be finite, one per event and (with
+    ``positive_total``) sum to a positive total, without which no weighted mean is defined.
+    """
+    try:
+        arr = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric: {exc}") from exc
+    if arr.ndim != 1 or arr.shape[0] != n_events:
+        raise InputError(f"{name} must be one number per event ({n_events},), got shape "
+                         f"{arr.shape}")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise InputError(f"{name} contain {rows.size} NaN/inf values (first at row {rows[0]})")
+    if positive_total and not arr.sum() > 0:
+        raise InputError(f"{name} sum to {arr.sum():.6g}: the total weight must be positive")
     return np.ascontiguousarray(arr)
 
 

@@ -99,7 +99,12 @@ class DataConfig(_Section):
     Attributes:
         path: ``file.npy``, ``file.npz[:key]``, ``file.csv``, ``file.parquet``,
             ``file.h5:dataset`` or ``file.root:tree``; ``None`` generates :attr:`generate`.
-        features: feature (column, branch) names to read, in order; ``None`` reads all.
+        features: feature (column, branch) names to read, in order; ``None`` reads all
+            (except :attr:`weight`).
+        weight: the column (branch) of ``path`` holding per-event weights (Monte-Carlo
+            weights, finite, possibly negative), read with the features and never one of
+            them; ``None``: unweighted events. ``test_path`` is read with the same column when
+            it has one (the GoF test refuses weighted test events), unweighted otherwise.
         test_path: optional separate file for the test split (then ``splits.test`` must be
             unset); it must not be the file the other splits come from.
         generate: the generated source used when ``path`` is ``None``.
@@ -110,6 +115,9 @@ class DataConfig(_Section):
                            "null: generate")
     features: list[str] | None = Field(
         None, description="feature (column, branch) names to read, in order; null: all")
+    weight: str | None = Field(
+        None, description="column (branch) of per-event weights, possibly negative; not a "
+                          "feature; null: unweighted")
     test_path: str | None = Field(
         None, description="separate file for the test events (then splits.test must be null)")
     generate: GaussianSource = Field(
@@ -125,6 +133,16 @@ class DataConfig(_Section):
             if dupes:
                 raise ValueError(f"duplicate feature names {dupes}")
         return value
+
+    @model_validator(mode="after")
+    def _weight_is_not_a_feature(self) -> DataConfig:
+        if self.weight is not None:
+            if self.path is None:
+                raise ValueError(f"weight {self.weight!r} needs data.path: generated events "
+                                 "are unweighted")
+            if self.features is not None and self.weight in self.features:
+                raise ValueError(f"{self.weight!r} is both a feature and the weight column")
+        return self
 
 
 class SplitsConfig(_Section):

@@ -41,6 +41,7 @@ from genval.gof.toys import (
     draw_pool,
     goodness_of_fit,
     prepare,
+    require_unweighted,
     run_toys,
 )
 from genval.newton import NewtonOptions, Solution, minimize_convex
@@ -51,6 +52,7 @@ __all__ = [
     "test_statistic",
     "goodness_of_fit",
     "prepare",
+    "require_unweighted",
     "PreparedGoF",
     "PoolRows",
     "merge_results",

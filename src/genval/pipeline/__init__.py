@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from genval.config import Config
-from genval.pipeline.artifacts import load_fit, load_members, split_events
+from genval.pipeline.artifacts import load_fit, load_members, split_events, split_weights
 from genval.pipeline.coverage_stage import stage_coverage
 from genval.pipeline.fit_stage import stage_fit
 from genval.pipeline.gof_stage import stage_gof
@@ -37,6 +37,7 @@ __all__ = [
     "run_pipeline",
     "stage_seed",
     "split_events",
+    "split_weights",
     "load_members",
     "load_fit",
     "stage_split",

@@ -11,7 +11,9 @@ changes writer and reader together. Arrays go to ``.npz`` (exact), scalars and s
 file                        content                                       written by
 ==========================  ============================================  ===============
 data/events.npz             the event table (:mod:`genval.io`)            split
+data/weights.npz            per-event weights of the table, if weighted   split
 data/test_events.npz        separate test events, when configured         split
+data/test_weights.npz       their weights, if the test file has them      split
 data/splits.npz             split indices and hash (:class:`Splits`)      split
 models/kde.json             :class:`KdeSpec` (KDE members are rebuilt)    train
 models/ensemble.safetensors the flow ensemble                             train
@@ -51,7 +53,8 @@ from genval.wifi import WeightFit
 
 __all__ = [
     "save_npz", "load_json",
-    "save_events", "save_test_events", "split_events", "save_splits", "load_splits",
+    "save_events", "save_test_events", "split_events", "split_weights", "save_splits",
+    "load_splits",
     "KdeSpec", "save_kde", "load_kde", "save_ensemble", "load_members",
     "LearningCurves", "save_history", "load_history",
     "save_fit", "has_fit", "load_fit", "save_samples", "load_samples",
@@ -99,16 +102,34 @@ def _test_events_path(run: RunDir) -> Path:
     return run.root / "data" / "test_events.npz"
 
 
+def _weights_path(run: RunDir, test: bool = False) -> Path:
+    return run.root / "data" / ("test_weights.npz" if test else "weights.npz")
+
+
+def _save_weights(run: RunDir, table: EventTable, test: bool) -> None:
+    """The table's per-event weights beside its events; a stale file of an earlier,
+    weighted configuration is removed when the table is unweighted."""
+    path = _weights_path(run, test)
+    if table.weights is None:
+        path.unlink(missing_ok=True)
+        return
+    save_npz(path, weights=table.weights, column=np.str_(table.weight_name or ""))
+
+
 def save_events(run: RunDir, table: EventTable) -> Path:
-    """The full event table the splits index into."""
+    """The full event table the splits index into (and its weights, when weighted)."""
     run.dir("data")
-    return write_events(_events_path(run), table.x, table.names)
+    path = write_events(_events_path(run), table.x, table.names)
+    _save_weights(run, table, test=False)
+    return path
 
 
 def save_test_events(run: RunDir, table: EventTable) -> Path:
     """Test events read from ``data.test_path`` (then the test split is not cut)."""
     run.dir("data")
-    return write_events(_test_events_path(run), table.x, table.names)
+    path = write_events(_test_events_path(run), table.x, table.names)
+    _save_weights(run, table, test=True)
+    return path
 
 
 def save_splits(run: RunDir, splits: Splits) -> Path:
@@ -133,6 +154,32 @@ def split_events(run: RunDir, name: str) -> tuple[NDArray[np.float64], list[str]
     return splits.take(table.x, name), table.names
 
 
+def split_weights(run: RunDir, name: str) -> NDArray[np.float64] | None:
+    """The per-event weights of split ``name`` (aligned with :func:`split_events`), or None
+    when its events are unweighted (``data.weight`` unset, or a test file without the column).
+
+    Raises:
+        ArtifactError: a weights file that is unreadable or does not match the events.
+    """
+    splits = load_splits(run)
+    separate_test = name == "test" and "test" not in splits.indices
+    path = _weights_path(run, test=separate_test)
+    if not path.is_file():
+        return None
+    try:
+        weights = _load_npz(path)["weights"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ArtifactError(f"cannot read event weights from {path}: {exc}") from exc
+    if separate_test:
+        n_test = read_events(_test_events_path(run)).n_events
+        if weights.shape != (n_test,):
+            raise ArtifactError(f"{path} holds {weights.shape} weights for {n_test} test events")
+        return weights.astype(np.float64)
+    if weights.shape != (splits.n_events,):
+        raise ArtifactError(f"{path} holds {weights.shape} weights for {splits.n_events} events")
+    return splits.take(weights[:, None].astype(np.float64), name)[:, 0]
+
+
 # --- members (train stage) -------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -152,8 +199,10 @@ class KdeSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> KdeSpec:
         return cls(int(data["n_members"]), data["bandwidth"], int(data["seed"]))
 
-    def build(self, x_train: ArrayLike) -> KDEMembers:
-        return KDEMembers(x_train, self.n_members, bandwidth=self.bandwidth, seed=self.seed)
+    def build(self, x_train: ArrayLike, event_weights: ArrayLike | None = None) -> KDEMembers:
+        """The members on the train split (with its event weights, when weighted)."""
+        return KDEMembers(x_train, self.n_members, bandwidth=self.bandwidth, seed=self.seed,
+                          event_weights=event_weights)
 
 
 def _kde_path(run: RunDir) -> Path:
@@ -184,7 +233,7 @@ def load_members(run: RunDir) -> Members:
     """The members saved by the train stage (KDE rebuilt, flows loaded on the run's device)."""
     if run.config().members.kind == "kde":
         x_train, _ = split_events(run, "train")
-        return load_kde(run).build(x_train)
+        return load_kde(run).build(x_train, split_weights(run, "train"))
     from genval.flows import FlowEnsemble  # torch loads only for flow members
 
     device = run.metadata().get("device", {}).get("resolved", "cpu")

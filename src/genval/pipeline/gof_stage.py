@@ -20,6 +20,7 @@ from genval.pipeline.artifacts import (
     save_gof,
     save_gof_error,
     split_events,
+    split_weights,
 )
 from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
@@ -42,13 +43,19 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
 
     Writes ``gof/VARIANT.json`` (t_obs, p, Z, χ² extrapolation, t_null), the null figure of
     each variant (Fig. 2) and the marginals of REF / DATA / LRT RECO (Fig. 1).
+
+    Raises:
+        InputError: the test events are weighted (:func:`genval.gof.require_unweighted`).
     """
     cfg = run.config()
     if not cfg.gof.enabled:
         return {"skipped": "gof.enabled is false"}
+    x_test, names = split_events(run, "test")
+    # Before anything is evaluated: the calibration holds for unweighted test events only.
+    gof.require_unweighted(split_weights(run, "test"), len(x_test),
+                           name=f"test events (data.weight {cfg.data.weight!r})")
     seed = stage_seed(cfg, "gof")
     members, fit = load_members(run), load_fit(run)
-    x_test, names = split_events(run, "test")
     x_centres, _ = split_events(run, "centres")
     basis = gof.KernelBasis.from_events(x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
                                         standardize=cfg.gof.standardize, seed=seed)

@@ -110,6 +110,8 @@ def _fit_section(run: RunDir) -> tuple[dict[str, Any] | None, list[str]]:
     fit = load_fit(run)
     info = {k: getattr(fit, k) for k in _FIT_DIAGNOSTICS}
     info["Σ|ŵ|"] = fit.abs_weight_sum
+    if fit.n_effective is not None:
+        info["effective events (weighted, (Σs)²/Σs²)"] = fit.n_effective
     info.update(_negative_mass_rows(run))
     return info, [f"w_i f_i fit: {m}" for m in fit.messages]
 

@@ -16,6 +16,7 @@ from genval.pipeline.artifacts import (
     save_history,
     save_kde,
     split_events,
+    split_weights,
 )
 from genval.pipeline.device import resolve_device
 from genval.pipeline.figures import draw
@@ -30,19 +31,20 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """Train (or build) the M members on the train split and save them under ``models/``."""
     cfg = run.config()
     x_train, _ = split_events(run, "train")
+    w_train = split_weights(run, "train")
     seed = stage_seed(cfg, "train")
     run.update_metadata(seeds={"train": seed})
     if cfg.members.kind == "kde":
         spec = KdeSpec(cfg.members.n_members, cfg.members.kde.bandwidth, seed)
         # KDE members are rebuilt deterministically from the train split and the seed; build
         # them once here so that a bad bandwidth fails this stage, not a later one.
-        spec.build(x_train)
+        spec.build(x_train, w_train)
         save_kde(run, spec)
         return {"kind": "kde", "n_members": cfg.members.n_members}
     device = resolve_device(cfg.device)
     run.update_metadata(device={"resolved": device})
     log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}")
-    ensemble, history = _train_flows(cfg, x_train, seed, device)
+    ensemble, history = _train_flows(cfg, x_train, w_train, seed, device)
     save_ensemble(run, ensemble)
     curves = LearningCurves.from_history(history)
     save_history(run, curves)
@@ -52,9 +54,10 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
             "diverged": int(np.sum(history.diverged))}
 
 
-def _train_flows(cfg: Config, x_train: NDArray[np.float64], seed: int, device: str
-                 ) -> tuple[Any, Any]:
-    """The flow ensemble of ``members.flow`` trained on ``x_train``, and its history."""
+def _train_flows(cfg: Config, x_train: NDArray[np.float64], w_train: NDArray[np.float64] | None,
+                 seed: int, device: str) -> tuple[Any, Any]:
+    """The flow ensemble of ``members.flow`` trained on ``x_train`` (weighted by ``w_train``
+    when the events are), and its history."""
     from genval import flows  # torch loads only for flow members
 
     fc = cfg.members.flow
@@ -64,7 +67,7 @@ def _train_flows(cfg: Config, x_train: NDArray[np.float64], seed: int, device: s
                           batch_size=fc.batch_size, lr=fc.learning_rate,
                           max_epochs=fc.max_epochs, patience=fc.patience, seed=seed,
                           device=device, progress=not cfg.quiet, bootstrap=fc.bootstrap,
-                          precision=fc.precision)
+                          precision=fc.precision, event_weights=w_train)
     return ens, history
 
 
