@@ -13,7 +13,8 @@ from genval.cli import main
 TOP_LEVEL = [
     "__version__", "errors", "members", "linalg", "sampling", "stats", "wifi", "products",
     "coverage", "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
-    "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "goodness_of_fit",
+    "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "transforms",
+    "goodness_of_fit",
 ]
 
 # Names each public module must export (it may export more).
@@ -22,7 +23,7 @@ EXPORTS = {
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
             "GoFResult", "LRStatistic", "ZSummary", "fit_scaled_chi2", "clopper_pearson",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
-            "VARIANT_LABELS", "require_unweighted"],
+            "VARIANT_LABELS", "require_unweighted", "kernel_basis_text"],
     "flows": ["FlowEnsemble", "TrainSettings", "TrainingHistory", "train", "save", "load",
               "read_metadata", "PAPER_ARCHITECTURE", "PAPER_TRAINING", "PRECISIONS"],
     "members": ["Members", "KDEMembers", "GaussianMembers", "CallableMembers",
@@ -31,7 +32,10 @@ EXPORTS = {
                  "binned_reference", "bin_integrals", "histogram_counts"],
     "coverage": ["run_coverage", "CoverageResult", "coverage_interval"],
     "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS", "split_events", "split_weights"],
-    "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD", "is_paper_toy"],
+    "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD",
+              "PAPER_KERNEL_BASIS", "is_paper_toy"],
+    "transforms": ["FeatureMap", "Identity", "Log", "Bounded", "FeatureTransform",
+                   "TransformedMembers", "parse_feature_map", "PERIODIC_MESSAGE"],
 }
 
 

@@ -108,6 +108,10 @@ class DataConfig(_Section):
         test_path: optional separate file for the test split (then ``splits.test`` must be
             unset); it must not be the file the other splits come from.
         generate: the generated source used when ``path`` is ``None``.
+        transforms: per-feature maps applied before training (:mod:`genval.transforms`):
+            ``{feature: "log" | "identity" | {log: {shift: X0}} | {bounded: [LO, HI]}}``;
+            features not named are left unchanged, ``"periodic"`` is refused (drop phi).
+            Every density, band, sample and test result stays in physical units.
     """
 
     path: str | None = Field(
@@ -122,6 +126,24 @@ class DataConfig(_Section):
         None, description="separate file for the test events (then splits.test must be null)")
     generate: GaussianSource = Field(
         default_factory=GaussianSource, description="the source used when path is null")
+    transforms: dict[str, Any] = Field(
+        default_factory=dict, description="per-feature map before training, {FEATURE: log | "
+        "identity | {log: {shift: X0}} | {bounded: [LO, HI]}}; densities stay in physical units")
+
+    @field_validator("transforms")
+    @classmethod
+    def _known_maps(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Canonical entries ("log" and {log: {shift: 0}} are one map), each validated here so
+        # that a typo fails when the config is read, not after training.
+        from genval.transforms import parse_feature_map
+
+        out = {}
+        for name, spec in value.items():
+            try:
+                out[str(name)] = parse_feature_map(spec).to_config()
+            except InputError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return out
 
     @field_validator("features")
     @classmethod
@@ -264,6 +286,13 @@ class GofConfig(_Section):
     weights fixed at ŵ, no uncertainty) and ``ensemble`` (with the Cov(ŵ) constraint): the
     paper's Z = 20.29, 4.13 and 0.92. ``constraint_centre``: the toys' constraint centre z₀,
     ``redrawn`` from N(0, C_r) per toy or ``fixed`` at 0 (the paper's text).
+
+    The kernels live in the space the members are trained in (after ``data.transforms``);
+    ``kernel_units: standardised`` (default) measures ``sigma`` in each transformed feature's
+    standard deviation on the centres split, so a width means the same in every feature;
+    ``raw`` measures it in the transformed features' own units (the paper's K = 100,
+    σ = 0.05, which the demo presets keep). Choosing K and σ: docs/choosing-kernels.md. The
+    older key ``standardize: true | false`` is read as ``kernel_units: standardised | raw``.
     """
 
     enabled: bool = Field(True, description="run the goodness-of-fit test")
@@ -271,10 +300,12 @@ class GofConfig(_Section):
         default_factory=lambda: list(VARIANTS),
         description="single | frozen | ensemble (with uncertainty)")
     single_member: int = Field(0, ge=0, description="the member of the single variant")
-    n_kernels: int = Field(100, ge=1, description="Gaussian kernels K of the alternative")
-    sigma: float = Field(0.05, gt=0, description="kernel width")
-    standardize: bool = Field(
-        False, description="measure sigma in units of each feature's standard deviation")
+    n_kernels: int = Field(10, ge=1, description="Gaussian kernels K of the alternative "
+                           "(paper: 100)")
+    sigma: float = Field(1.0, gt=0, description="kernel width, in kernel_units (paper: 0.05 raw)")
+    kernel_units: Literal["standardised", "raw"] = Field(
+        "standardised", description="standardised (sigma in standard deviations of each "
+        "transformed feature) | raw (in transformed-feature units, the paper's)")
     lambda_net: float = Field(1e-6, ge=0, description="weak L2 penalty on kernel coefficients")
     n_toys: int = Field(200, ge=1, description="null toys per variant")
     n_pools: int = Field(
@@ -289,6 +320,23 @@ class GofConfig(_Section):
         "fixed", description="fixed (N_test events per toy) | poisson")
     n_test_sets: int = Field(1, ge=1, description="disjoint test sets (median Z, 16-84 % band)")
     n_jobs: int = Field(-1, ge=-1, description="threads fitting toys; -1: one per core")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _standardize_spelling(cls, data: Any) -> Any:
+        # Configs (and run directories) written before kernel_units say standardize: true |
+        # false; read them as the basis they meant. Both keys at once must agree.
+        if isinstance(data, dict) and "standardize" in data:
+            data = dict(data)
+            old = data.pop("standardize")
+            if not isinstance(old, bool):
+                raise ValueError(f"standardize (the older spelling of kernel_units) must be "
+                                 f"true or false, got {old!r}")
+            units = "standardised" if old else "raw"
+            if data.setdefault("kernel_units", units) != units:
+                raise ValueError(f"standardize: {str(old).lower()} contradicts kernel_units: "
+                                 f"{data['kernel_units']}; keep kernel_units only")
+        return data
 
     @field_validator("variants")
     @classmethod
@@ -346,6 +394,13 @@ class Config(_Section):
             if _same_file(self.data.path, self.data.test_path):
                 raise ValueError(f"data.test_path {self.data.test_path!r} is the file the "
                                  "training splits come from: the test split would overlap them")
+        names = self.data.features or (None if self.data.path is not None else
+                                       [f"x{j}" for j in range(len(self.data.generate.mean))])
+        if self.data.transforms and names is not None:
+            from genval.transforms import FeatureTransform
+
+            # Feature names read from a file are checked against its columns at the split.
+            FeatureTransform.from_spec(self.data.transforms, names)
         if "single" in self.gof.variants and self.gof.single_member >= self.members.n_members:
             raise ValueError(f"gof.single_member={self.gof.single_member} but there are only "
                              f"{self.members.n_members} members")
@@ -471,8 +526,9 @@ def _commented(model: BaseModel, depth: int) -> list[str]:
             lines.append(f"{pad}{name}:  # {doc}")
             lines += _commented(value, depth + 1)
             continue
-        # Lists inline ("[a, b]"), scalars as plain "key: value", so each key is one line.
-        flow = isinstance(values[name], list)
+        # Lists and mappings inline ("[a, b]", "{pt: log}"), scalars as plain "key: value",
+        # so each key is one line.
+        flow = isinstance(values[name], list | dict)
         text = f"{name}: " + yaml.safe_dump(values[name], default_flow_style=flow,
                                             width=10_000).removesuffix("\n...\n").strip()
         note = f"  # {field.description}" if field.description else ""

@@ -14,7 +14,7 @@ References:
 from __future__ import annotations
 
 from genval.gof.constraint import Constraint
-from genval.gof.kernels import KernelBasis
+from genval.gof.kernels import KernelBasis, kernel_basis_text
 from genval.gof.result import (
     ChiSquareFit,
     GoFResult,
@@ -49,6 +49,7 @@ from genval.row_scaling import ScaledRows, scale_rows
 
 __all__ = [
     "KernelBasis",
+    "kernel_basis_text",
     "test_statistic",
     "goodness_of_fit",
     "prepare",

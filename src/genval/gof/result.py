@@ -25,6 +25,7 @@ import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import InputError
+from genval.gof.kernels import kernel_basis_text
 from genval.stats import clopper_pearson
 
 __all__ = ["GoFResult", "ChiSquareFit", "ZSummary", "clopper_pearson", "fit_scaled_chi2",
@@ -92,6 +93,10 @@ class GoFResult:
         pool_negative_mass: (n_pools,) negative mass of f(x; ŵ) (the fraction of ∫|f| where
             f < 0) measured on each pool, NaN for pools this run did not draw.
         pool_negative_mass_error: (n_pools,) its statistical error per pool.
+        kernel_basis: which kernels the alternative used
+            (:meth:`~genval.gof.KernelBasis.describe`: K, σ, its units, the per-feature
+            scale and the transformed coordinates); empty in files written before it was
+            recorded.
     """
 
     t_obs: float
@@ -112,6 +117,7 @@ class GoFResult:
     n_pools: int = 1
     pool_negative_mass: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     pool_negative_mass_error: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    kernel_basis: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_toys(self) -> int:
@@ -261,6 +267,7 @@ class GoFResult:
             "negative_mass_error": self.negative_mass_error, "null": self.null,
             "pool_negative_mass": _nan_to_none(self.pool_negative_mass),
             "pool_negative_mass_error": _nan_to_none(self.pool_negative_mass_error),
+            "kernel_basis": dict(self.kernel_basis),
             "timings": dict(self.timings), "t_null": self.t_null.tolist(),
             "toy_index": self.toy_index.tolist(),
             "toy_converged": self.toy_converged.tolist(), "toy_size": self.toy_size.tolist(),
@@ -283,9 +290,12 @@ class GoFResult:
                  f"{self.n_pools} pools)\n" if share is not None else
                  f"  pools' share of p's error not measured ({self.n_pools} pool)\n")
         null = f"  null calibrated: toys from {self.null}\n"
+        basis = kernel_basis_text(self.kernel_basis)
+        basis = f", {basis}" if basis else ""
         return (
             f"GoFResult(variant={self.variant!r}, centre={self.centre!r})\n"
             f"  t_obs = {self.t_obs:.4g}   N_test = {self.n_test}, K = {self.n_kernels}"
+            f"{basis}"
             f"{'' if obs_ok else '   (observed fit NOT converged)'}\n"
             f"  p = {self.p_value:.4g}  [{lo:.3g}, {hi:.3g}] Clopper-Pearson "
             f"{100 * self.cl:.1f}% CL, k = {self.n_above} of B = {self.n_toys}\n"
@@ -325,6 +335,7 @@ class GoFResult:
             cl=float(data.get("cl", 0.6827)), n_pools=int(data.get("n_pools", 1)),
             pool_negative_mass=_none_to_nan(data.get("pool_negative_mass", [])),
             pool_negative_mass_error=_none_to_nan(data.get("pool_negative_mass_error", [])),
+            kernel_basis=dict(data.get("kernel_basis") or {}),
         )
 
 
@@ -338,7 +349,7 @@ def _none_to_nan(values: Sequence[float | None]) -> NDArray[np.float64]:
 
 
 _MERGE_KEYS = ("variant", "centre", "seed", "pool_size", "n_test", "n_kernels", "poisson",
-               "n_pools")
+               "n_pools", "kernel_basis")
 
 
 def merge_results(results: Sequence[GoFResult]) -> GoFResult:

@@ -710,4 +710,4 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         timings={"observed": t_obs_done - t_start, "pool": pool_s, "toys": toy_s,
                  "total": end - t_start}, cl=cfg.cl, n_pools=prepared.n_pools,
         pool_negative_mass=toys.negative_mass,
-        pool_negative_mass_error=toys.negative_mass_error)
+        pool_negative_mass_error=toys.negative_mass_error, kernel_basis=basis.describe())

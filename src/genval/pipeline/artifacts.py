@@ -15,6 +15,7 @@ data/weights.npz            per-event weights of the table, if weighted   split
 data/test_events.npz        separate test events, when configured         split
 data/test_weights.npz       their weights, if the test file has them      split
 data/splits.npz             split indices and hash (:class:`Splits`)      split
+models/transform.json       the :class:`FeatureTransform` of the members  train
 models/kde.json             :class:`KdeSpec` (KDE members are rebuilt)    train
 models/ensemble.safetensors the flow ensemble                             train
 models/history.npz          :class:`LearningCurves` of the flows          train
@@ -43,12 +44,13 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval._atomic import atomic_write_bytes, atomic_write_json
 from genval.coverage import CoverageResult
-from genval.errors import ArtifactError
+from genval.errors import ArtifactError, InputError
 from genval.gof import GoFResult, ZSummary
 from genval.io import EventTable, read_events, write_events
 from genval.members import KDEMembers, Members
 from genval.rundir import RunDir, to_jsonable
 from genval.splits import Splits
+from genval.transforms import FeatureTransform, TransformedMembers
 from genval.wifi import WeightFit
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "save_events", "save_test_events", "split_events", "split_weights", "save_splits",
     "load_splits",
     "KdeSpec", "save_kde", "load_kde", "save_ensemble", "load_members",
+    "save_transform", "load_transform",
     "LearningCurves", "save_history", "load_history",
     "save_fit", "has_fit", "load_fit", "save_samples", "load_samples",
     "save_sampler", "load_sampler",
@@ -229,15 +232,51 @@ def save_ensemble(run: RunDir, ensemble: Any) -> Path:
     return _ensemble_path(run)
 
 
+def _transform_path(run: RunDir) -> Path:
+    return run.root / "models" / "transform.json"
+
+
+def save_transform(run: RunDir, transform: FeatureTransform) -> Path:
+    """The feature transform the members were trained under (``data.transforms``)."""
+    run.dir("models")
+    return atomic_write_json(_transform_path(run), transform.to_dict())
+
+
+def load_transform(run: RunDir) -> FeatureTransform:
+    """The members' feature transform, as the train stage saved it.
+
+    Raises:
+        ArtifactError: the file is missing or is not a valid transform.
+    """
+    path = _transform_path(run)
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: run the train stage (`genval train "
+                            f"{run.root}`) again")
+    try:
+        return FeatureTransform.from_dict(load_json(path))
+    except InputError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+
+
 def load_members(run: RunDir) -> Members:
-    """The members saved by the train stage (KDE rebuilt, flows loaded on the run's device)."""
+    """The members saved by the train stage, in physical units.
+
+    KDE members are rebuilt from the transformed train split, flows loaded on the run's
+    device; with a feature transform they come wrapped in
+    :class:`~genval.transforms.TransformedMembers`, so every density carries the Jacobian and
+    every sample is in the features' own units.
+    """
+    transform = load_transform(run)
     if run.config().members.kind == "kde":
         x_train, _ = split_events(run, "train")
-        return load_kde(run).build(x_train, split_weights(run, "train"))
-    from genval.flows import FlowEnsemble  # torch loads only for flow members
+        base: Members = load_kde(run).build(transform.forward(x_train, name="train events"),
+                                            split_weights(run, "train"))
+    else:
+        from genval.flows import FlowEnsemble  # torch loads only for flow members
 
-    device = run.metadata().get("device", {}).get("resolved", "cpu")
-    return FlowEnsemble.load(_ensemble_path(run), device=device)
+        device = run.metadata().get("device", {}).get("resolved", "cpu")
+        base = FlowEnsemble.load(_ensemble_path(run), device=device)
+    return base if transform.is_identity else TransformedMembers(base, transform)
 
 
 @dataclass(frozen=True)

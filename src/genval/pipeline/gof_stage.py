@@ -17,6 +17,7 @@ from genval.members import Members
 from genval.pipeline.artifacts import (
     load_fit,
     load_members,
+    load_transform,
     save_gof,
     save_gof_error,
     split_events,
@@ -57,8 +58,11 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     seed = stage_seed(cfg, "gof")
     members, fit = load_members(run), load_fit(run)
     x_centres, _ = split_events(run, "centres")
-    basis = gof.KernelBasis.from_events(x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
-                                        standardize=cfg.gof.standardize, seed=seed)
+    # The kernels are Gaussian in the members' (transformed) coordinates: docs/method.md.
+    basis = gof.KernelBasis.from_events(
+        x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
+        standardize=cfg.gof.kernel_units == "standardised", transform=load_transform(run),
+        seed=seed)
     # Several test sets: disjoint chunks of the test split, one result each (median Z, band).
     chunks = np.array_split(x_test, cfg.gof.n_test_sets)
     summary: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from genval.config import Config
+from genval.gof.kernels import kernel_basis_text
 from genval.html_report import CoverageRow, GofRow, write_report
 from genval.pipeline.artifacts import (
     GofRecord,
@@ -87,7 +88,9 @@ def _gof_section(cfg: Config, records: Sequence[GofRecord]
         notes.append("Z marked ≥: t_obs exceeds every toy, so the toys only bound Z from below; "
                      "run more toys, or read the χ² column (an extrapolation)")
     if rows:
-        settings["kernel σ"] = cfg.gof.sigma
+        basis = next((r.result.kernel_basis for r in records if r.result is not None), {})
+        # Which kernel basis the test used (units, transformed coordinates), as it recorded it.
+        settings["kernel basis"] = kernel_basis_text(basis) or f"σ = {cfg.gof.sigma:g}"
         settings["λ_net"] = cfg.gof.lambda_net
     return rows, settings, notes
 

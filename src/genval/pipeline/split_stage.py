@@ -15,6 +15,7 @@ from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
 from genval.rundir import RunDir
 from genval.splits import Splits, hash_events, make_splits
+from genval.transforms import FeatureTransform
 
 __all__ = ["stage_split"]
 
@@ -87,6 +88,10 @@ def stage_split(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     cfg = run.config()
     table = _generate(cfg) if cfg.data.path is None else read_events(
         cfg.data.path, cfg.data.features, weight=cfg.data.weight)
+    # A feature outside its transform's domain (pT <= 0 under log) fails here, before any
+    # training, naming the feature; the test events are checked below.
+    transform = FeatureTransform.from_spec(cfg.data.transforms, table.names)
+    transform.check(table.x)
     splits = _cut(cfg, table)
     info: dict[str, Any] = {"source": table.source, "features": table.names,
                             "n_events": table.n_events, "hash": hash_events(table.x),
@@ -101,6 +106,7 @@ def stage_split(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         test = read_events(cfg.data.test_path, table.names, n_features=table.n_features,
                            min_events=cfg.splits.min_events, weight=cfg.data.weight,
                            weight_required=False)
+        transform.check(test.x, name="test events")
         save_test_events(run, test)
         info["test"] = {"source": test.source, "n_events": test.n_events,
                         "hash": hash_events(test.x)}

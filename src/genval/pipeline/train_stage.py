@@ -15,6 +15,7 @@ from genval.pipeline.artifacts import (
     save_ensemble,
     save_history,
     save_kde,
+    save_transform,
     split_events,
     split_weights,
 )
@@ -23,15 +24,26 @@ from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
 from genval.rundir import RunDir
+from genval.transforms import FeatureTransform
 
 __all__ = ["stage_train"]
 
 
 def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
-    """Train (or build) the M members on the train split and save them under ``models/``."""
+    """Train (or build) the M members on the train split and save them under ``models/``.
+
+    With ``data.transforms`` the members learn ``y = T(x)``; the transform is saved beside
+    them (``models/transform.json``) and applied by every later stage.
+    """
     cfg = run.config()
-    x_train, _ = split_events(run, "train")
+    x_train, names = split_events(run, "train")
     w_train = split_weights(run, "train")
+    # The members learn the transformed features; every later stage reads the transform
+    # back from models/transform.json and sees the members in physical units.
+    transform = FeatureTransform.from_spec(cfg.data.transforms, names)
+    x_train = transform.forward(x_train, name="train events")
+    save_transform(run, transform)
+    coordinates = {} if transform.is_identity else {"coordinates": transform.describe()}
     seed = stage_seed(cfg, "train")
     run.update_metadata(seeds={"train": seed})
     if cfg.members.kind == "kde":
@@ -40,7 +52,7 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         # them once here so that a bad bandwidth fails this stage, not a later one.
         spec.build(x_train, w_train)
         save_kde(run, spec)
-        return {"kind": "kde", "n_members": cfg.members.n_members}
+        return {"kind": "kde", "n_members": cfg.members.n_members, **coordinates}
     device = resolve_device(cfg.device)
     run.update_metadata(device={"resolved": device})
     log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}")
@@ -51,7 +63,7 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     _training_figure(run, curves)
     return {"kind": "flow", "n_members": cfg.members.n_members, "device": device,
             "epochs": int(curves.train_loss.shape[0]),
-            "diverged": int(np.sum(history.diverged))}
+            "diverged": int(np.sum(history.diverged)), **coordinates}
 
 
 def _train_flows(cfg: Config, x_train: NDArray[np.float64], w_train: NDArray[np.float64] | None,
