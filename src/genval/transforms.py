@@ -312,9 +312,10 @@ class FeatureTransform:
         """
         unknown = [k for k in spec if k not in names]
         if unknown:
-            hints = [f" (did you mean {close[0]!r}?)" if (
-                close := difflib.get_close_matches(k, list(names), n=1, cutoff=0.6)) else ""
-                     for k in unknown]
+            lower = {n.lower(): n for n in names}
+            hints = [f" (did you mean {lower[close[0]]!r}?)" if (
+                close := difflib.get_close_matches(k.lower(), list(lower), n=1, cutoff=0.6))
+                else "" for k in unknown]
             raise InputError("data.transforms names feature(s) not in the events: " + ", ".join(
                 f"{k!r}{h}" for k, h in zip(unknown, hints, strict=True))
                 + f"; features: {', '.join(names)}")
