@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -82,6 +84,23 @@ def test_log_and_bounded_features_run_end_to_end_in_physical_units(tmp_path):
     assert "σ = 1 in standardised units of log(pt), logit(eta in (-2.5, 2.5)), dr" in report
     assert (root / "figures" / "marginals.png").is_file()
     assert "the truth is unknown" in run.stage_info("coverage")["skipped"]
+
+    # The kernel scan of docs/choosing-kernels.md runs on the same run (no test events read):
+    # a shift of log pT by one standard deviation is seen by a smooth basis.
+    rows = _kernel_scan().scan(run, [(5, 1.0), (10, 0.5)], n_sets=2, shift=1.0, feature="pt")
+    assert [(r["K"], r["sigma"]) for r in rows] == [(5, 1.0), (10, 0.5)]
+    for row in rows:
+        assert len(row["t_null"]) == len(row["t_deformed"]) == 2
+        assert 0 < row["effective_min"] <= row["effective_median"] <= 200  # N_test = 200
+    assert min(rows[0]["t_deformed"]) > max(rows[0]["t_null"]) + 10
+
+
+def _kernel_scan():
+    path = Path(__file__).parents[1] / "studies" / "kernel_scan.py"
+    spec = importlib.util.spec_from_file_location("kernel_scan", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_identity_transforms_leave_the_members_unwrapped(tmp_path):
