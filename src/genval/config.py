@@ -220,7 +220,7 @@ class KDEConfig(_Section):
     """Gaussian-KDE members on bootstrap replicas (:class:`genval.members.KDEMembers`)."""
 
     bandwidth: Literal["scott", "silverman"] | float = Field(
-        "scott", description="scott | silverman | a width in feature units")
+        "scott", description="scott | silverman | a width in (transformed) feature units")
 
 
 class MembersConfig(_Section):

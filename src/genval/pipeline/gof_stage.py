@@ -63,6 +63,7 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
         standardize=cfg.gof.kernel_units == "standardised", transform=load_transform(run),
         seed=seed)
+    log(f"[gof] kernels: K = {basis.n_kernels}, {gof.kernel_basis_text(basis.describe())}")
     # Several test sets: disjoint chunks of the test split, one result each (median Z, band).
     chunks = np.array_split(x_test, cfg.gof.n_test_sets)
     summary: dict[str, Any] = {}
