@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -258,25 +259,75 @@ class SampleConfig(_Section):
         return value
 
 
-class CoverageConfig(_Section):
-    """The optional first-moment coverage study (paper Eq. 4, App. A).
+class Observable(_Section):
+    """An observable of the coverage study on file data: the mean of ``feature``, or, with
+    ``above``, the fraction of events whose ``feature`` exceeds it (an expectation of the
+    indicator, so Eq. 3 applies unchanged)."""
 
-    Needs a known truth to draw synthetic data sets from, so it runs on generated data only
-    (skipped, with a note, for data read from a file). ``n_events`` weight-fit events per data
-    set (default: the weight-fit split size) and ``n_generated`` events generated from
-    f(x; ŵ) per data set, the one common sample of the observables (App. A: 200k for 100k);
-    ``truth`` overrides the generator's mean as O*.
+    feature: str = Field(description="the feature the observable is computed from")
+    above: float | None = Field(
+        None, description="null: the mean of the feature; a number: the fraction above it")
+
+
+class CoverageConfig(_Section):
+    """The optional coverage study (paper Eq. 4, App. A).
+
+    Generated data: synthetic data sets from the known generator, first moments of every
+    feature; ``truth`` overrides the generator's mean as O*. File data: the study needs the
+    truth of a few ``observables`` (``truth``, a mapping observable -> value, with
+    ``truth_std`` its statistical error), taken from an independent, larger sample of the same
+    process (the one truth a user of simulated data has); the data sets are ``n_datasets``
+    disjoint subsets of the events that trained no member (the weight-fit, centre and test
+    splits), ``n_events`` each (default: as many as fit). Per data set the weights are refitted
+    and ``n_generated`` events are generated from f(x; ŵ), the one common sample of the
+    observables (App. A: 200k for 100k).
     """
 
-    enabled: bool = Field(True, description="run the coverage study (generated data only)")
-    n_datasets: int = Field(284, ge=2, description="synthetic data sets")
+    enabled: bool = Field(True, description="run the coverage study")
+    n_datasets: int = Field(284, ge=2, description="data sets")
     n_events: int | None = Field(
-        None, ge=1, description="weight-fit events per data set; null: weight-fit split size")
+        None, ge=1, description="weight-fit events per data set; null: the weight-fit split "
+                                "size (generated data) or held-out events / n_datasets (file)")
     n_generated: int = Field(
         200_000, ge=1, description="events generated from f(x; ŵ) per data set (App. A)")
     z_alpha: float = Field(1.0, gt=0, description="interval half-width in σ (1: 68.3 %)")
-    truth: list[float] | None = Field(
-        None, description="true first moments O*; null: the generator's mean")
+    observables: dict[str, Observable] | None = Field(
+        None, description="file data: {NAME: {feature: F}} (mean) or {NAME: {feature: F, "
+                          "above: X}} (fraction above X)")
+    truth: list[float] | dict[str, float] | None = Field(
+        None, description="generated data: true first moments (null: the generator's mean); "
+                          "file data: {NAME: value} for every observable")
+    truth_std: dict[str, float] | None = Field(
+        None, description="file data: statistical error of each truth value, added in "
+                          "quadrature to σ when judging coverage")
+
+    @model_validator(mode="after")
+    def _observables_have_truth(self) -> CoverageConfig:
+        if self.observables is None:
+            if isinstance(self.truth, dict) or self.truth_std is not None:
+                raise ValueError("coverage.truth as a mapping and coverage.truth_std need "
+                                 "coverage.observables")
+            return self
+        if not self.observables:
+            raise ValueError("coverage.observables is empty")
+        if not isinstance(self.truth, dict):
+            raise ValueError("coverage.observables needs coverage.truth as a mapping "
+                             "{observable: true value}")
+        names = set(self.observables)
+        for key, given in (("truth", self.truth), ("truth_std", self.truth_std or {})):
+            unknown = sorted(set(given) - names)
+            if unknown:
+                raise ValueError(f"coverage.{key} names {unknown}, which are not observables "
+                                 f"{sorted(names)}")
+        missing = sorted(names - set(self.truth))
+        if missing:
+            raise ValueError(f"coverage.truth has no value for {missing}")
+        bad = {k: v for k, v in {**self.truth, **(self.truth_std or {})}.items()
+               if not math.isfinite(v)}
+        if bad or any(v < 0 for v in (self.truth_std or {}).values()):
+            raise ValueError("coverage.truth must be finite and coverage.truth_std finite and "
+                             f"non-negative, got {bad or self.truth_std}")
+        return self
 
 
 class GofConfig(_Section):
