@@ -51,7 +51,7 @@ def _errors(fn: F) -> F:
 
 _force = click.option("--force", is_flag=True,
                       help="Re-run finished stages (and overwrite a run of another config).")
-_device = click.option("--device", default=None, help="cpu, cuda, cuda:1, mps or auto.")
+_device = click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto.")
 _quiet = click.option("--quiet", "-q", is_flag=True, default=None,
                       help="No progress bars or stage messages.")
 _seed = click.option("--seed", type=int, default=None, help="Master seed (overrides config).")

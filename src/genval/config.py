@@ -32,6 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genval._validation import check_device
 from genval.errors import InputError
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD
 
@@ -371,7 +372,7 @@ class Config(_Section):
 
     seed: int = Field(0, description="master seed; every stage derives its own from it")
     device: str = Field(
-        "cpu", description="cpu | cuda | cuda:N | mps | auto (does not change the config hash)")
+        "cpu", description="cpu | cuda | cuda:N | auto (does not change the config hash)")
     quiet: bool = Field(False, description="no progress bars or stage messages")
     run_dir: str = Field("genval-run", description="run directory")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -382,6 +383,11 @@ class Config(_Section):
     coverage: CoverageConfig = Field(default_factory=CoverageConfig)
     gof: GofConfig = Field(default_factory=GofConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:

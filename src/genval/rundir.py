@@ -225,7 +225,7 @@ class RunDir:
             "packages": package_versions(),
             "config_hash": new_hash,
             "seed": config.seed,
-            "device": {"requested": config.device},
+            "device": _device_record(meta.get("device"), config.device),
         })
         meta.setdefault("stages", {})
         atomic_write_json(run.metadata_path, meta)
@@ -389,6 +389,16 @@ class RunDir:
     def status(self) -> dict[str, bool]:
         """Which stages have finished."""
         return {s: self.is_done(s) for s in STAGES}
+
+
+def _device_record(previous: Any, requested: str) -> dict[str, str]:
+    """The device entry of the metadata: the device now requested, and the one it resolved to
+    as long as the request is unchanged (the stages that use a device record it again)."""
+    record = {"requested": requested}
+    if isinstance(previous, dict) and previous.get("requested") == requested \
+            and "resolved" in previous:
+        record["resolved"] = str(previous["resolved"])
+    return record
 
 
 def _read_lock(path: Path) -> dict[str, Any] | None:

@@ -48,6 +48,7 @@ from genval.errors import ArtifactError, InputError
 from genval.gof import GoFResult, ZSummary
 from genval.io import EventTable, read_events, write_events
 from genval.members import KDEMembers, Members
+from genval.pipeline.device import resolve_device
 from genval.rundir import RunDir, to_jsonable
 from genval.splits import Splits
 from genval.transforms import FeatureTransform, TransformedMembers
@@ -274,7 +275,9 @@ def load_members(run: RunDir) -> Members:
     else:
         from genval.flows import FlowEnsemble  # torch loads only for flow members
 
-        device = run.metadata().get("device", {}).get("resolved", "cpu")
+        # The device of this process's config (--device overrides it on every run and resume).
+        device = resolve_device(run.config().device)
+        run.update_metadata(device={"resolved": device})
         base = FlowEnsemble.load(_ensemble_path(run), device=device)
     return base if transform.is_identity else TransformedMembers(base, transform)
 
