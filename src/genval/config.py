@@ -227,11 +227,27 @@ class KDEConfig(_Section):
 class MembersConfig(_Section):
     """The M density estimators combined by the w_i f_i fit."""
 
-    kind: Literal["flow", "kde"] = Field(
-        "flow", description="flow (normalizing flows) | kde (Gaussian KDEs, bootstrap replicas)")
+    kind: Literal["flow", "kde", "python"] = Field(
+        "flow", description="flow (normalizing flows) | kde (Gaussian KDEs, bootstrap replicas) "
+                            "| python (members.factory)")
     n_members: int = Field(60, ge=1, description="ensemble size M")
+    factory: str | None = Field(
+        None, description="kind: python: module:function(x_train, n_members, seed, device) "
+                          "returning the members (genval.adapters)")
     flow: FlowConfig = Field(default_factory=FlowConfig, description="settings of kind: flow")
     kde: KDEConfig = Field(default_factory=KDEConfig, description="KDE settings (kind: kde)")
+
+    @model_validator(mode="after")
+    def _factory_with_python(self) -> MembersConfig:
+        if self.kind == "python" and self.factory is None:
+            raise ValueError("kind: python needs members.factory ('module:function')")
+        if self.kind != "python" and self.factory is not None:
+            raise ValueError(f"members.factory is set but members.kind is {self.kind!r}; set "
+                             "kind: python to use it")
+        if self.factory is not None and not re.fullmatch(
+                r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", self.factory):
+            raise ValueError(f"factory {self.factory!r} must be 'module:function'")
+        return self
 
 
 class WifiConfig(_Section):

@@ -17,6 +17,7 @@ data/test_weights.npz       their weights, if the test file has them      split
 data/splits.npz             split indices and hash (:class:`Splits`)      split
 models/transform.json       the :class:`FeatureTransform` of the members  train
 models/kde.json             :class:`KdeSpec` (KDE members are rebuilt)    train
+models/python.json          :class:`PythonSpec` (factory, fingerprint)    train
 models/ensemble.safetensors the flow ensemble                             train
 models/history.npz          :class:`LearningCurves` of the flows          train
 fit/fit.npz, fit/fit.json   :class:`~genval.wifi.WeightFit`               fit
@@ -60,6 +61,7 @@ __all__ = [
     "load_splits",
     "KdeSpec", "save_kde", "load_kde", "save_ensemble", "load_members",
     "save_transform", "load_transform",
+    "PythonSpec", "save_python_members", "load_python_members",
     "LearningCurves", "save_history", "load_history",
     "save_fit", "has_fit", "load_fit", "save_samples", "load_samples",
     "save_sampler", "load_sampler",
@@ -209,6 +211,78 @@ class KdeSpec:
                           event_weights=event_weights)
 
 
+FINGERPRINT_EVENTS = 32
+"""Training events whose member log-densities identify members built by a factory."""
+
+FINGERPRINT_TOLERANCE = 1e-4
+"""Largest change of a fingerprint log-density (about 1e-4 relative in the density) that still
+counts as the same members: enough for another device's rounding, far below any retraining."""
+
+
+@dataclass(frozen=True)
+class PythonSpec:
+    """Members of ``members.kind: python``: the factory that builds them and a fingerprint.
+
+    The factory is called again whenever a stage needs the members (nothing of a user's model
+    is pickled); the fingerprint, the log-densities of the members at the first
+    :data:`FINGERPRINT_EVENTS` training events, proves that it returned the same members.
+    """
+
+    factory: str
+    n_members: int
+    seed: int
+    fingerprint: NDArray[np.float64]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "python", "factory": self.factory, "n_members": self.n_members,
+                "seed": self.seed, "fingerprint": self.fingerprint.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PythonSpec:
+        return cls(str(data["factory"]), int(data["n_members"]), int(data["seed"]),
+                   np.asarray(data["fingerprint"], dtype=np.float64))
+
+    @staticmethod
+    def fingerprint_of(members: Members, x_train: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(members.log_prob(x_train[:FINGERPRINT_EVENTS]), dtype=np.float64)
+
+    def build(self, x_train: NDArray[np.float64], device: str,
+              event_weights: NDArray[np.float64] | None = None) -> Members:
+        """The members from the (transformed) train split, checked against the fingerprint.
+
+        Raises:
+            ArtifactError: the factory now returns other members than at training time.
+        """
+        from genval.adapters import build_members
+
+        members = build_members(self.factory, x_train, n_members=self.n_members,
+                                seed=self.seed, device=device, event_weights=event_weights)
+        now = self.fingerprint_of(members, x_train)
+        if now.shape != self.fingerprint.shape or not np.allclose(
+                now, self.fingerprint, rtol=0, atol=FINGERPRINT_TOLERANCE, equal_nan=True):
+            diff = np.nanmax(np.abs(now - self.fingerprint)) if now.shape == \
+                self.fingerprint.shape else float("nan")
+            raise ArtifactError(
+                f"members.factory {self.factory!r} returned other members than when the train "
+                f"stage ran (log-densities differ by up to {diff:.3g}); it must return the same "
+                "members on every call (load saved models, or seed its training); re-run "
+                "`genval train --force` if the models changed on purpose")
+        return members
+
+
+def _python_path(run: RunDir) -> Path:
+    return run.root / "models" / "python.json"
+
+
+def save_python_members(run: RunDir, spec: PythonSpec) -> Path:
+    run.dir("models")
+    return atomic_write_json(_python_path(run), to_jsonable(spec.to_dict()))
+
+
+def load_python_members(run: RunDir) -> PythonSpec:
+    return PythonSpec.from_dict(load_json(_python_path(run)))
+
+
 def _kde_path(run: RunDir) -> Path:
     return run.root / "models" / "kde.json"
 
@@ -262,16 +336,23 @@ def load_transform(run: RunDir) -> FeatureTransform:
 def load_members(run: RunDir) -> Members:
     """The members saved by the train stage, in physical units.
 
-    KDE members are rebuilt from the transformed train split, flows loaded on the run's
-    device; with a feature transform they come wrapped in
+    KDE members are rebuilt from the transformed train split, factory members (``kind:
+    python``) rebuilt from it and checked, flows loaded on the device of the run's current
+    config; with a feature transform they come wrapped in
     :class:`~genval.transforms.TransformedMembers`, so every density carries the Jacobian and
     every sample is in the features' own units.
     """
     transform = load_transform(run)
-    if run.config().members.kind == "kde":
+    kind = run.config().members.kind
+    if kind in ("kde", "python"):
         x_train, _ = split_events(run, "train")
-        base: Members = load_kde(run).build(transform.forward(x_train, name="train events"),
-                                            split_weights(run, "train"))
+        x_train = transform.forward(x_train, name="train events")
+    if kind == "kde":
+        base: Members = load_kde(run).build(x_train, split_weights(run, "train"))
+    elif kind == "python":
+        device = resolve_device(run.config().device)
+        run.update_metadata(device={"resolved": device})
+        base = load_python_members(run).build(x_train, device, split_weights(run, "train"))
     else:
         from genval.flows import FlowEnsemble  # torch loads only for flow members
 
