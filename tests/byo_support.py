@@ -13,7 +13,7 @@ def gaussian_mixtures(x_train, n_members, seed):
     models = []
     for m in range(n_members):
         replica = x_train[rng.integers(0, len(x_train), len(x_train))]
-        models.append(GaussianMixture(2, random_state=seed + m).fit(replica))
+        models.append(GaussianMixture(1, random_state=seed + m).fit(replica))
     return models
 
 

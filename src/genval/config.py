@@ -572,14 +572,16 @@ def config_hash(config: Config | dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+def with_overrides(config: Config, overrides: dict[str, Any], *, skip_none: bool = True
+                   ) -> Config:
     """A new, re-validated config with dotted-key overrides, e.g. ``{"gof.n_toys": 50}``.
 
-    ``None`` values are skipped, so CLI options left unset do not override the file.
+    ``None`` values are skipped, so CLI options left unset do not override the file; with
+    ``skip_none=False`` they set the key to null.
     """
     tree = config.model_dump(mode="json")
     for dotted, value in overrides.items():
-        if value is None:
+        if value is None and skip_none:
             continue
         node = tree
         *parents, leaf = dotted.split(".")

@@ -42,6 +42,7 @@ __all__ = [
     "weight_fit_html",
     "gof_result_html",
     "coverage_html",
+    "run_html",
 ]
 
 _OK, _BAD, _WARN = "#1a7f37", "#cf222e", "#9a6700"
@@ -310,8 +311,7 @@ def coverage_html(res: Any, *, cl: float, features: Sequence[str] | None = None)
                   if n_bad else f"all {res.n_datasets} weight fits converged")]
     if res.messages:
         flags.append(flag(None, f"{len(res.messages)} warning(s)"))
-    names = list(features) if features is not None else \
-        [f"observable {p}" for p in range(len(res.truth))]
+    names = list(features) if features else [f"observable {p}" for p in range(len(res.truth))]
     bounds = res.intervals(cl)
     header = ["observable", "O*"] + [f"covered at {100 * lvl:.1f} % [{100 * cl:.1f} % CL]"
                                       for lvl in res.levels] + ["pull mean", "pull std"]
@@ -336,3 +336,78 @@ def coverage_html(res: Any, *, cl: float, features: Sequence[str] | None = None)
               "</div>")
     return _box("CoverageResult (Eq. 4)", _flags(flags), _messages(sorted(set(res.messages))),
                 html_table(header, rows), detail)
+
+
+_STATE_FLAGS = {"done": True, "skipped": None, "stale": False}
+
+FIGURE_WIDTH = 320
+"""Width in pixels of a run's figures in its notebook display (the PNGs keep their size)."""
+
+
+def _gof_row(variant: str, record: Any, labels: Mapping[str, str]) -> list[str]:
+    label = html.escape(labels.get(variant, variant))
+    res = record.result
+    if res is None:
+        return [label, flag(False, f"undefined: {record.error}"), "—", "—", "—", "—"]
+    z_lo, z_hi = res.z_interval
+    z_text = (f"≥ {res.z:.2f}" if res.z_is_bound
+              else format_interval(res.z, z_lo, z_hi, html=True))
+    if record.z_summary is not None:
+        band = record.z_summary
+        z_text = (f"{band.median:.2f} <sup>+{band.upper - band.median:.2f}</sup>"
+                  f"<sub>−{band.median - band.lower:.2f}</sub> (median of {band.n_sets} sets)")
+    try:
+        z_chi2 = f"{res.z_chi2:.2f}"
+    except InputError:
+        z_chi2 = "—"
+    ok = bool(getattr(res.observed, "converged", True)) and res.n_failed == 0
+    checks = flag(ok, "fits converged" if ok else f"{res.n_failed} toy fit(s) not converged")
+    if res.z_is_bound:
+        checks += " " + flag(None, "Z is a lower bound")
+    p_lo, p_hi = res.p_interval
+    return [label, checks, format_interval(res.p_value, p_lo, p_hi, html=True),
+            f"<b>{z_text}</b>", z_chi2, str(res.n_toys)]
+
+
+def run_html(run: Any, *, coverage_cl: float, labels: Mapping[str, str] | None = None) -> str:
+    """A :class:`~genval.runs.Run`: stage status, the GoF variants, coverage (intervals at
+    ``coverage_cl``), the fit's flags, recorded warnings and the figures."""
+    labels = labels or {}
+    status = run.status
+    rows = []
+    warnings: list[str] = []
+    for stage, st in status.items():
+        state = st.state
+        mark = flag(_STATE_FLAGS[state], state) if state in _STATE_FLAGS else "—"
+        if st.skipped:
+            mark += f" <small>({html.escape(st.skipped)})</small>"
+        rows.append([html.escape(stage), mark,
+                     "—" if st.seconds is None else f"{float(st.seconds):.1f} s",
+                     str(len(st.warnings)) if st.warnings else ""])
+        warnings += [f"{stage}: {w}" for w in st.warnings]
+    parts = [f"<div style='color:#555'>{html.escape(str(run.root))}</div>",
+             html_table(["stage", "state", "time", "warnings"], rows)]
+    fit = run.fit if status["fit"].done else None
+    if fit is not None:
+        fit_flags = [flag(bool(fit.converged), "w_i f_i fit converged" if fit.converged
+                          else "w_i f_i fit NOT converged"),
+                     html.escape(f"Σ|ŵ| = {fit.abs_weight_sum:.3g}, cond(V) = "
+                                 f"{fit.hessian_condition:.3g}, M = {fit.n_members}")]
+        parts.append(_flags(fit_flags))
+    records = run.gof_records if status["gof"].done else {}
+    if records:
+        cl = next((f"{100 * r.result.cl:.1f} %" for r in records.values()
+                   if r.result is not None), "68.3 %")
+        parts.append("<b>Goodness of fit (Eq. 5)</b>" + html_table(
+            ["variant", "checks", f"p [{cl}]", f"Z [{cl}]", "Z (χ² extrapolation)", "toys"],
+            [_gof_row(v, r, labels) for v, r in records.items()]))
+    coverage = run.coverage if status["coverage"].done else None
+    if coverage is not None:
+        parts.append(coverage_html(coverage, cl=coverage_cl, features=run.coverage_features))
+    parts.append(_messages(warnings))
+    figures = [figure_html(name, path.read_bytes(), width=FIGURE_WIDTH)
+               for name, path in run.figures.items()]
+    if figures:
+        parts.append("<div>" + "".join(figures) + "</div>")
+    return _box("genval run", *parts)
+

@@ -381,6 +381,14 @@ class RunDir:
         finally:
             path.unlink(missing_ok=True)
 
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        """The marker of ``stage`` (finished, seconds, config_hash, info), or None if absent.
+
+        A marker of another configuration is returned too: :meth:`is_done` says whether it
+        counts.
+        """
+        return self._marker_record(stage)
+
     def stage_info(self, stage: str) -> dict[str, Any] | None:
         """The info dict ``stage`` recorded in its marker, or None if it has not finished."""
         record = self._marker_record(stage)

@@ -14,6 +14,8 @@ data/events.npz             the event table (:mod:`genval.io`)            split
 data/weights.npz            per-event weights of the table, if weighted   split
 data/test_events.npz        separate test events, when configured         split
 data/test_weights.npz       their weights, if the test file has them      split
+data/input_events.npz       events given in memory (``data.path``)        run_pipeline
+data/input_test_events.npz  test events given in memory (``test_path``)   run_pipeline
 data/splits.npz             split indices and hash (:class:`Splits`)      split
 models/transform.json       the :class:`FeatureTransform` of the members  train
 models/kde.json             :class:`KdeSpec` (KDE members are rebuilt)    train
@@ -50,15 +52,15 @@ from genval.gof import GoFResult, ZSummary
 from genval.io import EventTable, read_events, write_events
 from genval.members import KDEMembers, Members
 from genval.pipeline.device import resolve_device
-from genval.rundir import RunDir, to_jsonable
-from genval.splits import Splits
+from genval.rundir import RunDir, RunDirError, to_jsonable
+from genval.splits import Splits, hash_events
 from genval.transforms import FeatureTransform, TransformedMembers
 from genval.wifi import WeightFit
 
 __all__ = [
     "save_npz", "load_json",
     "save_events", "save_test_events", "split_events", "split_weights", "save_splits",
-    "load_splits",
+    "load_splits", "INPUTS", "input_path", "save_input_events",
     "KdeSpec", "save_kde", "load_kde", "save_ensemble", "load_members",
     "save_transform", "load_transform",
     "PythonSpec", "save_python_members", "load_python_members",
@@ -136,6 +138,46 @@ def save_test_events(run: RunDir, table: EventTable) -> Path:
     path = write_events(_test_events_path(run), table.x, table.names)
     _save_weights(run, table, test=True)
     return path
+
+
+INPUTS = ("events", "test_events")
+"""Event tables given in memory (``run_pipeline(events=..., test_events=...)``)."""
+
+
+def input_path(root: str | Path, which: str) -> Path:
+    """Where in-memory ``events`` or ``test_events`` are kept: ``data/input_WHICH.npz``.
+
+    The run's config points ``data.path`` (``data.test_path``) at this file, so the split
+    stage reads it like any event file and a resumed run, or ``genval`` on the run directory,
+    finds the same events.
+    """
+    if which not in INPUTS:
+        raise ValueError(f"unknown input {which!r}; one of {INPUTS}")
+    return Path(root) / "data" / f"input_{which}.npz"
+
+
+def save_input_events(run: RunDir, which: str, x: NDArray[np.float64], names: Sequence[str],
+                      *, replace: bool = False) -> bool:
+    """Keep in-memory events in the run directory; True when the file was (re)written.
+
+    Events identical to those already kept (same numbers and names) are not rewritten, so a
+    finished split stays finished.
+
+    Raises:
+        RunDirError: the run holds other events and ``replace`` is false: its finished
+            stages were computed from them.
+    """
+    path = input_path(run.root, which)
+    if path.is_file():
+        old = read_events(path)
+        if old.names == list(names) and hash_events(old.x) == hash_events(x):
+            return False
+        if not replace:
+            raise RunDirError(f"{run.root} holds a run on other {which.replace('_', ' ')}; "
+                              "use force=True to replace them, or choose another run directory")
+    run.dir("data")
+    write_events(path, x, names)
+    return True
 
 
 def save_splits(run: RunDir, splits: Splits) -> Path:
