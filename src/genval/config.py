@@ -54,6 +54,7 @@ __all__ = [
     "parse_config",
     "dump_config",
     "config_hash",
+    "config_schema",
     "RUNTIME_KEYS",
     "with_overrides",
 ]
@@ -233,7 +234,8 @@ class MembersConfig(_Section):
     n_members: int = Field(60, ge=1, description="ensemble size M")
     factory: str | None = Field(
         None, description="kind: python: module:function(x_train, n_members, seed, device) "
-                          "returning the members (genval.adapters)")
+                          "returning the members (genval.adapters)",
+        json_schema_extra={"pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"})
     flow: FlowConfig = Field(default_factory=FlowConfig, description="settings of kind: flow")
     kde: KDEConfig = Field(default_factory=KDEConfig, description="KDE settings (kind: kde)")
 
@@ -388,7 +390,8 @@ class Config(_Section):
 
     seed: int = Field(0, description="master seed; every stage derives its own from it")
     device: str = Field(
-        "cpu", description="cpu | cuda | cuda:N | auto (does not change the config hash)")
+        "cpu", description="cpu | cuda | cuda:N | auto (does not change the config hash)",
+        json_schema_extra={"pattern": r"^(cpu|cuda(:\d+)?|auto)$"})
     quiet: bool = Field(False, description="no progress bars or stage messages")
     run_dir: str = Field("genval-run", description="run directory")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -561,6 +564,17 @@ def _commented(model: BaseModel, depth: int) -> list[str]:
 RUNTIME_KEYS = ("device", "quiet", "run_dir")
 """Top-level keys that change where and how loudly a run executes, not its results: they are
 left out of :func:`config_hash`, so a run can resume on another device or from a moved folder."""
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of a configuration file (``genval config --schema``), for editors.
+
+    Generated from :class:`Config`, so every key, type, default, bound and description is the
+    one the loader enforces; cross-key rules (splits that fit, a factory with ``kind:
+    python``) are checked on load only.
+    """
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Config.model_json_schema()}
 
 
 def config_hash(config: Config | dict[str, Any]) -> str:

@@ -389,6 +389,12 @@ class RunDir:
         """
         return self._marker_record(stage)
 
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds ``RUN/.lock`` (pid, host, since), or None when no process does; a lock
+        left by a killed process on this host counts as free."""
+        holder = _read_lock(self.root / ".lock")
+        return holder if holder is not None and _alive(holder) else None
+
     def stage_info(self, stage: str) -> dict[str, Any] | None:
         """The info dict ``stage`` recorded in its marker, or None if it has not finished."""
         record = self._marker_record(stage)
