@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from genval.config import Config, load_config, parse_config, with_overrides
+from genval.errors import InputError
 from genval.rundir import STAGES, RunDir, to_jsonable
 
 __all__ = ["Run", "StageStatus", "run", "load_run"]
@@ -234,8 +235,10 @@ class Run:
                      "n_toys": res.n_toys, "n_failed": res.n_failed,
                      "observed_converged": bool(getattr(res.observed, "converged", True)),
                      "z_summary": None if record.z_summary is None else vars(record.z_summary)}
-            if res.n_toys >= 2:
+            try:
                 entry["z_chi2_extrapolated"] = res.z_chi2
+            except InputError:  # too few positive toy statistics to fit the scaled χ²
+                pass
             gof[variant] = entry
         if gof:
             out["gof"] = gof
