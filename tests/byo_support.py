@@ -34,3 +34,9 @@ def with_device(x_train, *, n_members, seed, device, **_):
     """Records the device it was given (the pipeline passes its resolved device)."""
     CALLS["device"] = device
     return gaussian_mixtures(x_train, n_members, seed)
+
+
+def weighted(x_train, n_members, seed, event_weights):
+    """Takes the train split's event weights (here it records them)."""
+    CALLS["weights"] = event_weights
+    return gaussian_mixtures(x_train, n_members, seed)

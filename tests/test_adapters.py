@@ -220,6 +220,18 @@ def test_load_factory_errors():
                       n_members=3, seed=0)
 
 
+def test_weighted_events_need_a_factory_that_takes_them(rng):
+    pytest.importorskip("sklearn")
+    import byo_support
+
+    x = rng.normal(size=(60, 2))
+    w = rng.uniform(0.5, 1.5, 60)
+    with pytest.raises(InputError, match="takes no event_weights"):
+        build_members("byo_support:gaussian_mixtures", x, n_members=2, seed=0, event_weights=w)
+    members = build_members("byo_support:weighted", x, n_members=2, seed=0, event_weights=w)
+    assert members.n_members == 2 and byo_support.CALLS["weights"] is w
+
+
 def _python_config(tmp_path, factory, **extra):
     base = {"run_dir": str(tmp_path / "run"), "quiet": True,
             "data": {"generate": {"n_events": 800}},
