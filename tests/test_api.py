@@ -14,7 +14,7 @@ TOP_LEVEL = [
     "__version__", "errors", "members", "linalg", "sampling", "stats", "wifi", "products",
     "coverage", "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
     "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "transforms",
-    "goodness_of_fit",
+    "goodness_of_fit", "adapters", "display", "runs", "run", "load_run", "Run",
 ]
 
 # Names each public module must export (it may export more).
@@ -36,6 +36,11 @@ EXPORTS = {
               "PAPER_KERNEL_BASIS", "is_paper_toy"],
     "transforms": ["FeatureMap", "Identity", "Log", "Bounded", "FeatureTransform",
                    "TransformedMembers", "parse_feature_map", "PERIODIC_MESSAGE"],
+    "adapters": ["TorchMembers", "NflowsMembers", "ZukoMembers", "SklearnMembers", "as_members",
+                 "load_factory", "build_members"],
+    "display": ["pdg_exponent", "pdg_round", "format_measurement", "format_interval",
+                "weight_fit_html", "gof_result_html", "coverage_html", "run_html"],
+    "runs": ["Run", "StageStatus", "run", "load_run"],
 }
 
 
@@ -52,6 +57,8 @@ def test_top_level_name_resolves(name):
         assert isinstance(value, str) and value
     elif name == "goodness_of_fit":
         assert value is genval.gof.goodness_of_fit
+    elif name in ("run", "load_run", "Run"):
+        assert value is getattr(genval.runs, name)
     else:
         assert isinstance(value, types.ModuleType)
         assert value.__name__ == f"genval.{name}"

@@ -112,7 +112,7 @@ def test_unknown_key_without_close_match_lists_valid_keys():
 def test_wrong_type_names_the_key_and_value():
     with pytest.raises(ConfigError, match=r"gof.n_toys: .*greater than or equal to 1.*got -5"):
         parse_config({"gof": {"n_toys": -5}})
-    with pytest.raises(ConfigError, match=r"members.kind: .*'flow' or 'kde'"):
+    with pytest.raises(ConfigError, match=r"members.kind: .*'flow', 'kde' or 'python'"):
         parse_config({"members": {"kind": "gan"}})
 
 

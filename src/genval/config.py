@@ -33,6 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genval._validation import check_device
 from genval.errors import InputError
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD
 
@@ -54,6 +55,7 @@ __all__ = [
     "parse_config",
     "dump_config",
     "config_hash",
+    "config_schema",
     "RUNTIME_KEYS",
     "with_overrides",
 ]
@@ -227,11 +229,28 @@ class KDEConfig(_Section):
 class MembersConfig(_Section):
     """The M density estimators combined by the w_i f_i fit."""
 
-    kind: Literal["flow", "kde"] = Field(
-        "flow", description="flow (normalizing flows) | kde (Gaussian KDEs, bootstrap replicas)")
+    kind: Literal["flow", "kde", "python"] = Field(
+        "flow", description="flow (normalizing flows) | kde (Gaussian KDEs, bootstrap replicas) "
+                            "| python (members.factory)")
     n_members: int = Field(60, ge=1, description="ensemble size M")
+    factory: str | None = Field(
+        None, description="kind: python: module:function(x_train, n_members, seed, device) "
+                          "returning the members (genval.adapters)",
+        json_schema_extra={"pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"})
     flow: FlowConfig = Field(default_factory=FlowConfig, description="settings of kind: flow")
     kde: KDEConfig = Field(default_factory=KDEConfig, description="KDE settings (kind: kde)")
+
+    @model_validator(mode="after")
+    def _factory_with_python(self) -> MembersConfig:
+        if self.kind == "python" and self.factory is None:
+            raise ValueError("kind: python needs members.factory ('module:function')")
+        if self.kind != "python" and self.factory is not None:
+            raise ValueError(f"members.factory is set but members.kind is {self.kind!r}; set "
+                             "kind: python to use it")
+        if self.factory is not None and not re.fullmatch(
+                r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", self.factory):
+            raise ValueError(f"factory {self.factory!r} must be 'module:function'")
+        return self
 
 
 class WifiConfig(_Section):
@@ -422,7 +441,8 @@ class Config(_Section):
 
     seed: int = Field(0, description="master seed; every stage derives its own from it")
     device: str = Field(
-        "cpu", description="cpu | cuda | cuda:N | mps | auto (does not change the config hash)")
+        "cpu", description="cpu | cuda | cuda:N | auto (does not change the config hash)",
+        json_schema_extra={"pattern": r"^(cpu|cuda(:\d+)?|auto)$"})
     quiet: bool = Field(False, description="no progress bars or stage messages")
     run_dir: str = Field("genval-run", description="run directory")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -433,6 +453,11 @@ class Config(_Section):
     coverage: CoverageConfig = Field(default_factory=CoverageConfig)
     gof: GofConfig = Field(default_factory=GofConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
@@ -592,6 +617,17 @@ RUNTIME_KEYS = ("device", "quiet", "run_dir")
 left out of :func:`config_hash`, so a run can resume on another device or from a moved folder."""
 
 
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of a configuration file (``genval config --schema``), for editors.
+
+    Generated from :class:`Config`, so every key, type, default, bound and description is the
+    one the loader enforces; cross-key rules (splits that fit, a factory with ``kind:
+    python``) are checked on load only.
+    """
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Config.model_json_schema()}
+
+
 def config_hash(config: Config | dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a config without :data:`RUNTIME_KEYS` (or of a dict)."""
     if isinstance(config, BaseModel):
@@ -601,14 +637,16 @@ def config_hash(config: Config | dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+def with_overrides(config: Config, overrides: dict[str, Any], *, skip_none: bool = True
+                   ) -> Config:
     """A new, re-validated config with dotted-key overrides, e.g. ``{"gof.n_toys": 50}``.
 
-    ``None`` values are skipped, so CLI options left unset do not override the file.
+    ``None`` values are skipped, so CLI options left unset do not override the file; with
+    ``skip_none=False`` they set the key to null.
     """
     tree = config.model_dump(mode="json")
     for dotted, value in overrides.items():
-        if value is None:
+        if value is None and skip_none:
             continue
         node = tree
         *parents, leaf = dotted.split(".")

@@ -168,6 +168,11 @@ class CoverageResult:
             lines.append(f"  observable {p} (truth {truth:.6g}): {cells}")
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import coverage_html
+
+        return coverage_html(self, cl=COVERAGE_CL)
+
     def to_dict(self) -> dict[str, Any]:
         """Every field by name; arrays stay numpy arrays, ``messages`` becomes a list.
 

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from genval._allocator import retain_freed_memory
 from genval._settings import apply_overrides, setting_names
-from genval._validation import as_event_weights, as_events
+from genval._validation import MPS_UNSUPPORTED, as_event_weights, as_events
 from genval.errors import InputError
 from genval.flows.ensemble import PRECISIONS, FlowEnsemble
 
@@ -584,6 +584,8 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
     if settings.standardise:
         ensemble.set_standardisation(split.x_train)
     dev = torch.device(device) if device is not None else ensemble.device
+    if dev.type == "mps":
+        raise InputError(MPS_UNSUPPORTED)
     if settings.tune_allocator and dev.type == "cpu":
         retain_freed_memory()
     ensemble.to(dev)

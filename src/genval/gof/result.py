@@ -310,6 +310,12 @@ class GoFResult:
             f"  time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
         )
 
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import gof_result_html
+        from genval.gof.statistic import VARIANT_LABELS
+
+        return gof_result_html(self, labels=VARIANT_LABELS)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], observed: Any = None) -> GoFResult:
         """The result :meth:`to_dict` described (``observed`` is not saved: pass it or None).

@@ -14,9 +14,12 @@ data/events.npz             the event table (:mod:`genval.io`)            split
 data/weights.npz            per-event weights of the table, if weighted   split
 data/test_events.npz        separate test events, when configured         split
 data/test_weights.npz       their weights, if the test file has them      split
+data/input_events.npz       events given in memory (``data.path``)        run_pipeline
+data/input_test_events.npz  test events given in memory (``test_path``)   run_pipeline
 data/splits.npz             split indices and hash (:class:`Splits`)      split
 models/transform.json       the :class:`FeatureTransform` of the members  train
 models/kde.json             :class:`KdeSpec` (KDE members are rebuilt)    train
+models/python.json          :class:`PythonSpec` (factory, fingerprint)    train
 models/ensemble.safetensors the flow ensemble                             train
 models/history.npz          :class:`LearningCurves` of the flows          train
 fit/fit.npz, fit/fit.json   :class:`~genval.wifi.WeightFit`               fit
@@ -48,17 +51,19 @@ from genval.errors import ArtifactError, InputError
 from genval.gof import GoFResult, ZSummary
 from genval.io import EventTable, read_events, write_events
 from genval.members import KDEMembers, Members
-from genval.rundir import RunDir, to_jsonable
-from genval.splits import Splits
+from genval.pipeline.device import resolve_device
+from genval.rundir import RunDir, RunDirError, to_jsonable
+from genval.splits import Splits, hash_events
 from genval.transforms import FeatureTransform, TransformedMembers
 from genval.wifi import WeightFit
 
 __all__ = [
     "save_npz", "load_json",
     "save_events", "save_test_events", "split_events", "split_weights", "save_splits",
-    "load_splits",
+    "load_splits", "INPUTS", "input_path", "save_input_events",
     "KdeSpec", "save_kde", "load_kde", "save_ensemble", "load_members",
     "save_transform", "load_transform",
+    "PythonSpec", "save_python_members", "load_python_members",
     "LearningCurves", "save_history", "load_history",
     "save_fit", "has_fit", "load_fit", "save_samples", "load_samples",
     "save_sampler", "load_sampler",
@@ -135,6 +140,46 @@ def save_test_events(run: RunDir, table: EventTable) -> Path:
     return path
 
 
+INPUTS = ("events", "test_events")
+"""Event tables given in memory (``run_pipeline(events=..., test_events=...)``)."""
+
+
+def input_path(root: str | Path, which: str) -> Path:
+    """Where in-memory ``events`` or ``test_events`` are kept: ``data/input_WHICH.npz``.
+
+    The run's config points ``data.path`` (``data.test_path``) at this file, so the split
+    stage reads it like any event file and a resumed run, or ``genval`` on the run directory,
+    finds the same events.
+    """
+    if which not in INPUTS:
+        raise ValueError(f"unknown input {which!r}; one of {INPUTS}")
+    return Path(root) / "data" / f"input_{which}.npz"
+
+
+def save_input_events(run: RunDir, which: str, x: NDArray[np.float64], names: Sequence[str],
+                      *, replace: bool = False) -> bool:
+    """Keep in-memory events in the run directory; True when the file was (re)written.
+
+    Events identical to those already kept (same numbers and names) are not rewritten, so a
+    finished split stays finished.
+
+    Raises:
+        RunDirError: the run holds other events and ``replace`` is false: its finished
+            stages were computed from them.
+    """
+    path = input_path(run.root, which)
+    if path.is_file():
+        old = read_events(path)
+        if old.names == list(names) and hash_events(old.x) == hash_events(x):
+            return False
+        if not replace:
+            raise RunDirError(f"{run.root} holds a run on other {which.replace('_', ' ')}; "
+                              "use force=True to replace them, or choose another run directory")
+    run.dir("data")
+    write_events(path, x, names)
+    return True
+
+
 def save_splits(run: RunDir, splits: Splits) -> Path:
     """The split indices and their hash."""
     run.dir("data")
@@ -208,6 +253,78 @@ class KdeSpec:
                           event_weights=event_weights)
 
 
+FINGERPRINT_EVENTS = 32
+"""Training events whose member log-densities identify members built by a factory."""
+
+FINGERPRINT_TOLERANCE = 1e-4
+"""Largest change of a fingerprint log-density (about 1e-4 relative in the density) that still
+counts as the same members: enough for another device's rounding, far below any retraining."""
+
+
+@dataclass(frozen=True)
+class PythonSpec:
+    """Members of ``members.kind: python``: the factory that builds them and a fingerprint.
+
+    The factory is called again whenever a stage needs the members (nothing of a user's model
+    is pickled); the fingerprint, the log-densities of the members at the first
+    :data:`FINGERPRINT_EVENTS` training events, proves that it returned the same members.
+    """
+
+    factory: str
+    n_members: int
+    seed: int
+    fingerprint: NDArray[np.float64]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "python", "factory": self.factory, "n_members": self.n_members,
+                "seed": self.seed, "fingerprint": self.fingerprint.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PythonSpec:
+        return cls(str(data["factory"]), int(data["n_members"]), int(data["seed"]),
+                   np.asarray(data["fingerprint"], dtype=np.float64))
+
+    @staticmethod
+    def fingerprint_of(members: Members, x_train: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(members.log_prob(x_train[:FINGERPRINT_EVENTS]), dtype=np.float64)
+
+    def build(self, x_train: NDArray[np.float64], device: str,
+              event_weights: NDArray[np.float64] | None = None) -> Members:
+        """The members from the (transformed) train split, checked against the fingerprint.
+
+        Raises:
+            ArtifactError: the factory now returns other members than at training time.
+        """
+        from genval.adapters import build_members
+
+        members = build_members(self.factory, x_train, n_members=self.n_members,
+                                seed=self.seed, device=device, event_weights=event_weights)
+        now = self.fingerprint_of(members, x_train)
+        if now.shape != self.fingerprint.shape or not np.allclose(
+                now, self.fingerprint, rtol=0, atol=FINGERPRINT_TOLERANCE, equal_nan=True):
+            diff = np.nanmax(np.abs(now - self.fingerprint)) if now.shape == \
+                self.fingerprint.shape else float("nan")
+            raise ArtifactError(
+                f"members.factory {self.factory!r} returned other members than when the train "
+                f"stage ran (log-densities differ by up to {diff:.3g}); it must return the same "
+                "members on every call (load saved models, or seed its training); re-run "
+                "`genval train --force` if the models changed on purpose")
+        return members
+
+
+def _python_path(run: RunDir) -> Path:
+    return run.root / "models" / "python.json"
+
+
+def save_python_members(run: RunDir, spec: PythonSpec) -> Path:
+    run.dir("models")
+    return atomic_write_json(_python_path(run), to_jsonable(spec.to_dict()))
+
+
+def load_python_members(run: RunDir) -> PythonSpec:
+    return PythonSpec.from_dict(load_json(_python_path(run)))
+
+
 def _kde_path(run: RunDir) -> Path:
     return run.root / "models" / "kde.json"
 
@@ -261,20 +378,29 @@ def load_transform(run: RunDir) -> FeatureTransform:
 def load_members(run: RunDir) -> Members:
     """The members saved by the train stage, in physical units.
 
-    KDE members are rebuilt from the transformed train split, flows loaded on the run's
-    device; with a feature transform they come wrapped in
+    KDE members are rebuilt from the transformed train split, factory members (``kind:
+    python``) rebuilt from it and checked, flows loaded on the device of the run's current
+    config; with a feature transform they come wrapped in
     :class:`~genval.transforms.TransformedMembers`, so every density carries the Jacobian and
     every sample is in the features' own units.
     """
     transform = load_transform(run)
-    if run.config().members.kind == "kde":
+    kind = run.config().members.kind
+    if kind in ("kde", "python"):
         x_train, _ = split_events(run, "train")
-        base: Members = load_kde(run).build(transform.forward(x_train, name="train events"),
-                                            split_weights(run, "train"))
+        x_train = transform.forward(x_train, name="train events")
+    if kind == "kde":
+        base: Members = load_kde(run).build(x_train, split_weights(run, "train"))
+    elif kind == "python":
+        device = resolve_device(run.config().device)
+        run.update_metadata(device={"resolved": device})
+        base = load_python_members(run).build(x_train, device, split_weights(run, "train"))
     else:
         from genval.flows import FlowEnsemble  # torch loads only for flow members
 
-        device = run.metadata().get("device", {}).get("resolved", "cpu")
+        # The device of this process's config (--device overrides it on every run and resume).
+        device = resolve_device(run.config().device)
+        run.update_metadata(device={"resolved": device})
         base = FlowEnsemble.load(_ensemble_path(run), device=device)
     return base if transform.is_identity else TransformedMembers(base, transform)
 

@@ -12,9 +12,11 @@ from genval.config import Config
 from genval.pipeline.artifacts import (
     KdeSpec,
     LearningCurves,
+    PythonSpec,
     save_ensemble,
     save_history,
     save_kde,
+    save_python_members,
     save_transform,
     split_events,
     split_weights,
@@ -55,6 +57,9 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         return {"kind": "kde", "n_members": cfg.members.n_members, **coordinates}
     device = resolve_device(cfg.device)
     run.update_metadata(device={"resolved": device})
+    if cfg.members.kind == "python":
+        return {**_build_python_members(run, cfg, x_train, w_train, seed, device, log),
+                **coordinates}
     log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}")
     ensemble, history = _train_flows(cfg, x_train, w_train, seed, device)
     save_ensemble(run, ensemble)
@@ -64,6 +69,23 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     return {"kind": "flow", "n_members": cfg.members.n_members, "device": device,
             "epochs": int(curves.train_loss.shape[0]),
             "diverged": int(np.sum(history.diverged)), **coordinates}
+
+
+def _build_python_members(run: RunDir, cfg: Config, x_train: NDArray[np.float64],
+                          w_train: NDArray[np.float64] | None, seed: int, device: str, log: Log
+                          ) -> dict[str, Any]:
+    """``members.kind: python``: call the factory on the (transformed, weighted) train split,
+    record it with the members' fingerprint."""
+    from genval.adapters import build_members
+
+    factory = str(cfg.members.factory)
+    log(f"[train] members from {factory} on {len(x_train)} events, device {device}")
+    members = build_members(factory, x_train, n_members=cfg.members.n_members, seed=seed,
+                            device=device, event_weights=w_train)
+    save_python_members(run, PythonSpec(factory, cfg.members.n_members, seed,
+                                        PythonSpec.fingerprint_of(members, x_train)))
+    return {"kind": "python", "factory": factory, "n_members": members.n_members,
+            "adapter": type(members).__name__, "device": device}
 
 
 def _train_flows(cfg: Config, x_train: NDArray[np.float64], w_train: NDArray[np.float64] | None,
