@@ -106,7 +106,9 @@ def _gof_section(run: RunDir, cfg: Config) -> tuple[list[GofRow], dict[str, Any]
             continue
         if record is None:
             continue
-        row, found = _gof_row(record)
+        # Failure texts from the file too: a field the result object does not (yet) hold.
+        raw = _get(lambda variant=variant: load_gof_json(run, variant)) or {}
+        row, found = _gof_row(record, failure_of(raw))
         rows.append(row)
         res = record.result
         if res is not None:
@@ -124,11 +126,11 @@ def _gof_section(run: RunDir, cfg: Config) -> tuple[list[GofRow], dict[str, Any]
     return rows, settings, notes
 
 
-def _gof_row(record: GofRecord) -> tuple[GofRow, bool]:
+def _gof_row(record: GofRecord, saved_failure: str = "") -> tuple[GofRow, bool]:
     """The table row of one saved variant, and whether it holds a result."""
     nan = math.nan
     res = record.result
-    failure = failure_of(record)
+    failure = "; ".join(dict.fromkeys(t for t in (failure_of(record), saved_failure) if t))
     if res is None:
         return GofRow(record.variant, nan, nan, nan, failure=failure or "no result saved"), False
     t_obs = _float(res.t_obs)

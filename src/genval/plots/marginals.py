@@ -101,8 +101,9 @@ def prefers_log_y(heights: ArrayLike, *, level: float = LOG_Y_LEVEL,
 
 
 def nice_edges(lo: float, hi: float, bins: int) -> NDArray[np.float64]:
-    """About ``bins`` equal bins covering ``[lo, hi]`` with a round width (1, 2, 2.5 or 5
-    times a power of ten) and edges on multiples of it: "Events / 20 GeV", not "/ 19.1 GeV".
+    """About ``bins`` equal bins (0.7–1.4 times as many) covering ``[lo, hi]`` with a round width
+    (1, 2, 2.5 or 5 times a power of ten) and edges on multiples of it: "Events / 20 GeV",
+    not "/ 19.1 GeV".
 
     Non-finite or empty ranges give ``bins`` unit-wide bins around the finite end (or 0).
     """
@@ -113,7 +114,8 @@ def nice_edges(lo: float, hi: float, bins: int) -> NDArray[np.float64]:
         return centre + np.linspace(-0.5, 0.5, bins + 1)
     raw = (hi - lo) / bins
     power = 10.0 ** np.floor(np.log10(raw))
-    width = power * next(m for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= raw * (1 - 1e-9))
+    # The round width nearest to the requested one (in ratio): between ~0.7 and ~1.4 bins.
+    width = power * min((1.0, 2.0, 2.5, 5.0, 10.0), key=lambda m: abs(np.log(m * power / raw)))
     start = np.floor(lo / width) * width
     n = max(1, int(np.ceil((hi - start) / width - 1e-9)))
     return start + width * np.arange(n + 1)
