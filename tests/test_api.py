@@ -32,6 +32,10 @@ EXPORTS = {
     "coverage": ["run_coverage", "CoverageResult", "coverage_interval"],
     "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS"],
     "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD", "is_paper_toy"],
+    "plots": ["MarginalHistogram", "PairHistogram", "plot_marginals", "plot_pairs", "plot_null",
+              "plot_coverage", "plot_weights", "plot_training", "save_figure", "axis_label",
+              "prefers_log_y", "nice_edges", "data_errors"],
+    "stats": ["clopper_pearson", "garwood_interval", "POISSON_CL"],
 }
 
 

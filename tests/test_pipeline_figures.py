@@ -17,6 +17,7 @@ from genval.config import parse_config  # noqa: E402
 from genval.io import write_events  # noqa: E402
 from genval.paper import PAPER_COVERAGE, PAPER_Z  # noqa: E402
 from genval.pipeline import artifacts, gof_figures  # noqa: E402
+from genval.pipeline.figures import FigureSettingWarning  # noqa: E402
 
 FEATURES = ["jet1_pt", "jet1_eta", "jet1_mass", "jet2_pt", "jet2_eta", "jet2_mass", "mjj",
             "deta_jj"]
@@ -91,7 +92,7 @@ def test_user_run_report_has_labels_units_log_scales_and_no_paper_numbers(tmp_pa
     report = (run.root / "report.html").read_text(encoding="utf-8")
     # (as the report would print them for the paper's toy; a bare "20.29" may be a kernel's
     # position in GeV)
-    for z, up, down in PAPER_Z.values():
+    for z, up, _ in PAPER_Z.values():
         assert f"{z:.2f} ± {up:.2f}" not in report and f"{z:.2f} <sup>+{up:.2f}" not in report
     for cov in PAPER_COVERAGE:
         assert f"{100 * cov:.1f} %" not in report
@@ -176,3 +177,15 @@ def test_failure_of_reads_whatever_a_record_carries():
     assert gof_figures.failure_of(record) == "f <= 0 at 2 test events"
     assert gof_figures.failure_of({"failure": "x", "message": " x "}) == "x"
     assert gof_figures.failure_of(gof) == ""  # a module has none of the fields
+
+
+def test_figure_settings_naming_no_feature_are_reported_not_ignored_silently():
+    # data.features null: the config cannot check the names, the figures do.
+    cfg = parse_config({"data": {"path": "events.csv", "labels": {"pt": "$p_T$", "etta": "x"}},
+                        "report": {"pairs": [["pt", "phi"]]}})
+    with pytest.warns(FigureSettingWarning) as caught:
+        gof_figures._check_feature_settings(cfg, ["pt", "eta"])
+    messages = [str(w.message) for w in caught]
+    assert any("data.labels names ['etta']" in m for m in messages)
+    assert any("report.pairs names ['phi']" in m for m in messages)
+    assert gof_figures.choose_pairs(cfg.report.pairs, ["pt", "eta"], np.zeros((5, 2))) == []

@@ -17,12 +17,18 @@ from genval._optional import MissingDependencyError
 from genval.errors import GenvalWarning
 from genval.rundir import RunDir
 
-__all__ = ["FigureSkippedWarning", "draw", "figure_guard", "remove_figure"]
+__all__ = ["FigureSkippedWarning", "FigureSettingWarning", "draw", "figure_guard",
+           "remove_figure"]
 
 
 class FigureSkippedWarning(GenvalWarning):
     """A figure was not drawn (matplotlib is not installed, or drawing failed); the run goes
     on without it."""
+
+
+class FigureSettingWarning(GenvalWarning):
+    """A figure setting (``data.labels``, ``data.units``, ``report.log_y``, ``report.pairs``)
+    names a feature the events do not have; that entry is ignored."""
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from genval.config import Config
 from genval.gof import VARIANT_LABELS
 from genval.members import Members
 from genval.pipeline.artifacts import save_deviations
-from genval.pipeline.figures import draw, figure_guard, remove_figure
+from genval.pipeline.figures import FigureSettingWarning, draw, figure_guard, remove_figure
 from genval.products.binned import bin_integrals, binned_reference
 from genval.row_scaling import scale_rows
 from genval.rundir import RunDir
@@ -126,7 +127,8 @@ def choose_pairs(setting: str | Sequence[Sequence[str]], names: Sequence[str],
     """
     d = len(names)
     if setting != "auto":
-        return [(list(names).index(a), list(names).index(b)) for a, b in setting]
+        index = {name: i for i, name in enumerate(names)}
+        return [(index[a], index[b]) for a, b in setting if a in index and b in index]
     if d < 2:
         return []
     if d == 2:
@@ -153,6 +155,7 @@ def alternative_figures(run: RunDir, members: Members, fit: WeightFit, basis: go
     tails.
     """
     cfg = run.config()
+    _check_feature_settings(cfg, names)
     view = None
     with figure_guard("marginals"):
         # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].
@@ -187,6 +190,21 @@ def alternative_figures(run: RunDir, members: Members, fit: WeightFit, basis: go
                  pairs=[view.pair(i, j, kernels) for i, j in pairs])
         else:
             remove_figure(run, "pairs")
+
+
+def _check_feature_settings(cfg: Config, names: Sequence[str]) -> None:
+    """Warn about figure settings that name no feature (the config cannot check them when
+    ``data.features`` is null: every column of the file is read)."""
+    used = {"data.labels": list(cfg.data.labels), "data.units": list(cfg.data.units)}
+    if cfg.report.log_y != "auto":
+        used["report.log_y"] = list(cfg.report.log_y)
+    if cfg.report.pairs != "auto":
+        used["report.pairs"] = [name for pair in cfg.report.pairs for name in pair]
+    for key, listed in used.items():
+        unknown = sorted(set(listed) - set(names))
+        if unknown:
+            warnings.warn(f"{key} names {unknown}, not features of the events "
+                          f"({', '.join(names)}); ignored", FigureSettingWarning, stacklevel=3)
 
 
 class _View:
