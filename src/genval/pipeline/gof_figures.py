@@ -218,9 +218,10 @@ class _View:
         self.f = S @ fit.weights
         self.n_data = float(len(x) if weights is None else np.sum(weights))
 
-    def _edges(self, j: int, bins: int) -> NDArray[np.float64]:
+    def _edges(self, j: int, bins: int, tail: float = 0.001) -> NDArray[np.float64]:
+        """Round-width bins over the central ``1 − 2·tail`` of feature ``j``'s test events."""
         col = self.x[:, j][np.isfinite(self.x[:, j])]
-        lo, hi = np.quantile(col, [0.001, 0.999]) if col.size else (np.nan, np.nan)
+        lo, hi = np.quantile(col, [tail, 1 - tail]) if col.size else (np.nan, np.nan)
         return plots.nice_edges(float(lo), float(hi), bins)
 
     def _label(self, j: int) -> tuple[str | None, str]:
@@ -244,7 +245,8 @@ class _View:
 
     def pair(self, i: int, j: int, kernels: Sequence[dict[str, Any]]) -> plots.PairHistogram:
         """Features ``i`` and ``j`` in 2D: REF through a flat index of the 2D bins."""
-        xe, ye = self._edges(i, PAIR_BINS), self._edges(j, PAIR_BINS)
+        # 20 bins a side: leave the sparsest 0.5 % tails out, or they take half the plane.
+        xe, ye = self._edges(i, PAIR_BINS, 0.005), self._edges(j, PAIR_BINS, 0.005)
         nx, ny = xe.size - 1, ye.size - 1
         flat = np.arange(nx * ny + 1) - 0.5  # bin k of the flat index holds the value k
         ref = binned_reference(_flat_index(self.pool_x[:, [i, j]], xe, ye), flat, self.S,

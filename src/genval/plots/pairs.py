@@ -59,7 +59,8 @@ class PairHistogram:
         markers: (K, 3) rows ``(x, y, strength)``: positions to mark on the pulls with their
             signed strength (e.g. the kernels' ``N a_k``: ▲ where the alternative adds events,
             ▼ where it removes them), numbered in the given order.
-        log: logarithmic colour scale for DATA and REF; None: when they span two decades.
+        log: logarithmic colour scale for DATA and REF; None: when the bins reach 100 events
+            (two decades above one).
     """
 
     names: tuple[str, str]
@@ -136,7 +137,9 @@ def _row(fig: Figure, axes: Sequence[Axes], pair: PairHistogram, *, pull_range: 
     positive = values[values > 0]
     peak = float(positive.max()) if positive.size else 1.0
     low = float(positive.min()) if positive.size else 1.0
-    log = pair.log if pair.log is not None else peak >= 100 * low
+    # Log colours when the bins span two decades above one event (the first decade of
+    # counts, 1-10, reads better on a linear scale).
+    log = pair.log if pair.log is not None else peak >= 100 * max(low, 1.0)
     norm = LogNorm(vmin=max(low, 1e-3 * peak), vmax=peak) if log else Normalize(0.0, peak)
     cmap = _cmap("viridis")
     for ax, grid in zip(axes[:2], (data, expected), strict=True):
