@@ -124,6 +124,7 @@ def test_deviations_are_tabulated():
                            {"feature": "eta", "max_abs_deviation": None}]}
     text = render_report(deviations=record)
     assert "Where the alternative deviates" in text and "ensemble with uncertainty" in text
+    assert "<th>jet1_pt [GeV]</th><th>mjj [GeV]</th>" in text
     assert "<td>7</td><td>0.012</td><td>12</td><td>412.5</td><td>1830</td>" in text
     assert "<td>3</td><td>-0.004</td><td>-4</td><td>250</td><td>—</td>" in text
     # features sorted by the size of the departure, with the bin in physical units

@@ -157,10 +157,13 @@ def _deviation_tables(record: Mapping[str, Any]) -> str:
     variant = record.get("variant")
     who = html.escape(VARIANT_LABELS.get(str(variant), str(variant))) if variant else "—"
     kernels = list(record.get("kernels") or [])
+    units = {str(f.get("feature")): str(f.get("unit") or "") for f in record.get("features") or []}
     if kernels:
         features = list(kernels[0].get("centre", {}))
         head = ("<tr><th>kernel</th><th>a<sub>k</sub></th><th>≈ events N·a<sub>k</sub></th>"
-                + "".join(f"<th>{html.escape(f)}</th>" for f in features) + "</tr>")
+                + "".join(f"<th>{html.escape(f)}"
+                          f"{' [' + html.escape(units[f]) + ']' if units.get(f) else ''}</th>"
+                          for f in features) + "</tr>")
         body = "".join(
             f"<tr><td>{html.escape(str(k.get('kernel')))}</td><td>{_num(k.get('a'), 3)}</td>"
             f"<td>{_num(k.get('events'), 3)}</td>"

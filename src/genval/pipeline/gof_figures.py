@@ -27,6 +27,7 @@ from scipy import stats
 
 from genval import gof, plots
 from genval.config import Config
+from genval.errors import InputError
 from genval.gof import VARIANT_LABELS
 from genval.members import Members
 from genval.pipeline.artifacts import save_deviations
@@ -37,7 +38,8 @@ from genval.rundir import RunDir
 from genval.sampling import sample_mixture
 from genval.wifi import WeightFit
 
-__all__ = ["null_figure", "alternative_figures", "choose_pairs", "test_weights", "failure_of"]
+__all__ = ["null_figure", "alternative_figures", "choose_pairs", "weights_of_test_split",
+           "failure_of"]
 
 PAIR_BINS = 20
 """Bins per axis of the 2D views."""
@@ -103,7 +105,7 @@ def _or_none(get: Any) -> Any:
         return None
 
 
-def test_weights(run: RunDir) -> NDArray[np.float64] | None:
+def weights_of_test_split(run: RunDir) -> NDArray[np.float64] | None:
     """Per-event weights of the test split when the run has them (``data.weight``), else None.
 
     Read through ``genval.pipeline.artifacts.split_weights`` where that reader exists; runs
@@ -168,7 +170,8 @@ def alternative_figures(run: RunDir, members: Members, fit: WeightFit, basis: go
             # H_{φ,a} is the density F·φ + G·a: the GoF profiles scale each row of F and G by
             # the same factor, so φ and a come back in density units; G takes the rows' scale.
             reco_density = rows.f @ np.asarray(phi) + rows.g @ np.asarray(a)
-        view = _View(cfg, names, x_test, test_weights(run), pool.x, rows.f, fit, reco_density)
+        view = _View(cfg, names, x_test, weights_of_test_split(run), pool.x, rows.f, fit,
+                     reco_density)
         hists = [view.marginal(j) for j in range(len(names))]
         draw(run, "marginals", plots.plot_marginals, hists=hists,
              max_columns=cfg.report.max_columns)
@@ -215,6 +218,9 @@ class _View:
                  S: NDArray[np.float64], fit: WeightFit, reco: NDArray[np.float64] | None):
         self.cfg, self.names, self.x, self.weights = cfg, list(names), x, weights
         self.pool_x, self.S, self.fit, self.reco = pool_x, S, fit, reco
+        if weights is not None and weights.shape != (len(x),):
+            raise InputError(f"the test split has {len(x)} events but {weights.size} event "
+                             "weights")
         self.f = S @ fit.weights
         self.n_data = float(len(x) if weights is None else np.sum(weights))
 

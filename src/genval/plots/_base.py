@@ -137,16 +137,3 @@ def grid_shape(n: int, max_columns: int) -> tuple[int, int]:
         raise InputError(f"max_columns must be at least 1, got {max_columns}")
     cols = max(1, min(n, max_columns))
     return -(-max(n, 1) // cols), cols
-
-
-def padded_range(lo: float, hi: float, *, pad: float = 0.05,
-                 default: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
-    """``[lo, hi]`` widened by ``pad`` of its span; ``default`` when not finite, a unit span
-    around a single value."""
-    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
-        return default
-    if hi == lo:
-        half = 0.5 * max(abs(lo), 1.0)
-        return lo - half, hi + half
-    span = hi - lo
-    return lo - pad * span, hi + pad * span
