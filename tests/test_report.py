@@ -130,4 +130,6 @@ def test_deviations_are_tabulated():
     # features sorted by the size of the departure, with the bin in physical units
     assert text.index("<td>mjj</td>") < text.index("<td>jet1_pt</td><td>3.1 %")
     assert "[1.8e+03, 1.9e+03] GeV" in text or "[1800, 1900] GeV" in text
-    assert "did not move" in render_report(deviations={"kernels": [], "features": []})
+    assert "did not move" in render_report(deviations={"variant": "frozen", "kernels": [],
+                                                       "features": []})
+    assert "No GoF variant produced" in render_report(deviations={"variant": None})

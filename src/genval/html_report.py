@@ -155,7 +155,9 @@ def _deviation_tables(record: Mapping[str, Any]) -> str:
     """The alternative's strongest kernels and, per feature, the largest |LRT RECO / REF − 1|."""
     parts = []
     variant = record.get("variant")
-    who = html.escape(VARIANT_LABELS.get(str(variant), str(variant))) if variant else "—"
+    if not variant:
+        return "<p class='muted'>No GoF variant produced an alternative to show.</p>"
+    who = html.escape(VARIANT_LABELS.get(str(variant), str(variant)))
     kernels = list(record.get("kernels") or [])
     units = {str(f.get("feature")): str(f.get("unit") or "") for f in record.get("features") or []}
     if kernels:
