@@ -152,7 +152,8 @@ def _gof_row(record: GofRecord, saved_failure: str = "") -> tuple[GofRow, bool]:
 
 def _raw_gof_row(run: RunDir, variant: str, exc: Exception) -> GofRow:
     """What a ``gof/VARIANT.json`` that :func:`load_gof` cannot read still says."""
-    raw = _get(lambda: load_gof_json(run, variant)) or {}
+    raw = _get(lambda: load_gof_json(run, variant))
+    raw = raw if isinstance(raw, dict) else {}
     why = failure_of(raw)
     toys = raw.get("t_null")
     return GofRow(variant, _float(raw.get("t_obs")), _float(raw.get("p_value")),
