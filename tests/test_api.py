@@ -41,6 +41,10 @@ EXPORTS = {
     "display": ["pdg_exponent", "pdg_round", "format_measurement", "format_interval",
                 "weight_fit_html", "gof_result_html", "coverage_html", "run_html"],
     "runs": ["Run", "StageStatus", "run", "load_run"],
+    "plots": ["MarginalHistogram", "PairHistogram", "plot_marginals", "plot_pairs", "plot_null",
+              "plot_coverage", "plot_weights", "plot_training", "save_figure", "axis_label",
+              "prefers_log_y", "nice_edges", "data_errors"],
+    "stats": ["clopper_pearson", "garwood_interval", "POISSON_CL"],
 }
 
 

@@ -115,6 +115,9 @@ class DataConfig(_Section):
             ``{feature: "log" | "identity" | {log: {shift: X0}} | {bounded: [LO, HI]}}``;
             features not named are left unchanged, ``"periodic"`` is refused (drop phi).
             Every density, band, sample and test result stays in physical units.
+        labels: display label per feature name for the figures (mathtext allowed);
+            features without one are labelled by their name.
+        units: unit string per feature name (``"GeV"``); shown as ``label [unit]``.
     """
 
     path: str | None = Field(
@@ -147,6 +150,11 @@ class DataConfig(_Section):
             except InputError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return out
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="feature -> axis label in figures (matplotlib "
+                                          "mathtext allowed, e.g. '$p_T$ of jet 1')")
+    units: dict[str, str] = Field(
+        default_factory=dict, description="feature -> unit shown on figure axes, e.g. GeV")
 
     @field_validator("features")
     @classmethod
@@ -434,6 +442,23 @@ class ReportConfig(_Section):
                                    "within [5e4, 2e5]")
     dpi: int = Field(150, ge=20, description="PNG resolution")
     title: str = Field("genval report", description="report title")
+    log_y: Literal["auto"] | list[str] = Field(
+        "auto", description="features whose marginals get a log y axis; auto: those whose "
+                            "spectrum falls steeply")
+    pairs: Literal["auto"] | list[tuple[str, str]] = Field(
+        "auto", description="feature pairs for the 2D views of data against f(x; ŵ); auto: "
+                            "the (up to 3) most correlated pairs; []: none")
+    max_columns: int = Field(4, ge=1, description="panels per row of the marginals grid")
+
+    @field_validator("pairs")
+    @classmethod
+    def _distinct_pairs(cls, value: str | list[tuple[str, str]]
+                        ) -> str | list[tuple[str, str]]:
+        if isinstance(value, list):
+            same = [list(p) for p in value if p[0] == p[1]]
+            if same:
+                raise ValueError(f"a pair needs two different features, got {same}")
+        return value
 
 
 class Config(_Section):
@@ -477,10 +502,31 @@ class Config(_Section):
 
             # Feature names read from a file are checked against its columns at the split.
             FeatureTransform.from_spec(self.data.transforms, names)
+        self._check_feature_names()
         if "single" in self.gof.variants and self.gof.single_member >= self.members.n_members:
             raise ValueError(f"gof.single_member={self.gof.single_member} but there are only "
                              f"{self.members.n_members} members")
         return self
+
+    def _check_feature_names(self) -> None:
+        """Labels, units, log-y and pair features must be features (when they are known)."""
+        known = self.data.features
+        if known is None and self.data.path is None:  # generated: named as the split stage does
+            known = [f"x{i}" for i in range(len(self.data.generate.mean))]
+        if known is None:
+            return  # every column is read: names are checked when the events are (figures)
+        used = {"data.labels": list(self.data.labels), "data.units": list(self.data.units)}
+        if isinstance(self.report.log_y, list):
+            used["report.log_y"] = self.report.log_y
+        if isinstance(self.report.pairs, list):
+            used["report.pairs"] = [name for pair in self.report.pairs for name in pair]
+        for key, names in used.items():
+            for name in names:
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(f"{key} names {name!r}, not a feature{hint}; features: "
+                                     f"{', '.join(known)}")
 
 
 def _same_file(a: str, b: str) -> bool:

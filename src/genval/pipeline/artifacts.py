@@ -27,6 +27,7 @@ samples/OUTPUT, density.npz oversampled events with f̂ and σ_f̂ (Eq. 3)     s
 samples/sampler.json        the sampler's diagnostics, negative mass      sample
 coverage/coverage.npz|json  :class:`~genval.coverage.CoverageResult`      coverage
 gof/VARIANT.json            :class:`GofRecord` (GoFResult, Z band)        gof
+gof/deviations.json         where the alternative departs from REF        gof
 ==========================  ============================================  ===============
 
 References:
@@ -68,7 +69,8 @@ __all__ = [
     "save_fit", "has_fit", "load_fit", "save_samples", "load_samples",
     "save_sampler", "load_sampler",
     "CoverageRecord", "save_coverage", "load_coverage",
-    "GofRecord", "save_gof", "save_gof_error", "load_gof",
+    "GofRecord", "save_gof", "save_gof_error", "load_gof", "load_gof_json",
+    "save_deviations", "load_deviations",
 ]
 
 
@@ -590,6 +592,13 @@ def save_gof_error(run: RunDir, variant: str, error: str) -> Path:
     return atomic_write_json(_gof_path(run, variant), {"variant": variant, "error": error})
 
 
+def load_gof_json(run: RunDir, variant: str) -> dict[str, Any] | None:
+    """``gof/VARIANT.json`` as written, without building a result: for showing what a record
+    holds when :func:`load_gof` cannot read it (a field missing, an older or newer schema)."""
+    path = _gof_path(run, variant)
+    return load_json(path) if path.is_file() else None
+
+
 def load_gof(run: RunDir, variant: str) -> GofRecord | None:
     """The saved GoF ``variant``, or None when it was not run."""
     path = _gof_path(run, variant)
@@ -602,3 +611,25 @@ def load_gof(run: RunDir, variant: str) -> GofRecord | None:
     z_summary = None if band is None else ZSummary(
         float(band["median"]), float(band["lower"]), float(band["upper"]), int(band["n_sets"]))
     return GofRecord(variant, GoFResult.from_dict(record), z_summary)
+
+
+def _deviations_path(run: RunDir) -> Path:
+    return run.root / "gof" / "deviations.json"
+
+
+def save_deviations(run: RunDir, record: Mapping[str, Any]) -> Path:
+    """Where the learned alternative departs from the reference (figures of the gof stage).
+
+    ``record``: ``variant`` (whose alternative), ``n_events``, ``kernels`` (the largest |a_k|:
+    ``kernel``, ``a``, ``events`` = N a_k, ``centre`` per feature) and ``features`` (per
+    feature the largest |LRT RECO / REF − 1|: ``max_abs_deviation``, ``reco_over_ref``,
+    ``bin``, ``unit``).
+    """
+    run.dir("gof")
+    return atomic_write_json(_deviations_path(run), to_jsonable(dict(record)))
+
+
+def load_deviations(run: RunDir) -> dict[str, Any] | None:
+    """The record :func:`save_deviations` wrote, or None when there is none."""
+    path = _deviations_path(run)
+    return load_json(path) if path.is_file() else None

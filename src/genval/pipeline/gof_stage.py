@@ -9,10 +9,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from genval import gof, plots
+from genval import gof
 from genval.config import Config
 from genval.errors import FitError, GenvalWarning
-from genval.gof import VARIANT_LABELS
 from genval.members import Members
 from genval.pipeline.artifacts import (
     load_fit,
@@ -23,13 +22,10 @@ from genval.pipeline.artifacts import (
     split_events,
     split_weights,
 )
-from genval.pipeline.figures import draw
+from genval.pipeline.gof_figures import alternative_figures, null_figure
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
-from genval.products.binned import bin_integrals, binned_reference, histogram_counts
-from genval.row_scaling import scale_rows
 from genval.rundir import RunDir
-from genval.sampling import sample_mixture
 from genval.wifi import WeightFit
 
 __all__ = ["stage_gof", "GofVariantWarning"]
@@ -83,7 +79,7 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
             continue
         z_summary = gof.summarize_z(results) if len(results) > 1 else None
         save_gof(run, results, z_summary)
-        _null_figure(run, variant, results, z_summary)
+        null_figure(run, variant, results, z_summary)
         res = results[0]
         summary[variant] = {"t_obs": float(res.t_obs), "z": float(res.z),
                             "z_chi2": float(res.z_chi2), "n_sets": len(results)}
@@ -95,8 +91,8 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
             f"({res.n_toys} toys), Z(χ² extrapolation) = {res.z_chi2:.2f}")
     # LRT RECO of Fig. 1 is the alternative profiled for the ensemble with uncertainty.
     reco_stat = observed.get("ensemble", next(iter(observed.values()), None))
-    _marginals_figure(run, members, fit, basis, x_test, names, reco_stat,
-                      stage_seed(cfg, "figures"))
+    alternative_figures(run, members, fit, basis, x_test, names, reco_stat,
+                        stage_seed(cfg, "figures"))
     run.update_metadata(seeds={"gof": seed})
     return summary
 
@@ -132,52 +128,3 @@ def _run_variants(cfg: Config, members: Members, fit: WeightFit,
                 out[variant] = exc
         prepared.clear()
     return out
-
-
-def _null_figure(run: RunDir, variant: str, results: Sequence[gof.GoFResult],
-                 z_summary: gof.ZSummary | None) -> None:
-    """Paper Fig. 2; with several test sets, their median t and Z, and every t_obs."""
-    res = results[0]
-    several = z_summary is not None
-    draw(run, f"null_{variant}", plots.plot_null, t_null=res.t_null,
-         t_obs=float(np.median([r.t_obs for r in results])) if several else res.t_obs,
-         z=z_summary.median if z_summary is not None else res.z,
-         p_value=None if several else res.p_value, chi2_scale=res.chi2_fit.scale,
-         chi2_dof=res.chi2_fit.dof, z_chi2=None if several else res.z_chi2,
-         label=VARIANT_LABELS.get(variant, variant),
-         t_obs_sets=[r.t_obs for r in results] if several else None)
-
-
-def _marginals_figure(run: RunDir, members: Members, fit: WeightFit, basis: gof.KernelBasis,
-                      x_test: NDArray[np.float64], names: Sequence[str], stat: Any,
-                      seed: int) -> None:
-    """Paper Fig. 1 from one pool drawn from f(x; ŵ) (see :mod:`genval.products.binned`).
-
-    Every curve is a bin integral of ``h / f`` over the pool, a ratio, so the member and
-    kernel densities enter with their rows scaled by one common factor per pool event (the
-    scaling of :func:`genval.row_scaling.scale_rows`): nothing underflows in the tails.
-    """
-    cfg = run.config()
-    # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].
-    size = cfg.report.pool_size or int(np.clip(20 * len(x_test), 50_000, 200_000))
-    pool = sample_mixture(members, fit.weights, size, seed)
-    rows = scale_rows(pool.log_f, basis.log_pdf(pool.x), log=True)  # F = exp(log_s) · S
-    S = rows.f
-    f = S @ fit.weights
-    reco_density = None
-    phi, a = getattr(stat, "phi1", None), getattr(stat, "a", None)
-    if phi is not None and a is not None and np.shape(phi) == fit.weights.shape:
-        # H_{φ,a} is the density F·φ + G·a: the GoF profiles scale each row of F and G by the
-        # same factor, so φ and a come back in density units; G takes the rows' scale too.
-        reco_density = S @ np.asarray(phi) + rows.g @ np.asarray(a)
-    hists = []
-    for j, name in enumerate(names):
-        lo, hi = np.quantile(x_test[:, j], [0.001, 0.999])
-        edges = np.linspace(lo, hi, cfg.report.bins + 1)
-        ref = binned_reference(pool.x[:, j], edges, S, fit.weights, fit.cov)
-        reco = None
-        if reco_density is not None:
-            reco = bin_integrals(pool.x[:, j], edges, reco_density, f)[0][:, 0]
-        hists.append(plots.MarginalHistogram(name, edges, ref.fraction, ref.std,
-                                             histogram_counts(x_test[:, j], edges), reco))
-    draw(run, "marginals", plots.plot_marginals, hists=hists)
