@@ -8,7 +8,9 @@
     genval train|fit|sample|coverage|gof|report RUN_DIR [-c CONFIG] [--force] [--device D]
 
 Progress and stage messages go to stderr; a genval error prints its message (no traceback)
-and exits with status 1, a usage error with status 2. :func:`register` adds the commands to
+and exits with status 1, a usage error with status 2. A GoF variant that failed or is
+undefined does not stop the run (the report shows it): one line per such variant goes to
+stderr, ``--quiet`` or not. :func:`register` adds the commands to
 any click group (the tests use a fresh one); :func:`main` is the ``genval`` entry point.
 """
 
@@ -72,7 +74,21 @@ def _execute(config: Config, run_dir: Path | None, force: bool, seed: int | None
 
     config = with_overrides(config, {"seed": seed, "device": device, "quiet": quiet})
     run = run_pipeline(config, run_dir=run_dir, force=force, log=_log(config.quiet))
+    _echo_gof_failures(run)
     click.echo(str(run.report_path))
+
+
+def _echo_gof_failures(run: RunDir) -> None:
+    """One line on stderr per GoF variant without a p-value, saying why (even with --quiet:
+    a failure is not progress)."""
+    from genval.pipeline.artifacts import load_gof
+
+    for variant in run.config().gof.variants:
+        record = load_gof(run, variant)
+        if record is not None and record.error is not None:
+            what = "undefined" if record.result is None else "failed"
+            message = " ".join(record.error.split())
+            click.echo(f"genval: GoF variant {variant!r} {what}: {message}", err=True)
 
 
 def register(group: click.Group) -> click.Group:
@@ -139,6 +155,8 @@ def _stage_command(stage: str) -> click.Command:
             if stage == "train":
                 run_stage(run, "split", log=_log(cfg.quiet))  # first stage after a fresh start
             run_stage(run, stage, force=force, log=_log(cfg.quiet))
+        if stage in ("gof", "report"):
+            _echo_gof_failures(run)
 
     return command
 

@@ -413,7 +413,8 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
 
 def _position_message(x: NDArray[np.float64], density: NDArray[np.float64]) -> str:
     bad = np.flatnonzero(~(density > 0))
-    where = "; ".join(f"row {i}: x = {np.array2string(x[i], precision=4)}" for i in bad[:5])
+    where = "; ".join(f"row {i}: x = {np.array2string(x[i], precision=4, max_line_width=10**6)}"
+                      for i in bad[:5])
     return (f"the mixture density f(x; ŵ) is <= 0 on {bad.size} of {density.size} test events "
             f"({where}{' ...' if bad.size > 5 else ''}): signed weights make the null no density "
             "there, so Eq. (5) is undefined; refit the weights with such events in range of the "

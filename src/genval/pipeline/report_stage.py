@@ -20,6 +20,7 @@ from genval.pipeline.artifacts import (
     load_gof,
     load_sampler,
 )
+from genval.pipeline.gof_stage import failed_toys_line
 from genval.pipeline.log import Log, quiet
 from genval.rundir import STAGES, RunDir
 
@@ -68,17 +69,24 @@ def _gof_section(cfg: Config, records: Sequence[GofRecord]
     notes: list[str] = []
     for record in records:
         res = record.result
-        if res is None:
+        if record.error is not None or res is None:
+            # No p and no Z: the row says why (undefined, or the cause of the failure).
             nan = float("nan")
-            rows.append(GofRow(record.variant, nan, nan, nan,
-                               note=f"undefined: {record.error}"))
+            what = "undefined" if res is None else "FAILED"
+            rows.append(GofRow(record.variant, nan if res is None else res.t_obs, nan, nan,
+                               n_toys=None if res is None else res.n_toys,
+                               note=f"{what}: {record.error}"))
+            notes.append(f"{record.variant}: {what.lower()}, no p-value and no Z: "
+                         f"{record.error}")
             continue
         z, band = res.z, None
         if record.z_summary is not None:
             z = record.z_summary.median
             band = (record.z_summary.lower, record.z_summary.upper)
         if res.n_failed:
-            notes.append(f"{record.variant}: {res.n_failed} toy fits did not converge")
+            lo, hi = res.p_bounds
+            notes.append(f"{record.variant}: {failed_toys_line(res)}, left out of p; p in "
+                         f"[{lo:.3g}, {hi:.3g}] counting them below or above t_obs")
         rows.append(GofRow(record.variant, res.t_obs, res.p_value, z, z_chi2=res.z_chi2,
                            n_toys=res.n_toys, z_band=band, z_is_bound=res.z_is_bound,
                            p_interval=res.p_interval, p_interval_total=res.p_interval_total))
