@@ -58,6 +58,9 @@ class ProfileSettings:
         tol: convergence tolerance on each NLL (Newton decrement, absolute).
         max_iter: Newton iteration cap per fit.
         hessian_dtype: float32 (fast) or float64 accumulation of the data Hessian.
+        subsample_rows: while the alternative is far from its optimum, form its Hessian from
+            about this many rows when there are more (every row that carries much of it, a
+            stride through the others; see :mod:`genval.newton`); 0: every row always.
     """
 
     lam: float = LAMBDA_NET
@@ -65,6 +68,7 @@ class ProfileSettings:
     tol: float = 1e-10
     max_iter: int = 100
     hessian_dtype: type = np.float32
+    subsample_rows: int = 5000
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
     # from a row subsample during its damped phase.
     null_options = NewtonOptions(tol=settings.tol, max_iter=settings.max_iter,
                                  hessian_dtype=settings.hessian_dtype, refresh=0.1)
-    alt_options = dataclasses.replace(null_options, subsample_rows=5000)
+    alt_options = dataclasses.replace(null_options, subsample_rows=settings.subsample_rows)
     n = c.shape[0] - n_ref
     k = a.shape[1] - rank
     weights = None
@@ -292,12 +296,15 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
             to stop it the exact optimum of Eq. (5) puts large negative mass there (t ~ 1e9
             when a kernel sits in an empty region). Requiring both densities to stay positive
             at the check points (a log-barrier of weight ``barrier`` per point, in both NLLs)
-            keeps the alternative a density. :func:`goodness_of_fit` always does this; without
-            check points the statistic is Eq. (5) verbatim.
+            keeps the alternative a density. Where f(x; ŵ) ≤ 0 at a check point the row
+            keeps only the kernels (:meth:`Constraint.project_checks`).
+            :func:`goodness_of_fit` always does this; without check points the statistic is
+            Eq. (5) verbatim.
         settings: :class:`ProfileSettings` (default: λ_net = 1e-6, barrier 1e-3, tol 1e-10,
             100 iterations, float32 Hessian accumulation).
         **overrides: any :class:`ProfileSettings` field (``lam``, ``barrier``, ``tol``,
-            ``max_iter``, ``hessian_dtype``), replacing the one in ``settings``.
+            ``max_iter``, ``hessian_dtype``, ``subsample_rows``), replacing the one in
+            ``settings``.
 
     Returns:
         :class:`LRStatistic`, a float with the fits attached.

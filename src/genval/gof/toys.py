@@ -108,8 +108,8 @@ class GoFSettings:
             below and above t_obs. Above it the result is a failure (``GoFResult.failure``;
             config key ``gof.max_failed_fraction``).
         profile: how the observed statistic is profiled (the toys use it with ``toy_tol``);
-            its fields (``lam``, ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``) can be
-            overridden by keyword like the fields above.
+            its fields (``lam``, ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``,
+            ``subsample_rows``) can be overridden by keyword like the fields above.
 
     Raises:
         InputError: an unknown ``centre`` or ``toy_size``, ``n_pools < 1``, a negative
@@ -654,7 +654,8 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
             ``n_pools``, ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``,
             ``cl``, ``max_negative_mass``, ``max_failed_fraction``, ``profile``) or of its
             :class:`~genval.gof.statistic.ProfileSettings` (``lam``, ``barrier``, ``tol``,
-            ``max_iter``, ``hessian_dtype``), replacing the one in ``settings``.
+            ``max_iter``, ``hessian_dtype``, ``subsample_rows``), replacing the one in
+            ``settings``.
 
     Returns:
         :class:`~genval.gof.result.GoFResult`. It can carry a failure
