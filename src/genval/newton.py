@@ -4,14 +4,18 @@ The weight fit of Eq. (1) and both profiles of the test statistic of Eq. (5) hav
 
     NLL(θ) = −Σ_n ω_n log(c_n + A_n·θ) + bᵀθ + ½ Σ_j q_j θ_j²,      c + Aθ > 0,
 
-with non-negative row weights ω (1 by default) and a non-negative diagonal ``q``:
+with row weights ω (1 by default; signed for weighted events) and a non-negative diagonal ``q``:
 
 * Eq. (1) (:func:`genval.wifi.fit_weights`): ``c = 0``, ``A`` the row-scaled member densities,
   ``b = N·1``, ``q = 0``: the extended negative log-likelihood times N.
 * Eq. (5) (:mod:`genval.gof.statistic`): ``q > 0`` carries the whitened Gaussian constraint and
   the ℓ2 penalty on the kernel coefficients.
 
-NLL is convex on its (convex) domain. The solver is damped Newton in float64 with a
+NLL is convex on its (convex) domain when ω ≥ 0. Negative row weights (Monte-Carlo event
+weights in Eq. 1) can make it non-convex: the Hessian ``Aᵀ diag(ω/f²) A`` is then formed as the
+difference of the positive and negative rows' parts, and a factorisation with ``rcond`` steps on
+its positive part only (a descent direction); the caller checks the curvature at the end. The
+solver is damped Newton in float64 with a
 backtracking (Armijo) line search that never leaves the domain. The data-term Hessian
 ``Aᵀ diag(ω/f²) A`` costs N p² and dominates; it is formed (in float32 when asked, solved in
 float64) and reused while it still gives fast convergence (a chord / lagged Newton method), and
@@ -250,8 +254,15 @@ class _LaggedNewton:
         self.refresh = refresh
         self.rcond = rcond
         self.stride = max(1, n // subsample_rows) if subsample_rows > 0 else 1
-        self.sqrt_w = (None if objective.row_weights is None
-                       else np.sqrt(objective.row_weights))
+        w = objective.row_weights
+        # sqrt(ω) scales the rows of the Gram product; negative ω (weighted events) go to a
+        # second product that is subtracted. The row-subsampled Hessian raises its diagonal to
+        # the exact one, which is only valid for a sum of positive terms: signed weights always
+        # use every row.
+        self.sqrt_w = None if w is None else np.sqrt(np.maximum(w, 0.0))
+        self.sqrt_neg = None if w is None or not (w < 0).any() else np.sqrt(np.maximum(-w, 0.0))
+        if self.sqrt_neg is not None:
+            self.stride = 1
         self.factor: _Factor | None = None
         self.casts: dict[type, NDArray[np.floating]] = {}
         self.row_norm2 = (objective.a.astype(np.float64) ** 2).sum(axis=1)
@@ -303,6 +314,9 @@ class _LaggedNewton:
                                                      tiny=_gram_floor(self.dtype))
         h = _hessian(a, r if self.sqrt_w is None else self.sqrt_w * r, self.objective.q,
                      self.dtype, use_stride, self.casts.get(self.dtype), self.row_norm2)
+        if self.sqrt_neg is not None:
+            h -= _hessian(a, self.sqrt_neg * r, np.zeros_like(self.objective.q), self.dtype,
+                          1, self.casts.get(self.dtype), self.row_norm2)
         self.factor = _Factor(h, self.rcond)
         self.n_hessian += 1
 
@@ -382,8 +396,11 @@ def minimize_convex(c: NDArray[np.float64], a: NDArray[np.floating], b: NDArray[
         q: (p,) non-negative diagonal of the quadratic term (0 where the data term alone
             curves the objective, as in Eq. 1).
         theta0: feasible start (default 0).
-        row_weights: optional positive (N,) weights of the log terms (small weights turn rows
-            into a log-barrier that keeps the density positive there).
+        row_weights: optional (N,) weights of the log terms (small weights turn rows into a
+            log-barrier that keeps the density positive there). Negative weights are allowed
+            (weighted events of Eq. 1) but can make NLL non-convex: use ``options.rcond`` so
+            that Newton steps on the Hessian's positive part, and check the curvature at the
+            minimiser.
         options: tolerance, iteration cap and Hessian strategy (:class:`NewtonOptions`).
 
     Returns:

@@ -14,7 +14,7 @@ References:
 from __future__ import annotations
 
 from genval.gof.constraint import Constraint
-from genval.gof.kernels import KernelBasis
+from genval.gof.kernels import KernelBasis, kernel_basis_text
 from genval.gof.result import (
     MAX_FAILED_FRACTION,
     ChiSquareFit,
@@ -43,6 +43,7 @@ from genval.gof.toys import (
     draw_pool,
     goodness_of_fit,
     prepare,
+    require_unweighted,
     run_toys,
 )
 from genval.newton import NewtonOptions, Solution, minimize_convex
@@ -50,9 +51,11 @@ from genval.row_scaling import ScaledRows, scale_rows
 
 __all__ = [
     "KernelBasis",
+    "kernel_basis_text",
     "test_statistic",
     "goodness_of_fit",
     "prepare",
+    "require_unweighted",
     "PreparedGoF",
     "PoolRows",
     "merge_results",

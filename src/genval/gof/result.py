@@ -31,6 +31,7 @@ import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import FitError, InputError
+from genval.gof.kernels import kernel_basis_text
 from genval.stats import clopper_pearson
 
 __all__ = ["GoFResult", "GoFFailure", "ChiSquareFit", "ZSummary", "clopper_pearson",
@@ -129,6 +130,10 @@ class GoFResult:
         observed_failure: why the observed statistic failed (which fit, which events or
             kernels), or None; ``t_obs`` is then not finite or not to be trusted.
         max_failed_fraction: above this fraction of failed toys the result is a failure.
+        kernel_basis: which kernels the alternative used
+            (:meth:`~genval.gof.KernelBasis.describe`: K, σ, its units, the per-feature
+            scale and the transformed coordinates); empty in files written before it was
+            recorded.
     """
 
     t_obs: float
@@ -152,6 +157,7 @@ class GoFResult:
     toy_status: tuple[str, ...] = ()
     observed_failure: str | None = None
     max_failed_fraction: float = MAX_FAILED_FRACTION
+    kernel_basis: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_toys(self) -> int:
@@ -393,6 +399,7 @@ class GoFResult:
             "negative_mass_error": self.negative_mass_error, "null": self.null,
             "pool_negative_mass": _nan_to_none(self.pool_negative_mass),
             "pool_negative_mass_error": _nan_to_none(self.pool_negative_mass_error),
+            "kernel_basis": dict(self.kernel_basis),
             "timings": dict(self.timings), "t_null": self.t_null.tolist(),
             "toy_index": self.toy_index.tolist(),
             "toy_converged": self.toy_converged.tolist(), "toy_size": self.toy_size.tolist(),
@@ -438,9 +445,12 @@ class GoFResult:
                  f"{self.n_pools} pools)\n" if share is not None else
                  f"  pools' share of p's error not measured ({self.n_pools} pool)\n")
         null = f"  null calibrated: toys from {self.null}\n"
+        basis = kernel_basis_text(self.kernel_basis)
+        basis = f", {basis}" if basis else ""
         return (
             f"GoFResult(variant={self.variant!r}, centre={self.centre!r})\n"
             f"  t_obs = {self.t_obs:.4g}   N_test = {self.n_test}, K = {self.n_kernels}"
+            f"{basis}"
             f"{'' if obs_ok else '   (observed fit NOT converged)'}\n"
             f"  p = {self.p_value:.4g}  [{lo:.3g}, {hi:.3g}] Clopper-Pearson "
             f"{100 * self.cl:.1f}% CL, k = {self.n_above} of B = {self.n_used}\n"
@@ -463,6 +473,12 @@ class GoFResult:
         why = ", ".join(f"{n} {reason}" for reason, n in self.failure_reasons.items())
         return (f"  {self.n_failed} failed toys ({why}): p in [{lo:.3g}, {hi:.3g}] counting "
                 "them below or above t_obs\n")
+
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import gof_result_html
+        from genval.gof.statistic import VARIANT_LABELS
+
+        return gof_result_html(self, labels=VARIANT_LABELS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], observed: Any = None) -> GoFResult:
@@ -493,6 +509,7 @@ class GoFResult:
             observed_failure=(None if data.get("observed_failure") is None
                               else str(data["observed_failure"])),
             max_failed_fraction=float(data.get("max_failed_fraction", MAX_FAILED_FRACTION)),
+            kernel_basis=dict(data.get("kernel_basis") or {}),
         )
 
 
@@ -506,7 +523,7 @@ def _none_to_nan(values: Sequence[float | None]) -> NDArray[np.float64]:
 
 
 _MERGE_KEYS = ("variant", "centre", "seed", "pool_size", "n_test", "n_kernels", "poisson",
-               "n_pools", "observed_failure", "max_failed_fraction")
+               "n_pools", "kernel_basis", "observed_failure", "max_failed_fraction")
 
 
 def merge_results(results: Sequence[GoFResult]) -> GoFResult:

@@ -46,7 +46,7 @@ from numpy.typing import ArrayLike, NDArray
 from tqdm.auto import tqdm
 
 from genval._settings import apply_overrides
-from genval._validation import as_events
+from genval._validation import as_event_weights, as_events
 from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
 from genval.gof.constraint import Constraint
@@ -66,7 +66,7 @@ from genval.sampling import sample_mixture
 
 __all__ = ["goodness_of_fit", "prepare", "PreparedGoF", "GoFSettings", "ToyPool", "PoolRows",
            "draw_pool", "draw_pool_rows", "run_toys", "pool_rng", "POOL_STREAM", "TOY_STREAM",
-           "MIN_POOL_RATIO"]
+           "MIN_POOL_RATIO", "require_unweighted"]
 
 POOL_STREAM = 0x706F6F6C  # "pool": separates the pools' RNG streams from the toys'
 TOY_STREAM = 0x746F7973  # "toys"
@@ -508,6 +508,34 @@ class PreparedGoF:
                              f"asks for {wanted}")
 
 
+def require_unweighted(event_weights: ArrayLike | None, n_events: int, *,
+                       name: str = "test events") -> None:
+    """Refuse weighted test events: the calibration of Eq. (5) holds for unweighted ones only.
+
+    Weights that are all equal (or None) are unweighted events and pass. The toys that
+    calibrate t are unweighted draws from f(x; ŵ), and the statistic's null distribution
+    assumes each test event is one Poisson (multinomial) count of the density being tested;
+    a t built from weighted events (``−Σ s_n log f``) has a different null distribution (its
+    spread grows with ``Σs² / Σs``, and negative weights break the likelihood-ratio form), so
+    comparing it with unweighted toys gives a wrong p-value.
+
+    Raises:
+        InputError: the weights are not all equal (or are malformed), naming how many differ.
+    """
+    if event_weights is None:
+        return
+    s = as_event_weights(event_weights, n_events, name=f"weights of the {name}",
+                         positive_total=False)
+    if s.size and np.any(s != s[0]):
+        raise InputError(
+            f"the {name} are weighted ({np.unique(s).size} distinct weight values in "
+            f"[{s.min():.4g}, {s.max():.4g}]): the goodness-of-"
+            "fit test needs unweighted events. Its toys are unweighted draws from f(x; ŵ) and "
+            "the calibration of t assumes each test event is one Poisson/multinomial count; a "
+            "weighted t has another null distribution, so its p-value would be wrong. Test "
+            "on unweighted events (e.g. data, or unweighted Monte Carlo)")
+
+
 def prepare(members: Members, x_test: ArrayLike, basis: KernelBasis, seed: int = 0, *,
             settings: GoFSettings | None = None, keep_pools: bool = True,
             **overrides: Any) -> PreparedGoF:
@@ -627,7 +655,7 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
                     n_toys: int = 1000, seed: int = 0, *, variant: Variant = "ensemble",
                     member: int | None = None, settings: GoFSettings | None = None,
                     prepared: PreparedGoF | None = None, progress: bool = False,
-                    **overrides: Any) -> GoFResult:
+                    event_weights: ArrayLike | None = None, **overrides: Any) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
 
     Computes t on ``x_test`` and its null distribution from ``n_toys`` toys drawn from
@@ -650,6 +678,8 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
             are not evaluated again, and pools drawn for an earlier variant with the same
             null (frozen and ensemble) are reused. The result is the one without it.
         progress: show a progress bar of the toys on stderr.
+        event_weights: per-event weights of ``x_test``, accepted only when all equal: the
+            test needs unweighted events (:func:`require_unweighted` says why).
         **overrides: any field of :class:`GoFSettings` (``centre``, ``toy_size``,
             ``n_pools``, ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``,
             ``cl``, ``max_negative_mass``, ``max_failed_fraction``, ``profile``) or of its
@@ -667,8 +697,8 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
 
     Raises:
         InputError: bad input (non-finite events, shapes, settings, a pool below
-            ``MIN_POOL_RATIO`` x N), too few toys for ``target_z``, or a ``prepared`` of other
-            inputs.
+            ``MIN_POOL_RATIO`` x N), too few toys for ``target_z``, a ``prepared`` of other
+            inputs, or weighted test events (``event_weights`` not all equal).
         FitError: f(x; ŵ) ≤ 0 at some test events (the message lists where) and no weights
             near ŵ fix it (always so for the frozen and single variants); or the negative
             mass of f(x; ŵ) measured on a pool exceeds ``max_negative_mass``.
@@ -683,6 +713,8 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     """
     t_start = time.perf_counter()
     cfg = apply_overrides(settings or GoFSettings(), overrides, "goodness_of_fit")
+    if event_weights is not None:
+        require_unweighted(event_weights, np.shape(x_test)[0])
     _check_toy_count(n_toys, cfg.target_z)
     if prepared is None:
         prepared = prepare(members, x_test, basis, seed, settings=cfg, keep_pools=False)
@@ -704,5 +736,6 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         timings={"observed": t_obs_done - t_start, "pool": pool_s, "toys": toy_s,
                  "total": end - t_start}, cl=cfg.cl, n_pools=prepared.n_pools,
         pool_negative_mass=toys.negative_mass,
-        pool_negative_mass_error=toys.negative_mass_error, toy_status=tuple(toys.status),
-        observed_failure=observed.failure, max_failed_fraction=cfg.max_failed_fraction)
+        pool_negative_mass_error=toys.negative_mass_error, kernel_basis=basis.describe(),
+        toy_status=tuple(toys.status), observed_failure=observed.failure,
+        max_failed_fraction=cfg.max_failed_fraction)

@@ -17,9 +17,11 @@ from genval.members import Members
 from genval.pipeline.artifacts import (
     load_fit,
     load_members,
+    load_transform,
     save_gof,
     save_gof_error,
     split_events,
+    split_weights,
 )
 from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
@@ -57,16 +59,26 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     is undefined (FitError) or failed (``GoFResult.failure``: t_obs not finite or its fit
     stopped, too many failed toys) is recorded with its cause in one line, warned about
     (:class:`GofVariantWarning`) and logged; the other variants and the figures go on.
+
+    Raises:
+        InputError: the test events are weighted (:func:`genval.gof.require_unweighted`).
     """
     cfg = run.config()
     if not cfg.gof.enabled:
         return {"skipped": "gof.enabled is false"}
+    x_test, names = split_events(run, "test")
+    # Before anything is evaluated: the calibration holds for unweighted test events only.
+    gof.require_unweighted(split_weights(run, "test"), len(x_test),
+                           name=f"test events (data.weight {cfg.data.weight!r})")
     seed = stage_seed(cfg, "gof")
     members, fit = load_members(run), load_fit(run)
-    x_test, names = split_events(run, "test")
     x_centres, _ = split_events(run, "centres")
-    basis = gof.KernelBasis.from_events(x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
-                                        standardize=cfg.gof.standardize, seed=seed)
+    # The kernels are Gaussian in the members' (transformed) coordinates: docs/method.md.
+    basis = gof.KernelBasis.from_events(
+        x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
+        standardize=cfg.gof.kernel_units == "standardised", transform=load_transform(run),
+        seed=seed)
+    log(f"[gof] kernels: K = {basis.n_kernels}, {gof.kernel_basis_text(basis.describe())}")
     # Several test sets: disjoint chunks of the test split, one result each (median Z, band).
     chunks = np.array_split(x_test, cfg.gof.n_test_sets)
     summary: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from genval.config import Config
+from genval.gof.kernels import kernel_basis_text
 from genval.html_report import CoverageRow, GofRow, write_report
 from genval.pipeline.artifacts import (
     GofRecord,
@@ -95,7 +96,9 @@ def _gof_section(cfg: Config, records: Sequence[GofRecord]
         notes.append("Z marked ≥: t_obs exceeds every toy, so the toys only bound Z from below; "
                      "run more toys, or read the χ² column (an extrapolation)")
     if rows:
-        settings["kernel σ"] = cfg.gof.sigma
+        basis = next((r.result.kernel_basis for r in records if r.result is not None), {})
+        # Which kernel basis the test used (units, transformed coordinates), as it recorded it.
+        settings["kernel basis"] = kernel_basis_text(basis) or f"σ = {cfg.gof.sigma:g}"
         settings["λ_net"] = cfg.gof.lambda_net
     return rows, settings, notes
 
@@ -118,6 +121,8 @@ def _fit_section(run: RunDir) -> tuple[dict[str, Any] | None, list[str]]:
     fit = load_fit(run)
     info = {k: getattr(fit, k) for k in _FIT_DIAGNOSTICS}
     info["Σ|ŵ|"] = fit.abs_weight_sum
+    if fit.n_effective is not None:
+        info["effective events (weighted, (Σs)²/Σs²)"] = fit.n_effective
     info.update(_negative_mass_rows(run))
     return info, [f"w_i f_i fit: {m}" for m in fit.messages]
 
