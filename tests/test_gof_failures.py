@@ -269,3 +269,8 @@ def test_the_cli_prints_a_failed_variant_as_one_line(tmp_path, monkeypatch):
     assert lines[0].startswith("genval: GoF variant 'ensemble' failed: observed statistic: "
                                "t_obs = -inf: alternative fit stalled")
     assert result.output.strip().endswith("report.html")
+    results = CliRunner().invoke(register(click.Group("genval")),
+                                 ["results", str(tmp_path / "run")])
+    assert results.exit_code == 0, results.output
+    assert "ensemble with uncertainty: FAILED: observed statistic: t_obs = -inf" in \
+        results.output

@@ -250,7 +250,8 @@ def _results_text(summary: dict[str, Any]) -> str:
         for variant, entry in gof.items():
             label = VARIANT_LABELS.get(variant, variant)
             if "error" in entry:
-                lines.append(f"  {label}: undefined: {entry['error']}")
+                what = "FAILED" if entry.get("failed") else "undefined"
+                lines.append(f"  {label}: {what}: {entry['error']}")
                 continue
             z, (z_lo, z_hi) = float(entry["z"]), (float(v) for v in entry["z_interval"])
             z_text = f">= {z:.2f} (t_obs beyond every toy)" if entry["z_is_lower_bound"] \
@@ -262,8 +263,10 @@ def _results_text(summary: dict[str, Any]) -> str:
                          + ("" if extra is None else f", Z (chi2 extrapolation) = "
                                                      f"{float(extra):.2f}")
                          + f", {entry['n_toys']} toys"
-                         + (f" ({entry['n_failed']} not converged)" if entry["n_failed"]
-                            else ""))
+                         + (f" ({entry['n_failed']} failed, left out of p; p in "
+                            f"[{float(entry['p_bounds'][0]):.3g}, "
+                            f"{float(entry['p_bounds'][1]):.3g}] counting them below or above "
+                            "t_obs)" if entry["n_failed"] else ""))
             band = entry.get("z_summary")
             if band:
                 lines.append(f"    median Z over {band['n_sets']} test sets = "
