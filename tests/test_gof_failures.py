@@ -159,6 +159,24 @@ def test_toys_that_cannot_converge_are_recorded_with_their_reason(small):
     assert d["toy_status"] == res.statuses.tolist() and "failure" in d
 
 
+@pytest.mark.filterwarnings("ignore::genval.errors.ConvergenceWarning")
+def test_an_observed_fit_that_stops_names_the_fit_the_events_and_the_kernels(small):
+    """max_iter = 1: the observed statistic's failure says which fit stopped and how, where
+    the density comes closest to 0 (a test event or a kernel centre) and which kernels carry
+    the largest amplitudes; the result is a failure of the observed step, not a Z."""
+    members, fit, basis, x_test = small
+    res = goodness_of_fit(members, fit, x_test, basis, n_toys=4, seed=3, pool_size=4000,
+                          n_jobs=1, max_iter=1)
+    cause = res.observed.failure
+    assert "fit hit the iteration cap (after 1 steps, Newton decrement" in cause
+    assert "alternative density smallest at " in cause and "largest kernel amplitudes" in cause
+    assert ("test event" in cause) or ("kernel centre" in cause)
+    assert res.failure.step == "observed" and cause in res.failure.message
+    assert np.isfinite(res.t_obs)  # a finite t from a stopped fit is still no p-value
+    with pytest.raises(FitError, match="iteration cap"):
+        _ = res.p_value
+
+
 def test_a_toy_whose_fit_raises_is_a_failed_toy_not_a_crash(small, monkeypatch):
     import genval.gof.toys as toys
 
