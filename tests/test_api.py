@@ -21,7 +21,8 @@ TOP_LEVEL = [
 EXPORTS = {
     "wifi": ["WeightFit", "fit_weights", "prepare_density_matrix"],
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
-            "GoFResult", "LRStatistic", "ZSummary", "fit_scaled_chi2", "clopper_pearson",
+            "GoFResult", "GoFFailure", "MAX_FAILED_FRACTION", "LRStatistic", "ZSummary",
+            "fit_scaled_chi2", "clopper_pearson",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
             "VARIANT_LABELS", "require_unweighted", "kernel_basis_text"],
     "flows": ["FlowEnsemble", "TrainSettings", "TrainingHistory", "train", "save", "load",

@@ -145,8 +145,12 @@ def test_gof_result_html(rng):
     converged[:3] = False
     bound = _gof(1e3, t_null, converged=converged)._repr_html_()
     assert "Z is a lower bound" in bound and "≥ " in bound
-    assert "3 of 200 toy fits not converged" in bound
+    assert "3 of 200 toy fits failed, left out of p" in bound
     assert bound.index("lower bound") < bound.index("t<sub>obs</sub>")
+    # A failed result: its cause, and neither p nor Z.
+    failed = _gof(float("nan"), t_null)._repr_html_()
+    assert "FAILED, no p-value and no Z: observed statistic: t_obs = nan" in failed
+    assert "Clopper" not in failed and "Z [" not in failed
 
 
 def test_coverage_html(rng):

@@ -10,7 +10,9 @@
     genval status RUN_DIR [--json]           # which stages finished, when, warnings
 
 Progress and stage messages go to stderr; a genval error prints its message (no traceback)
-and exits with status 1, a usage error with status 2. :func:`register` adds the commands to
+and exits with status 1, a usage error with status 2. A GoF variant that failed or is
+undefined does not stop the run (the report shows it): one line per such variant goes to
+stderr, ``--quiet`` or not. :func:`register` adds the commands to
 any click group (the tests use a fresh one); :func:`main` is the ``genval`` entry point.
 """
 
@@ -75,7 +77,21 @@ def _execute(config: Config, run_dir: Path | None, force: bool, seed: int | None
 
     config = with_overrides(config, {"seed": seed, "device": device, "quiet": quiet})
     run = run_pipeline(config, run_dir=run_dir, force=force, log=_log(config.quiet))
+    _echo_gof_failures(run)
     click.echo(str(run.report_path))
+
+
+def _echo_gof_failures(run: RunDir) -> None:
+    """One line on stderr per GoF variant without a p-value, saying why (even with --quiet:
+    a failure is not progress)."""
+    from genval.pipeline.artifacts import load_gof
+
+    for variant in run.config().gof.variants:
+        record = load_gof(run, variant)
+        if record is not None and record.error is not None:
+            what = "undefined" if record.result is None else "failed"
+            message = " ".join(record.error.split())
+            click.echo(f"genval: GoF variant {variant!r} {what}: {message}", err=True)
 
 
 def register(group: click.Group) -> click.Group:
@@ -150,6 +166,8 @@ def _stage_command(stage: str) -> click.Command:
             if stage == "train":
                 run_stage(run, "split", log=_log(cfg.quiet))  # first stage after a fresh start
             run_stage(run, stage, force=force, log=_log(cfg.quiet))
+        if stage in ("gof", "report"):
+            _echo_gof_failures(run)
 
     return command
 
@@ -232,7 +250,8 @@ def _results_text(summary: dict[str, Any]) -> str:
         for variant, entry in gof.items():
             label = VARIANT_LABELS.get(variant, variant)
             if "error" in entry:
-                lines.append(f"  {label}: undefined: {entry['error']}")
+                what = "FAILED" if entry.get("failed") else "undefined"
+                lines.append(f"  {label}: {what}: {entry['error']}")
                 continue
             z, (z_lo, z_hi) = float(entry["z"]), (float(v) for v in entry["z_interval"])
             z_text = f">= {z:.2f} (t_obs beyond every toy)" if entry["z_is_lower_bound"] \
@@ -244,8 +263,10 @@ def _results_text(summary: dict[str, Any]) -> str:
                          + ("" if extra is None else f", Z (chi2 extrapolation) = "
                                                      f"{float(extra):.2f}")
                          + f", {entry['n_toys']} toys"
-                         + (f" ({entry['n_failed']} not converged)" if entry["n_failed"]
-                            else ""))
+                         + (f" ({entry['n_failed']} failed, left out of p; p in "
+                            f"[{float(entry['p_bounds'][0]):.3g}, "
+                            f"{float(entry['p_bounds'][1]):.3g}] counting them below or above "
+                            "t_obs)" if entry["n_failed"] else ""))
             band = entry.get("z_summary")
             if band:
                 lines.append(f"    median Z over {band['n_sets']} test sets = "

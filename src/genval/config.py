@@ -364,6 +364,10 @@ class GofConfig(_Section):
     weights fixed at ŵ, no uncertainty) and ``ensemble`` (with the Cov(ŵ) constraint): the
     paper's Z = 20.29, 4.13 and 0.92. ``constraint_centre``: the toys' constraint centre z₀,
     ``redrawn`` from N(0, C_r) per toy or ``fixed`` at 0 (the paper's text).
+    ``max_failed_fraction``: toys whose fits stop before their tolerance or whose t is not
+    finite are failed (each with its reason, in ``gof/VARIANT.json``); they are left out of p,
+    which is then reported with bounds counting them below and above t_obs, and above this
+    fraction of the toys the variant fails (no p, no Z) with the count and the reasons.
 
     The kernels live in the space the members are trained in (after ``data.transforms``);
     ``kernel_units: standardised`` (default) measures ``sigma`` in each transformed feature's
@@ -392,6 +396,10 @@ class GofConfig(_Section):
         None, ge=1, description="events per toy pool (>= 5 N_test); null: max(5 N_test, 10000)")
     max_negative_mass: float = Field(
         1e-3, ge=0, description="refuse the test above this negative mass of f(x; ŵ)")
+    max_failed_fraction: float = Field(
+        0.05, ge=0, le=1,
+        description="a variant fails above this fraction of failed toys; below, p is bounded "
+                    "counting them either way")
     constraint_centre: Literal["redrawn", "fixed"] = Field(
         "redrawn", description="redrawn (z0 ~ N(0, C_r) per toy) | fixed (z0 = 0)")
     toy_size: Literal["fixed", "poisson"] = Field(

@@ -266,12 +266,21 @@ def weight_fit_html(fit: Any) -> str:
 
 
 def gof_result_html(res: Any, *, labels: Mapping[str, str] | None = None) -> str:
-    """A :class:`~genval.gof.GoFResult`: validity flags, then t, p and Z with their intervals."""
+    """A :class:`~genval.gof.GoFResult`: validity flags, then t, p and Z with their intervals;
+    a failed result (``GoFResult.failure``) shows its cause and no p or Z."""
+    label = (labels or {}).get(res.variant, res.variant)
+    title = f"GoFResult: {label} (learned likelihood-ratio test, Eq. 5)"
+    failure = res.failure
+    if failure is not None:
+        rows = [("t<sub>obs</sub> (Eq. 5)", html.escape(_plain(res.t_obs))),
+                ("toys", f"{res.n_toys} ({res.n_failed} failed)")]
+        return _box(title, _flags([flag(False, f"FAILED, no p-value and no Z: {failure}")]),
+                    html_table(["", "value"], rows))
     observed_ok = bool(getattr(res.observed, "converged", True))
     flags = [flag(observed_ok, "observed fits converged" if observed_ok
                   else "observed fit NOT converged"),
-             flag(res.n_failed == 0, f"{res.n_failed} of {res.n_toys} toy fits not converged "
-                  "(kept)" if res.n_failed else f"all {res.n_toys} toy fits converged")]
+             flag(res.n_failed == 0, _failed_toys(res) if res.n_failed
+                  else f"all {res.n_toys} toy fits converged")]
     if res.z_is_bound:
         flags.append(flag(None, "t_obs beyond every toy: Z is a lower bound"))
     if res.negative_mass > 0:
@@ -298,9 +307,14 @@ def gof_result_html(res: Any, *, labels: Mapping[str, str] | None = None) -> str
                 "toys": f"{'Poisson' if res.poisson else 'fixed'} size, pool {res.pool_size} "
                         f"× {res.n_pools}, overlap {100 * res.overlap:.1f} %",
                 "null": res.null, "seed": res.seed}
-    label = (labels or {}).get(res.variant, res.variant)
-    return _box(f"GoFResult: {label} (learned likelihood-ratio test, Eq. 5)", _flags(flags),
-                html_table(["", "value"], rows), kv_table(settings))
+    return _box(title, _flags(flags), html_table(["", "value"], rows), kv_table(settings))
+
+
+def _failed_toys(res: Any) -> str:
+    """Failed toys and the p-values that count them below and above t_obs."""
+    lo, hi = res.p_bounds
+    return (f"{res.n_failed} of {res.n_toys} toy fits failed, left out of p "
+            f"(p in [{lo:.3g}, {hi:.3g}] counting them below or above t_obs)")
 
 
 def coverage_html(res: Any, *, cl: float, features: Sequence[str] | None = None) -> str:
@@ -347,8 +361,10 @@ FIGURE_WIDTH = 320
 def _gof_row(variant: str, record: Any, labels: Mapping[str, str]) -> list[str]:
     label = html.escape(labels.get(variant, variant))
     res = record.result
-    if res is None:
-        return [label, flag(False, f"undefined: {record.error}"), "—", "—", "—", "—"]
+    if record.error is not None or res is None:
+        what = "undefined" if res is None else "FAILED"
+        return [label, flag(False, f"{what}: {record.error}"), "—", "—", "—",
+                "—" if res is None else str(res.n_toys)]
     z_lo, z_hi = res.z_interval
     z_text = (f"≥ {res.z:.2f}" if res.z_is_bound
               else format_interval(res.z, z_lo, z_hi, html=True))
@@ -361,7 +377,7 @@ def _gof_row(variant: str, record: Any, labels: Mapping[str, str]) -> list[str]:
     except InputError:
         z_chi2 = "—"
     ok = bool(getattr(res.observed, "converged", True)) and res.n_failed == 0
-    checks = flag(ok, "fits converged" if ok else f"{res.n_failed} toy fit(s) not converged")
+    checks = flag(ok, "fits converged" if ok else _failed_toys(res))
     if res.z_is_bound:
         checks += " " + flag(None, "Z is a lower bound")
     p_lo, p_hi = res.p_interval

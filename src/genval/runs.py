@@ -151,7 +151,8 @@ class Run:
     @property
     def gof(self) -> dict[str, Any]:
         """Per variant, its :class:`~genval.gof.GoFResult` (first test set); undefined
-        variants are left out (see :attr:`gof_records` for why)."""
+        variants are left out (see :attr:`gof_records` for why). A failed variant's result
+        carries its cause (``GoFResult.failure``); its p and Z raise ``FitError``."""
         return {v: r.result for v, r in self.gof_records.items() if r.result is not None}
 
     @cached_property
@@ -224,8 +225,9 @@ class Run:
         gof: dict[str, Any] = {}
         for variant, record in self.gof_records.items():
             res = record.result
-            if res is None:
-                gof[variant] = {"error": record.error}
+            if record.error is not None or res is None:
+                # undefined (no result) or failed (no p, no Z): the cause, in one line
+                gof[variant] = {"error": record.error, "failed": res is not None}
                 continue
             entry = {"t_obs": res.t_obs, "p_value": res.p_value, "cl": res.cl,
                      "p_interval": list(res.p_interval),
@@ -233,6 +235,7 @@ class Run:
                      "z": res.z, "z_interval": list(res.z_interval),
                      "z_is_lower_bound": res.z_is_bound, "z_chi2_extrapolated": None,
                      "n_toys": res.n_toys, "n_failed": res.n_failed,
+                     "p_bounds": list(res.p_bounds),
                      "observed_converged": bool(getattr(res.observed, "converged", True)),
                      "z_summary": None if record.z_summary is None else vars(record.z_summary)}
             try:

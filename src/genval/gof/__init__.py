@@ -16,7 +16,9 @@ from __future__ import annotations
 from genval.gof.constraint import Constraint
 from genval.gof.kernels import KernelBasis, kernel_basis_text
 from genval.gof.result import (
+    MAX_FAILED_FRACTION,
     ChiSquareFit,
+    GoFFailure,
     GoFResult,
     ZSummary,
     clopper_pearson,
@@ -59,6 +61,8 @@ __all__ = [
     "merge_results",
     "summarize_z",
     "GoFResult",
+    "GoFFailure",
+    "MAX_FAILED_FRACTION",
     "LRStatistic",
     "ZSummary",
     "ChiSquareFit",

@@ -557,9 +557,12 @@ class GofRecord:
     Attributes:
         variant: "single", "frozen" or "ensemble".
         result: the :class:`~genval.gof.GoFResult` of the first test set (``observed`` is not
-            saved: None), or None when ``error`` is set.
+            saved: None); for a failed variant, the failed test set's result (its toys and
+            their reasons, no p); None when the variant is undefined.
         z_summary: Z over every test set when there were several.
-        error: why the variant is undefined (e.g. f(x; ŵ) <= 0 at a test event).
+        error: why the variant is undefined (e.g. f(x; ŵ) <= 0 at a test event) or failed
+            (``GoFResult.failure``: t_obs not finite or its fit stopped, too many failed
+            toys), in one line; None when it has a p-value.
     """
 
     variant: str
@@ -610,7 +613,9 @@ def load_gof(run: RunDir, variant: str) -> GofRecord | None:
     band = record.get("z_summary")
     z_summary = None if band is None else ZSummary(
         float(band["median"]), float(band["lower"]), float(band["upper"]), int(band["n_sets"]))
-    return GofRecord(variant, GoFResult.from_dict(record), z_summary)
+    result = GoFResult.from_dict(record)
+    failure = result.failure  # recomputed from the toys and t_obs, never trusted from the file
+    return GofRecord(variant, result, z_summary, None if failure is None else str(failure))
 
 
 def _deviations_path(run: RunDir) -> Path:

@@ -86,7 +86,10 @@ def null_figure(run: RunDir, variant: str, results: Sequence[gof.GoFResult],
     message = failure_of(res) or None
     several = z_summary is not None
     chi2 = _or_none(lambda: res.chi2_fit)
-    draw(run, f"null_{variant}", plots.plot_null, t_null=res.t_null,
+    # Failed toys are left out of p (GoFResult.toy_ok), so out of the histogram too.
+    ok = _or_none(lambda: res.toy_ok)
+    t_null = res.t_null if ok is None else np.asarray(res.t_null)[np.asarray(ok, dtype=bool)]
+    draw(run, f"null_{variant}", plots.plot_null, t_null=t_null,
          t_obs=float(np.median([r.t_obs for r in results])) if several else res.t_obs,
          z=z_summary.median if z_summary is not None else _or_none(lambda: res.z),
          p_value=None if several else _or_none(lambda: res.p_value),

@@ -26,6 +26,7 @@ from genval.pipeline.artifacts import (
     load_sampler,
 )
 from genval.pipeline.gof_figures import failure_of
+from genval.pipeline.gof_stage import failed_toys_line
 from genval.pipeline.log import Log, quiet
 from genval.rundir import STAGES, RunDir
 
@@ -116,8 +117,13 @@ def _gof_section(run: RunDir, cfg: Config) -> tuple[list[GofRow], dict[str, Any]
         if res is not None:
             bases.append(_get(lambda res=res: res.kernel_basis) or {})
             n_failed = _get(lambda res=res: res.n_failed)
-            if n_failed:
-                notes.append(f"{record.variant}: {n_failed} toy fits did not converge")
+            bounds = _get(lambda res=res: res.p_bounds)
+            if n_failed and bounds is not None and record.error is None:
+                notes.append(f"{record.variant}: {failed_toys_line(res)}, left out of p; p in "
+                             f"[{bounds[0]:.3g}, {bounds[1]:.3g}] counting them below or above "
+                             "t_obs")
+            elif n_failed:
+                notes.append(f"{record.variant}: {failed_toys_line(res)}")
             if found:
                 settings = {k: _get(lambda res=res, k=k: getattr(res, k)) for k in _GOF_SETTINGS}
     if any(r.z_is_bound for r in rows):
