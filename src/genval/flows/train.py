@@ -42,6 +42,7 @@ from genval._settings import apply_overrides, setting_names
 from genval._validation import as_events
 from genval.errors import InputError
 from genval.flows.ensemble import PRECISIONS, FlowEnsemble
+from genval.flows.optim import ALIGN, MemberAdam
 
 __all__ = ["PAPER_TRAINING", "TrainSettings", "TrainingHistory", "train", "bootstrap_replicas"]
 
@@ -208,32 +209,23 @@ def bootstrap_replicas(n_train: int, member_seeds: list[int], seed: int) -> NDAr
                      for s in member_seeds])
 
 
-def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """Adam, as one fused kernel over all parameters where the build supports it.
+def _adam(params: list[torch.Tensor], lr: float) -> MemberAdam:
+    """Adam with torch's fused kernel, rounded alike for a member wherever it sits in the stack.
 
     The fused update reads and writes each parameter, gradient and moment once: a third of the
     time of the default multi-tensor update for 60 paper-size members on a CPU (BENCHMARKS).
+    :class:`~genval.flows.optim.MemberAdam` keeps a member's numbers independent of the other
+    members (a shard of the ensemble trains its members exactly as the whole ensemble would).
     """
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except RuntimeError:  # a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr)
+    return MemberAdam(params, lr)
 
 
-def _compact(work: FlowEnsemble, opt: torch.optim.Adam, keep: list[int], lr: float
-             ) -> tuple[FlowEnsemble, torch.optim.Adam]:
+def _compact(work: FlowEnsemble, opt: MemberAdam, keep: list[int], lr: float
+             ) -> tuple[FlowEnsemble, MemberAdam]:
     """Drop stopped members from the working ensemble, carrying over their Adam state."""
     new = work.subset(keep)
     new.precision = work.precision
-    new_opt = _adam(list(new.parameters()), lr)
-    index = torch.as_tensor(keep, device=work.device)
-    for p_old, p_new in zip(work.parameters(), new.parameters(), strict=True):
-        state = opt.state.get(p_old)
-        if state:
-            new_opt.state[p_new] = {
-                k: (v.index_select(0, index) if torch.is_tensor(v) and v.dim() > 0
-                    else v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
-    return new, new_opt
+    return new, opt.subset(list(new.parameters()), keep)
 
 
 def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
@@ -247,11 +239,42 @@ def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
         g.mul_(factor.view((m,) + (1,) * (g.dim() - 1)))
 
 
+def _aligned(y: torch.Tensor, axis: int) -> tuple[torch.Tensor, int]:
+    """``y`` with its event axis padded to a multiple of ``ALIGN`` events, and the real count.
+
+    The padding repeats the first event and is cut off before any loss: it makes each member's
+    slice of every activation a whole number of SIMD blocks, so the vectorised kernels round a
+    member's numbers alike whatever the other members (no scalar remainder falls on it).
+    """
+    n = y.shape[axis]
+    extra = -n % ALIGN
+    if extra == 0:
+        return y, n
+    first = y.narrow(axis, 0, 1)
+    return torch.cat([y, first.expand(*[extra if d == axis else -1
+                                         for d in range(y.dim())])], dim=axis), n
+
+
+def _validation_chunk(ensemble: FlowEnsemble) -> int:
+    """Validation events per pass: set by the architecture, never by the number of members.
+
+    A member's validation loss is a sum over these passes, so the passes must be the same in a
+    sub-ensemble (:mod:`genval.flows.shards`) as in the whole one; about 512 KiB of one
+    activation per member on a CPU (32 MB for 60 paper members), 16 MiB on a GPU.
+    """
+    budget = (1 << 24) if ensemble.device.type == "cuda" else (1 << 19)
+    cfg = ensemble.config
+    width = max(cfg["hidden"], ensemble.n_features * (3 * cfg["bins"] - 1))
+    itemsize = torch.finfo(ensemble.dtype).bits // 8
+    return max(ALIGN, budget // (width * itemsize) // ALIGN * ALIGN)
+
+
 @torch.no_grad()
 def _nll(work: FlowEnsemble, y: torch.Tensor, chunk: int) -> torch.Tensor:
     total = torch.zeros(work.n_members, dtype=torch.float64, device=y.device)
     for start in range(0, len(y), chunk):
-        total -= work.log_prob_standardised(y[start:start + chunk]).double().sum(dim=1)
+        block, n = _aligned(y[start:start + chunk], axis=0)
+        total -= work.log_prob_standardised(block)[:, :n].double().sum(dim=1)
     return total / len(y)
 
 
@@ -308,11 +331,11 @@ def _training_data(ensemble: FlowEnsemble, split: _Split, settings: TrainSetting
         y_val=torch.as_tensor((split.x_val - ensemble.loc) / ensemble.scale, dtype=dtype,
                               device=dev),
         replicas=torch.as_tensor(replicas, device=dev), shufflers=shufflers,
-        const=ensemble.log_det_standardisation, val_chunk=ensemble._chunk(None))
+        const=ensemble.log_det_standardisation, val_chunk=_validation_chunk(ensemble))
 
 
 # -- step 3: one epoch -------------------------------------------------------------------------
-def _train_epoch(work: FlowEnsemble, opt: torch.optim.Adam, data: _TrainingData,
+def _train_epoch(work: FlowEnsemble, opt: MemberAdam, data: _TrainingData,
                  active: list[int], settings: TrainSettings) -> NDArray[np.float64]:
     """One pass of every active member over its replica, in its own order.
 
@@ -328,10 +351,11 @@ def _train_epoch(work: FlowEnsemble, opt: torch.optim.Adam, data: _TrainingData,
     with work.compute_precision(settings.precision):
         for start in range(0, n_tr, batch):
             xb = data.y_train[rows[:, start:start + batch]]  # (M', b, D)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             for ms in range(0, xb.shape[1], micro):
                 # Sum of the members' mean NLLs: member m's gradient is its own alone.
-                nll = -work.log_prob_standardised(xb[:, ms:ms + micro]).sum(dim=1)
+                piece, n = _aligned(xb[:, ms:ms + micro], axis=1)
+                nll = -work.log_prob_standardised(piece)[:, :n].sum(dim=1)
                 (nll.sum() / xb.shape[1]).backward()
                 sums += nll.detach().double()
             if settings.clip_grad is not None:
