@@ -31,8 +31,8 @@ References:
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
-import os
 import sys
 import time
 import warnings
@@ -47,6 +47,13 @@ from tqdm.auto import tqdm
 
 from genval._settings import apply_overrides
 from genval._validation import as_events
+from genval.compute import (
+    Executor,
+    SchedulerLike,
+    available_cores,
+    can_fork_workers,
+    open_executor,
+)
 from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
 from genval.gof.constraint import Constraint
@@ -302,10 +309,8 @@ def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centr
 
 def _n_jobs(n_jobs: int) -> int:
     if n_jobs == -1:
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            return os.cpu_count() or 1
+        # the cores this process gets (a Dask worker's threads, a cgroup quota), never more
+        return available_cores()
     if n_jobs < 1:
         raise InputError(f"n_jobs must be >= 1 or -1 (all cores), got {n_jobs}")
     return n_jobs
@@ -324,6 +329,8 @@ def _forked_chunk(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
 
 def _fork_context() -> multiprocessing.context.BaseContext | None:
     if sys.platform != "linux":  # fork is unsafe on macOS and absent on Windows
+        return None
+    if not can_fork_workers():  # a Dask worker (a daemon process) may not have children
         return None
     try:
         return multiprocessing.get_context("fork")
@@ -603,11 +610,63 @@ def _run_pool(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np
     return pool_s + mid - start, toy_s + time.perf_counter() - mid
 
 
+#: Toy tasks per worker thread and run: enough to balance uneven fits and to lose little when
+#: a worker dies, few enough that scheduling costs nothing next to the fits.
+_TASKS_PER_THREAD = 8
+
+
+def _toy_task(pool: ToyPool, chunk: NDArray[np.int64], seed: int, n_test: int, poisson: bool,
+              centre: str, settings: ProfileSettings) -> list[tuple[float, bool, int]]:
+    """Fit toys ``chunk`` on a Dask worker (one thread each, like the fork pool's workers)."""
+    with limit_blas_threads(1):
+        return [_one_toy(pool, int(i), seed, n_test, poisson, centre, settings) for i in chunk]
+
+
+def _run_pools_on(executor: Executor, prepared: PreparedGoF, constraint: Constraint,
+                  indices: NDArray[np.int64], cfg: GoFSettings, progress: bool
+                  ) -> tuple[_ToyTable, float, float]:
+    """:func:`_run_pools` on a Dask cluster: the same toys, bit for bit.
+
+    Each pool is drawn here and sent once to every worker; its toys go out as ranges of
+    indices (each toy's stream is keyed by its index and the seed, both arguments) while the
+    next pool is drawn. A task whose worker dies is rerun elsewhere by the scheduler.
+    """
+    table = _ToyTable(indices, prepared.n_pools)
+    which = indices % prepared.n_pools
+    pools = np.unique(which)
+    per_pool = max(1, math.ceil(_TASKS_PER_THREAD * executor.n_threads / pools.size))
+    start = time.perf_counter()
+    pool_s = 0.0
+    futures, parts = [], []
+    with tqdm(total=int(indices.size), desc="toys", unit="toy", disable=not progress,
+              leave=False) as bar:
+        for j in pools:
+            drawn = time.perf_counter()
+            rows = prepared.pool_rows(constraint.weights, int(j))
+            _check_negative_mass(rows, cfg.max_negative_mass)
+            pool = project_pool(rows, constraint, prepared.check_rows)
+            table.negative_mass[j] = pool.negative_mass
+            table.negative_mass_error[j] = pool.negative_mass_error
+            pool_s += time.perf_counter() - drawn
+            shared = executor.share(pool)
+            sel = np.flatnonzero(which == j)
+            for part in np.array_split(sel, min(sel.size, per_pool)):
+                futures.append(executor.submit(
+                    _toy_task, shared, indices[part], prepared.seed, prepared.x.shape[0],
+                    cfg.toy_size == "poisson", cfg.centre, cfg.toy_profile))
+                parts.append(part)
+        results = executor.gather(futures, on_done=lambda _i, rows: bar.update(len(rows)))
+    for part, rows in zip(parts, results, strict=True):
+        t, conv, size = zip(*rows, strict=True)
+        table.t[part], table.converged[part], table.size[part] = t, conv, size
+    return table, pool_s, time.perf_counter() - start - pool_s
+
+
 def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,
                     n_toys: int = 1000, seed: int = 0, *, variant: Variant = "ensemble",
                     member: int | None = None, settings: GoFSettings | None = None,
                     prepared: PreparedGoF | None = None, progress: bool = False,
-                    **overrides: Any) -> GoFResult:
+                    scheduler: SchedulerLike = None, **overrides: Any) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
 
     Computes t on ``x_test`` and its null distribution from ``n_toys`` toys drawn from
@@ -630,6 +689,10 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
             are not evaluated again, and pools drawn for an earlier variant with the same
             null (frozen and ensemble) are reused. The result is the one without it.
         progress: show a progress bar of the toys on stderr.
+        scheduler: where the toys run (:mod:`genval.compute`): None or ``"local"`` (this
+            process, ``n_jobs`` forked workers), ``"processes"``, ``"tcp://HOST:PORT"``,
+            ``"slurm"``, or an open :class:`~genval.compute.Executor`. Every choice gives the
+            same toys, bit for bit.
         **overrides: any field of :class:`GoFSettings` (``centre``, ``toy_size``,
             ``n_pools``, ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``,
             ``cl``, ``max_negative_mass``, ``profile``) or of its
@@ -668,7 +731,12 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     t_obs_done = time.perf_counter()
 
     indices = np.arange(cfg.first_toy, cfg.first_toy + n_toys, dtype=np.int64)
-    toys, pool_s, toy_s = _run_pools(prepared, constraint, indices, cfg, progress)
+    with open_executor(scheduler) as executor:
+        if executor is None:
+            toys, pool_s, toy_s = _run_pools(prepared, constraint, indices, cfg, progress)
+        else:
+            toys, pool_s, toy_s = _run_pools_on(executor, prepared, constraint, indices, cfg,
+                                                progress)
     end = time.perf_counter()
     return GoFResult(
         t_obs=float(observed), t_null=toys.t, toy_index=toys.index,
