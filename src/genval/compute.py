@@ -258,15 +258,18 @@ class Executor:
     Args:
         client: a ``distributed.Client``.
         cluster: the cluster this executor started and must close (None: not ours).
-        retries: reruns of a task that raised.
+        settings: the :class:`ComputeSettings` it was opened with (``retries`` of the tasks,
+            ``train_shards``).
         expected_workers: workers the cluster is meant to have (SLURM jobs may still queue).
         owns_client: close the client on :meth:`close`.
     """
 
-    def __init__(self, client: Any, cluster: Any = None, *, retries: int = 1,
-                 expected_workers: int | None = None, owns_client: bool = True) -> None:
+    def __init__(self, client: Any, cluster: Any = None, *,
+                 settings: ComputeSettings | None = None, expected_workers: int | None = None,
+                 owns_client: bool = True) -> None:
         self.client, self.cluster = client, cluster
-        self.retries = int(retries)
+        self.settings = settings or ComputeSettings()
+        self.retries = int(self.settings.retries)
         self._expected = expected_workers
         self._owns_client = owns_client
 
@@ -379,8 +382,7 @@ def open_executor(scheduler: SchedulerLike = None, *, settings: ComputeSettings 
         yield scheduler
         return
     if scheduler is not None and type(scheduler).__name__ == "Client":
-        yield Executor(scheduler, retries=(settings or ComputeSettings()).retries,
-                       owns_client=False)
+        yield Executor(scheduler, settings=settings, owns_client=False)
         return
     if isinstance(scheduler, ComputeSettings):
         settings, scheduler = scheduler, scheduler.scheduler
@@ -405,7 +407,7 @@ def open_executor(scheduler: SchedulerLike = None, *, settings: ComputeSettings 
         if cluster is not None:
             cluster.close()
         raise
-    executor = Executor(client, cluster, retries=settings.retries, expected_workers=expected)
+    executor = Executor(client, cluster, settings=settings, expected_workers=expected)
     try:
         if name == "slurm":
             client.wait_for_workers(1, timeout=settings.slurm.wait_seconds)

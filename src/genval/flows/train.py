@@ -40,6 +40,7 @@ from tqdm import tqdm
 from genval._allocator import retain_freed_memory
 from genval._settings import apply_overrides, setting_names
 from genval._validation import as_events
+from genval.compute import SchedulerLike, open_executor
 from genval.errors import InputError
 from genval.flows.ensemble import PRECISIONS, FlowEnsemble
 from genval.flows.optim import ALIGN, MemberAdam
@@ -482,7 +483,8 @@ def _history(record: _EarlyStopping, split: _Split, settings: TrainSettings,
 
 def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = None,
           settings: TrainSettings | None = None, device: str | torch.device | None = None,
-          progress: bool = True, **overrides: Any) -> TrainingHistory:
+          progress: bool = True, scheduler: SchedulerLike = None,
+          **overrides: Any) -> TrainingHistory:
     """Train every member of ``ensemble`` in place (paper Step 1).
 
     Args:
@@ -494,6 +496,12 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
         device: ``"cpu"``, ``"cuda"``, ... (default: where the ensemble is); the ensemble stays
             there afterwards.
         progress: show a progress bar on stderr.
+        scheduler: where to train (:mod:`genval.compute`): None or ``"local"`` (this
+            process), or a Dask scheduler (``"processes"``, ``"tcp://HOST:PORT"``,
+            ``"slurm"``, an open :class:`~genval.compute.Executor`): the ensemble is split
+            into sub-ensembles trained on the workers (:mod:`genval.flows.shards`; on a CPU
+            the members equal those of a single-process run bit for bit), and ``device`` is
+            where each shard trains on its worker.
         **overrides: :class:`TrainSettings` fields given by name (``lr=1e-3, patience=5``),
             applied on top of ``settings``.
 
@@ -506,6 +514,13 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
         InputError: invalid settings or events.
     """
     settings = (settings if settings is not None else TrainSettings()).replace(**overrides)
+    if scheduler is not None:
+        with open_executor(scheduler) as executor:
+            if executor is not None:
+                from genval.flows.shards import train_sharded
+
+                return train_sharded(ensemble, x, executor=executor, x_val=x_val,
+                                     settings=settings, device=device, progress=progress)
     events = as_events(x, n_features=ensemble.n_features, min_events=2, name="training events")
     split = _split_validation(events, x_val, settings, ensemble.n_features)
     if settings.standardise:
