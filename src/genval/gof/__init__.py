@@ -40,6 +40,7 @@ from genval.gof.toys import (
     ToyPool,
     draw_pool,
     goodness_of_fit,
+    observed_statistic,
     prepare,
     run_toys,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "KernelBasis",
     "test_statistic",
     "goodness_of_fit",
+    "observed_statistic",
     "prepare",
     "PreparedGoF",
     "PoolRows",

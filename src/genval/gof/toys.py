@@ -71,9 +71,9 @@ from genval.members import Members, log_density_matrix
 from genval.row_scaling import ScaledRows, scale_rows
 from genval.sampling import sample_mixture
 
-__all__ = ["goodness_of_fit", "prepare", "PreparedGoF", "GoFSettings", "ToyPool", "PoolRows",
-           "draw_pool", "draw_pool_rows", "run_toys", "pool_rng", "POOL_STREAM", "TOY_STREAM",
-           "MIN_POOL_RATIO"]
+__all__ = ["goodness_of_fit", "observed_statistic", "prepare", "PreparedGoF", "GoFSettings",
+           "ToyPool", "PoolRows", "draw_pool", "draw_pool_rows", "run_toys", "pool_rng",
+           "POOL_STREAM", "TOY_STREAM", "MIN_POOL_RATIO"]
 
 POOL_STREAM = 0x706F6F6C  # "pool": separates the pools' RNG streams from the toys'
 TOY_STREAM = 0x746F7973  # "toys"
@@ -660,6 +660,27 @@ def _run_pools_on(executor: Executor, prepared: PreparedGoF, constraint: Constra
         t, conv, size = zip(*rows, strict=True)
         table.t[part], table.converged[part], table.size[part] = t, conv, size
     return table, pool_s, time.perf_counter() - start - pool_s
+
+
+def observed_statistic(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,
+                       seed: int = 0, *, variant: Variant = "ensemble", member: int | None = None,
+                       settings: GoFSettings | None = None, prepared: PreparedGoF | None = None,
+                       **overrides: Any) -> LRStatistic:
+    """t of Eq. (5) on ``x_test`` exactly as :func:`goodness_of_fit` computes it, without toys.
+
+    What completing a test from toy ranges run elsewhere needs (``genval merge``): the
+    observed fits, bit for bit those of a full run. Arguments as for :func:`goodness_of_fit`.
+
+    Raises:
+        FitError: f(x; ŵ) ≤ 0 at test events and no weights near ŵ fix it.
+    """
+    cfg = apply_overrides(settings or GoFSettings(), overrides, "observed_statistic")
+    if prepared is None:
+        prepared = prepare(members, x_test, basis, seed, settings=cfg, keep_pools=False)
+    else:
+        prepared.check(members, x_test, basis, seed, cfg)
+    constraint = make_constraint(fit, members.n_members, variant, member)
+    return _observed_statistic(prepared, constraint, variant, cfg.profile)
 
 
 def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,

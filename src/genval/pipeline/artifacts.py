@@ -21,6 +21,8 @@ samples/OUTPUT, density.npz oversampled events with f̂ and σ_f̂ (Eq. 3)     s
 samples/sampler.json        the sampler's diagnostics, negative mass      sample
 coverage/coverage.npz|json  :class:`~genval.coverage.CoverageResult`      coverage
 gof/VARIANT.json            :class:`GofRecord` (GoFResult, Z band)        gof
+gof/parts/toys-A-B.json     :class:`GofPart`: toys A..B-1 of every        gof --toys A:B
+                            variant and test set
 ==========================  ============================================  ===============
 
 References:
@@ -29,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -58,6 +61,7 @@ __all__ = [
     "save_sampler", "load_sampler",
     "CoverageRecord", "save_coverage", "load_coverage",
     "GofRecord", "save_gof", "save_gof_error", "load_gof",
+    "GofPart", "save_gof_part", "load_gof_parts", "fit_digest",
 ]
 
 
@@ -388,3 +392,86 @@ def load_gof(run: RunDir, variant: str) -> GofRecord | None:
     z_summary = None if band is None else ZSummary(
         float(band["median"]), float(band["lower"]), float(band["upper"]), int(band["n_sets"]))
     return GofRecord(variant, GoFResult.from_dict(record), z_summary)
+
+
+# --- toy ranges of the gof stage (array jobs) -----------------------------------------------
+
+@dataclass(frozen=True)
+class GofPart:
+    """Toys ``first .. stop - 1`` of every GoF variant and test set, computed apart from the
+    stage (``genval gof RUN --toys A:B``, an array job) and merged by ``genval merge RUN``.
+
+    Attributes:
+        first, stop: the toy range.
+        config_hash: the run's configuration (a part of another config is refused).
+        fit_digest: :func:`fit_digest` of the weight fit the toys calibrate.
+        results: per variant, the :class:`~genval.gof.GoFResult` of each test set over the
+            range, or the message of the error that made the variant undefined.
+        path: the file it was read from (None before it is saved).
+    """
+
+    first: int
+    stop: int
+    config_hash: str
+    fit_digest: str
+    results: dict[str, list[GoFResult] | str]
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """The range as ``A:B``."""
+        return f"{self.first}:{self.stop}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "genval.gof.part", "toys": [self.first, self.stop],
+                "config_hash": self.config_hash, "fit_digest": self.fit_digest,
+                "variants": {v: ({"error": r} if isinstance(r, str)
+                                 else [to_jsonable(x.to_dict()) for x in r])
+                             for v, r in self.results.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> GofPart:
+        if data.get("format") != "genval.gof.part":
+            raise ArtifactError(f"{path}: not a genval GoF part file")
+        try:
+            results: dict[str, list[GoFResult] | str] = {
+                str(v): (str(r["error"]) if isinstance(r, dict)
+                         else [GoFResult.from_dict(x) for x in r])
+                for v, r in dict(data["variants"]).items()}
+            first, stop = (int(t) for t in data["toys"])
+            return cls(first, stop, str(data["config_hash"]), str(data["fit_digest"]),
+                       results, path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path}: corrupted GoF part file: {exc}") from exc
+
+
+def _parts_dir(run: RunDir) -> Path:
+    return run.root / "gof" / "parts"
+
+
+def save_gof_part(run: RunDir, part: GofPart) -> Path:
+    """Write a toy range (one file per range: parallel jobs never write the same file)."""
+    path = _parts_dir(run) / f"toys-{part.first:07d}-{part.stop:07d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, part.to_dict())
+
+
+def load_gof_parts(run: RunDir) -> list[GofPart]:
+    """Every saved toy range of the run, in file-name (toy) order.
+
+    Raises:
+        ArtifactError: a part file that cannot be read.
+    """
+    folder = _parts_dir(run)
+    if not folder.is_dir():
+        return []
+    return [GofPart.from_dict(load_json(path), path)
+            for path in sorted(folder.glob("toys-*.json"))]
+
+
+def fit_digest(fit: WeightFit) -> str:
+    """SHA-256 of ŵ and Cov(ŵ): which weight fit a set of toys calibrates."""
+    h = hashlib.sha256()
+    for array in (fit.weights, fit.cov):
+        h.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return h.hexdigest()

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import stats
 
 from genval import plots
+from genval.compute import Executor
 from genval.config import Config
 from genval.coverage import run_coverage
 from genval.paper import PAPER_COVERAGE, is_paper_toy
@@ -26,12 +27,14 @@ def _levels(config: Config) -> tuple[float, ...]:
     return (level, 0.9545) if abs(level - 0.9545) > 1e-3 else (level,)
 
 
-def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
+def stage_coverage(run: RunDir, *, log: Log = quiet, executor: Executor | None = None
+                   ) -> dict[str, Any]:
     """The first-moment coverage study (Eq. 4) on synthetic data sets from the known truth.
 
     Per data set ``coverage.n_generated`` events are generated from the refitted f(x; ŵ) and
     every member integral is an importance estimate from that one sample (App. A,
-    :func:`genval.coverage.run_coverage` with ``oversampling = n_generated / n_events``).
+    :func:`genval.coverage.run_coverage` with ``oversampling = n_generated / n_events``); on
+    the workers of ``executor`` when given (``compute.scheduler``), with the same result.
     """
     cfg = run.config()
     if not cfg.coverage.enabled:
@@ -48,7 +51,7 @@ def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     result = run_coverage(members, lambda n, rng: rng.normal(mean, std, size=(n, mean.size)),
                           truth, n_datasets=cfg.coverage.n_datasets, n_events=n_events,
                           oversampling=cfg.coverage.n_generated / n_events, seed=seed,
-                          levels=levels, progress=not cfg.quiet)
+                          levels=levels, progress=not cfg.quiet, scheduler=executor)
     _, names = split_events(run, "weight_fit")
     save_coverage(run, result, names)
     draw(run, "coverage", plots.plot_coverage, estimates=result.estimates, sigmas=result.stds,

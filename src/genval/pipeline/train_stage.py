@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from genval import plots
+from genval.compute import Executor
 from genval.config import Config
 from genval.pipeline.artifacts import (
     KdeSpec,
@@ -26,8 +27,13 @@ from genval.rundir import RunDir
 __all__ = ["stage_train"]
 
 
-def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
-    """Train (or build) the M members on the train split and save them under ``models/``."""
+def stage_train(run: RunDir, *, log: Log = quiet, executor: Executor | None = None
+                ) -> dict[str, Any]:
+    """Train (or build) the M members on the train split and save them under ``models/``.
+
+    With an ``executor`` (``compute.scheduler``), flow members train as sub-ensembles on its
+    workers (:mod:`genval.flows.shards`), the same members as in this process.
+    """
     cfg = run.config()
     x_train, _ = split_events(run, "train")
     seed = stage_seed(cfg, "train")
@@ -41,8 +47,10 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         return {"kind": "kde", "n_members": cfg.members.n_members}
     device = resolve_device(cfg.device)
     run.update_metadata(device={"resolved": device})
-    log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}")
-    ensemble, history = _train_flows(cfg, x_train, seed, device)
+    where = "" if executor is None else f" on {executor.n_workers} Dask worker(s)"
+    log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}"
+        f"{where}")
+    ensemble, history = _train_flows(cfg, x_train, seed, device, executor)
     save_ensemble(run, ensemble)
     curves = LearningCurves.from_history(history)
     save_history(run, curves)
@@ -52,8 +60,8 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
             "diverged": int(np.sum(history.diverged))}
 
 
-def _train_flows(cfg: Config, x_train: NDArray[np.float64], seed: int, device: str
-                 ) -> tuple[Any, Any]:
+def _train_flows(cfg: Config, x_train: NDArray[np.float64], seed: int, device: str,
+                 executor: Executor | None = None) -> tuple[Any, Any]:
     """The flow ensemble of ``members.flow`` trained on ``x_train``, and its history."""
     from genval import flows  # torch loads only for flow members
 
@@ -64,7 +72,7 @@ def _train_flows(cfg: Config, x_train: NDArray[np.float64], seed: int, device: s
                           batch_size=fc.batch_size, lr=fc.learning_rate,
                           max_epochs=fc.max_epochs, patience=fc.patience, seed=seed,
                           device=device, progress=not cfg.quiet, bootstrap=fc.bootstrap,
-                          precision=fc.precision)
+                          precision=fc.precision, scheduler=executor)
     return ens, history
 
 
