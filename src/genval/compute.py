@@ -13,7 +13,7 @@ One setting chooses the executor everywhere (config ``compute.scheduler``, CLI
 
 The work is cut into tasks whose seeds are arguments (toy ranges, coverage data sets, shards of
 the ensemble), so every executor gives the same numbers. :class:`Executor` is the one home of
-task submission: :meth:`Executor.share` sends a large input once to every worker,
+task submission: :meth:`Executor.share` makes a large input a task each worker fetches once,
 :meth:`Executor.submit` queues a task (retried on errors; a task whose worker dies is rerun
 elsewhere by the scheduler), :meth:`Executor.gather` advances a progress bar as tasks finish
 and returns the results in submission order.
@@ -36,6 +36,7 @@ import math
 import multiprocessing
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -295,9 +296,16 @@ class Executor:
 
     # -- tasks ----------------------------------------------------------------------------
     def share(self, value: Any) -> Any:
-        """Send ``value`` once to every worker; pass the returned future as a task argument
-        (workers that join later fetch it from a peer)."""
-        return self.client.scatter(value, broadcast=True, hash=False)
+        """``value`` as a future to pass to many tasks: each worker fetches it once.
+
+        Not ``scatter``: scattered data is lost with the worker that holds it (and a broadcast
+        to a dying worker never returns), while a task's result is recomputed by the scheduler
+        from the task itself, so a killed worker costs time, never the run.
+        """
+        with warnings.catch_warnings():
+            # the value travels in the task itself by design (that is what makes it durable)
+            warnings.filterwarnings("ignore", message=".*[Ll]arge object", category=UserWarning)
+            return self.client.submit(_identity, value, pure=False, retries=self.retries)
 
     def submit(self, fn: Callable[..., Any], *args: Any,
                resources: dict[str, float] | None = None, **kwargs: Any) -> Any:
@@ -339,6 +347,11 @@ class Executor:
 
     def __repr__(self) -> str:
         return f"Executor({self.client.scheduler.address}, {self.n_workers} workers)"
+
+
+def _identity(value: Any) -> Any:
+    """A shared input as a task result (:meth:`Executor.share`)."""
+    return value
 
 
 SchedulerLike = Any
