@@ -14,6 +14,7 @@ TOP_LEVEL = [
     "__version__", "errors", "members", "linalg", "sampling", "stats", "wifi", "products",
     "coverage", "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
     "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "goodness_of_fit",
+    "compute",
 ]
 
 # Names each public module must export (it may export more).
@@ -22,7 +23,7 @@ EXPORTS = {
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
             "GoFResult", "LRStatistic", "ZSummary", "fit_scaled_chi2", "clopper_pearson",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
-            "VARIANT_LABELS"],
+            "VARIANT_LABELS", "observed_statistic"],
     "flows": ["FlowEnsemble", "TrainSettings", "TrainingHistory", "train", "save", "load",
               "read_metadata", "PAPER_ARCHITECTURE", "PAPER_TRAINING", "PRECISIONS"],
     "members": ["Members", "KDEMembers", "GaussianMembers", "CallableMembers",
@@ -30,7 +31,10 @@ EXPORTS = {
     "products": ["observable", "oversample", "member_integrals", "estimate_observable",
                  "binned_reference", "bin_integrals", "histogram_counts"],
     "coverage": ["run_coverage", "CoverageResult", "coverage_interval"],
-    "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS"],
+    "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS", "PARALLEL_STAGES",
+                 "stage_executor", "run_gof_part", "merge_gof"],
+    "compute": ["ComputeSettings", "SlurmSettings", "Executor", "open_executor",
+                "available_cores", "check_scheduler", "slurm_job_script", "SCHEDULERS"],
     "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD", "is_paper_toy"],
 }
 

@@ -41,11 +41,13 @@ __all__ = [
     "newton",
     "row_scaling",
     "goodness_of_fit",
+    "compute",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
-               "html_report", "paper", "cli", "pipeline", "newton", "row_scaling"}
+               "html_report", "paper", "cli", "pipeline", "newton", "row_scaling",
+               "compute"}
 
 
 def __getattr__(name: str) -> Any:

@@ -36,6 +36,7 @@ import math
 import multiprocessing
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -161,10 +162,10 @@ class ComputeSettings:
 
 def worker_threads() -> int | None:
     """Threads of the Dask worker running this code, or None outside a worker."""
-    try:
-        from distributed import get_worker
-    except ImportError:
+    if "distributed" not in sys.modules:  # a worker has it loaded; never import it here
         return None
+    from distributed import get_worker
+
     try:
         return int(get_worker().state.nthreads)
     except ValueError:  # not in a worker
@@ -304,7 +305,7 @@ class Executor:
         """
         with warnings.catch_warnings():
             # the value travels in the task itself by design (that is what makes it durable)
-            warnings.filterwarnings("ignore", message=".*[Ll]arge object", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
             return self.client.submit(_identity, value, pure=False, retries=self.retries)
 
     def submit(self, fn: Callable[..., Any], *args: Any,

@@ -41,12 +41,17 @@ def _train_shard(state: bytes, x: NDArray[np.float64], x_val: NDArray[np.float64
                  settings: TrainSettings, device: str | None
                  ) -> tuple[bytes, TrainingHistory]:
     """Train one shard on a worker: the bytes of the trained shard and its history."""
-    threads = worker_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)  # the cores this worker was given, never more
-    meta, tensors = flow_io.from_bytes(state, source="shard")
-    shard = FlowEnsemble.from_state(tensors, meta)
-    history = train(shard, x, x_val=x_val, settings=settings, device=device, progress=False)
+    before = torch.get_num_threads()
+    # A shard is the worker's only task: it uses the worker's threads (the nanny starts
+    # workers single-threaded), and gives them back for the small tasks that may follow.
+    torch.set_num_threads(worker_threads() or before)
+    try:
+        meta, tensors = flow_io.from_bytes(state, source="shard")
+        shard = FlowEnsemble.from_state(tensors, meta)
+        history = train(shard, x, x_val=x_val, settings=settings, device=device,
+                        progress=False)
+    finally:
+        torch.set_num_threads(before)
     return flow_io.to_bytes(*shard.cpu().to_state()), history
 
 
