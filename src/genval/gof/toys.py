@@ -31,7 +31,6 @@ References:
 from __future__ import annotations
 
 import contextlib
-import math
 import multiprocessing
 import sys
 import time
@@ -610,8 +609,8 @@ def _run_pool(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np
     return pool_s + mid - start, toy_s + time.perf_counter() - mid
 
 
-#: Toy tasks per worker thread and run: enough to balance uneven fits and to lose little when
-#: a worker dies, few enough that scheduling costs nothing next to the fits.
+#: Toy tasks per worker thread and pool: enough to balance uneven fits and to lose little when
+#: a worker dies, few enough that scheduling (milliseconds a task) costs nothing next to them.
 _TASKS_PER_THREAD = 8
 
 
@@ -634,7 +633,7 @@ def _run_pools_on(executor: Executor, prepared: PreparedGoF, constraint: Constra
     table = _ToyTable(indices, prepared.n_pools)
     which = indices % prepared.n_pools
     pools = np.unique(which)
-    per_pool = max(1, math.ceil(_TASKS_PER_THREAD * executor.n_threads / pools.size))
+    per_pool = _TASKS_PER_THREAD * executor.n_threads
     start = time.perf_counter()
     pool_s = 0.0
     futures, parts = [], []
