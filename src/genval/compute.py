@@ -263,16 +263,18 @@ class Executor:
         settings: the :class:`ComputeSettings` it was opened with (``retries`` of the tasks,
             ``train_shards``).
         expected_workers: workers the cluster is meant to have (SLURM jobs may still queue).
+        expected_gpus: GPUs those workers will offer.
         owns_client: close the client on :meth:`close`.
     """
 
     def __init__(self, client: Any, cluster: Any = None, *,
                  settings: ComputeSettings | None = None, expected_workers: int | None = None,
-                 owns_client: bool = True) -> None:
+                 expected_gpus: int = 0, owns_client: bool = True) -> None:
         self.client, self.cluster = client, cluster
         self.settings = settings or ComputeSettings()
         self.retries = int(self.settings.retries)
         self._expected = expected_workers
+        self._expected_gpus = int(expected_gpus)
         self._owns_client = owns_client
 
     # -- what the cluster offers --------------------------------------------------------
@@ -291,9 +293,10 @@ class Executor:
         return max(threads, int(self._expected or 0), 1)
 
     def n_gpus(self) -> int:
-        """Workers' ``GPU`` resources in total (SLURM ``gpus: 1``, ``dask worker --resources``)."""
+        """Workers' ``GPU`` resources in total (SLURM ``gpus: 1``, ``dask worker --resources``),
+        counting those of SLURM jobs still in the queue."""
         have = sum(int(w.get("resources", {}).get("GPU", 0)) for w in self._workers().values())
-        return have
+        return max(have, self._expected_gpus)
 
     # -- tasks ----------------------------------------------------------------------------
     def share(self, value: Any) -> Any:
@@ -407,12 +410,14 @@ def open_executor(scheduler: SchedulerLike = None, *, settings: ComputeSettings 
         return
     distributed = require("distributed", "dask", purpose=f"the {name} scheduler")
     settings = replace(settings, scheduler=name)
+    gpus = 0
     if name == "processes":
         cluster = _local_cluster(settings)
         expected = len(cluster.workers)
     elif name == "slurm":
         cluster = _slurm_cluster(settings.slurm)
         expected = int(settings.slurm.jobs)
+        gpus = expected * int(settings.slurm.gpus)
     else:
         cluster, expected = None, None
     try:
@@ -421,7 +426,8 @@ def open_executor(scheduler: SchedulerLike = None, *, settings: ComputeSettings 
         if cluster is not None:
             cluster.close()
         raise
-    executor = Executor(client, cluster, settings=settings, expected_workers=expected)
+    executor = Executor(client, cluster, settings=settings, expected_workers=expected,
+                        expected_gpus=gpus)
     try:
         if name == "slurm":
             client.wait_for_workers(1, timeout=settings.slurm.wait_seconds)
