@@ -152,7 +152,7 @@ def _truth(n: int, rng: np.random.Generator) -> np.ndarray:
 def test_coverage_data_sets_as_tasks_equal_serial(cluster):
     rng = np.random.default_rng(3)
     members = gaussian_ensemble(4, rng)
-    kw = dict(n_datasets=6, n_events=300, seed=5, progress=False)
+    kw = dict(n_datasets=4, n_events=300, seed=5, progress=False)
     serial = run_coverage(members, _truth, [0.1, -0.2], **kw)
     on_cluster = run_coverage(members, _truth, [0.1, -0.2], scheduler=cluster, **kw)
     for key in ("estimates", "stds", "stds_weights", "weights", "covs", "converged"):
@@ -198,7 +198,8 @@ def test_pipeline_on_an_existing_scheduler_equals_a_local_run(cluster, tmp_path)
             "members": {"kind": "kde", "n_members": 3, "kde": {"bandwidth": 0.15}},
             "coverage": {"n_datasets": 2, "n_events": 100, "n_generated": 200},
             "gof": {"n_kernels": 10, "n_toys": 12, "pool_size": 2000, "n_jobs": 1,
-                    "variants": ["frozen", "ensemble"]}}
+                    "variants": ["frozen", "ensemble"]},
+            "report": {"formats": ["png"], "dpi": 30, "pool_size": 5000}}
     local_cfg = parse_config({**base, "run_dir": str(tmp_path / "a")})
     local = pipeline.run_pipeline(local_cfg, stages=["split", "train", "fit"])
     shutil.copytree(local.root, tmp_path / "b")  # the same members and fit for both
