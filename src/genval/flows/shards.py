@@ -21,7 +21,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from tqdm import tqdm
 
-from genval._validation import as_events
+from genval._validation import as_event_weights, as_events
 from genval.compute import Executor, worker_threads
 from genval.errors import ArtifactError, InputError
 from genval.flows import io as flow_io
@@ -38,7 +38,9 @@ def shard_members(n_members: int, n_shards: int) -> list[NDArray[np.int64]]:
 
 
 def _train_shard(state: bytes, x: NDArray[np.float64], x_val: NDArray[np.float64] | None,
-                 settings: TrainSettings, device: str | None
+                 settings: TrainSettings, device: str | None,
+                 weights: NDArray[np.float64] | None = None,
+                 val_weights: NDArray[np.float64] | None = None
                  ) -> tuple[bytes, TrainingHistory]:
     """Train one shard on a worker: the bytes of the trained shard and its history."""
     before = torch.get_num_threads()
@@ -49,7 +51,7 @@ def _train_shard(state: bytes, x: NDArray[np.float64], x_val: NDArray[np.float64
         meta, tensors = flow_io.from_bytes(state, source="shard")
         shard = FlowEnsemble.from_state(tensors, meta)
         history = train(shard, x, x_val=x_val, settings=settings, device=device,
-                        progress=False)
+                        progress=False, event_weights=weights, val_event_weights=val_weights)
     finally:
         torch.set_num_threads(before)
     return flow_io.to_bytes(*shard.cpu().to_state()), history
@@ -96,13 +98,15 @@ def _gpu_device(device: str | torch.device | None) -> bool:
 def train_sharded(ensemble: FlowEnsemble, x: ArrayLike, *, executor: Executor,
                   x_val: ArrayLike | None = None, settings: TrainSettings | None = None,
                   device: str | torch.device | None = None, shards: int | None = None,
-                  progress: bool = True) -> TrainingHistory:
+                  progress: bool = True, event_weights: ArrayLike | None = None,
+                  val_event_weights: ArrayLike | None = None) -> TrainingHistory:
     """Train ``ensemble`` in place as shards on the workers of ``executor`` (paper Step 1).
 
     Args:
         ensemble: the ensemble (its initial weights and member seeds go to the shards); it
             stays on its device, and receives each member's best parameters.
-        x, x_val, settings: as for :func:`genval.flows.train` (events sent once per worker).
+        x, x_val, settings, event_weights, val_event_weights: as for
+            :func:`genval.flows.train` (events and weights sent once per worker).
         executor: an open :class:`~genval.compute.Executor`.
         device: where each shard trains on its worker; ``"cuda"`` asks every shard for a
             worker ``GPU`` resource (one GPU per shard).
@@ -120,6 +124,10 @@ def train_sharded(ensemble: FlowEnsemble, x: ArrayLike, *, executor: Executor,
     events = as_events(x, n_features=ensemble.n_features, min_events=2, name="training events")
     val = None if x_val is None else as_events(x_val, n_features=ensemble.n_features,
                                                name="validation events")
+    weights = None if event_weights is None else as_event_weights(
+        event_weights, len(events), name="training event weights")
+    val_weights = None if val_event_weights is None else np.asarray(val_event_weights,
+                                                                     dtype=np.float64)
     gpu = _gpu_device(device)
     if gpu and executor.n_gpus() == 0:
         raise InputError("device is a GPU but no worker offers a GPU resource: start the "
@@ -129,9 +137,10 @@ def train_sharded(ensemble: FlowEnsemble, x: ArrayLike, *, executor: Executor,
     groups = shard_members(ensemble.n_members, n)
     shared_x = executor.share(events)
     shared_val = None if val is None else executor.share(val)
+    shared_w = None if weights is None else executor.share(weights)
     where = None if device is None else str(device)
     futures = [executor.submit(_train_shard, flow_io.to_bytes(*ensemble.subset(g).to_state()),
-                               shared_x, shared_val, settings, where,
+                               shared_x, shared_val, settings, where, shared_w, val_weights,
                                resources={"GPU": 1} if gpu else None) for g in groups]
     with tqdm(total=ensemble.n_members, desc="flow ensemble (shards)", unit="member",
               disable=not progress, dynamic_ncols=True) as bar:
