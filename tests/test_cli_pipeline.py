@@ -134,20 +134,23 @@ def test_toy_parts_merge_bit_for_bit_into_one_run(cli, fitted, tmp_path):
     full = tmp_path / "full"
     shutil.copytree(fitted, full)
     assert invoke(cli, "gof", full).exit_code == 0
-    # Parts never take the run lock: they run while another process holds it.
+    # Parts never take the run lock: they run while another process holds it, and write
+    # nothing of the run but their own file.
     (fitted / ".lock").write_text(json.dumps({"pid": os.getpid(),
                                               "host": socket.gethostname(), "since": "now"}))
+    before = {name: (fitted / name).read_bytes() for name in ("config.yaml", "metadata.json")}
     for toys in ("5:12", "0:5"):
-        result = invoke(cli, "gof", fitted, "--toys", toys)
+        result = invoke(cli, "gof", fitted, "--toys", toys, "--device", "cpu")
         assert result.exit_code == 0, result.output
         assert result.output.strip().endswith(".json")
+    assert before == {name: (fitted / name).read_bytes() for name in before}
     assert sorted(p.name for p in (fitted / "gof" / "parts").iterdir()) == [
         "toys-0000000-0000005.json", "toys-0000005-0000012.json"]
     assert not (fitted / ".stages" / "gof.json").exists()  # a part is not the stage
     result = invoke(cli, "merge", fitted)
     assert result.exit_code == 1 and "in use by process" in result.output  # merge locks
     (fitted / ".lock").unlink()
-    result = invoke(cli, "merge", fitted)
+    result = invoke(cli, "merge", fitted, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert _gof_records(fitted) == _gof_records(full)
     assert json.loads((fitted / ".stages" / "gof.json").read_text())["stage"] == "gof"

@@ -173,16 +173,17 @@ def register(group: click.Group) -> click.Group:
 
     @group.command("merge", short_help="Complete the gof stage from its toy parts.")
     @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+    @_device
     @_quiet
     @_errors
-    def merge_cmd(run_dir: Path, quiet: bool | None) -> None:
+    def merge_cmd(run_dir: Path, device: str | None, quiet: bool | None) -> None:
         """Complete the gof stage of RUN_DIR from the toy parts written by `genval gof RUN_DIR
         --toys A:B`: merged bit for bit as one run; parts of another config, overlapping
         ranges and missing toys are refused (the missing ranges are named)."""
         from genval.pipeline import merge_gof
 
-        run = RunDir.open(run_dir)
-        cfg = with_overrides(run.config(), {"quiet": quiet})
+        cfg = with_overrides(RunDir.open(run_dir).config(), {"quiet": quiet, "device": device})
+        run = RunDir.create(run_dir, cfg)  # runtime keys only: the same configuration
         with run.lock():
             merge_gof(run, log=_log(cfg.quiet))
         _echo_gof_failures(run)

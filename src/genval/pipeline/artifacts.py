@@ -381,14 +381,15 @@ def load_transform(run: RunDir) -> FeatureTransform:
         raise ArtifactError(f"{path}: {exc}") from None
 
 
-def load_members(run: RunDir) -> Members:
+def load_members(run: RunDir, *, device: str | None = None) -> Members:
     """The members saved by the train stage, in physical units.
 
     KDE members are rebuilt from the transformed train split, factory members (``kind:
     python``) rebuilt from it and checked, flows loaded on the device of the run's current
     config; with a feature transform they come wrapped in
     :class:`~genval.transforms.TransformedMembers`, so every density carries the Jacobian and
-    every sample is in the features' own units.
+    every sample is in the features' own units. ``device`` overrides the config's device for
+    this process alone, without recording it in the run (a toy range of an array job).
     """
     transform = load_transform(run)
     kind = run.config().members.kind
@@ -398,17 +399,23 @@ def load_members(run: RunDir) -> Members:
     if kind == "kde":
         base: Members = load_kde(run).build(x_train, split_weights(run, "train"))
     elif kind == "python":
-        device = resolve_device(run.config().device)
-        run.update_metadata(device={"resolved": device})
-        base = load_python_members(run).build(x_train, device, split_weights(run, "train"))
+        where = _member_device(run, device)
+        base = load_python_members(run).build(x_train, where, split_weights(run, "train"))
     else:
         from genval.flows import FlowEnsemble  # torch loads only for flow members
 
-        # The device of this process's config (--device overrides it on every run and resume).
-        device = resolve_device(run.config().device)
-        run.update_metadata(device={"resolved": device})
-        base = FlowEnsemble.load(_ensemble_path(run), device=device)
+        base = FlowEnsemble.load(_ensemble_path(run), device=_member_device(run, device))
     return base if transform.is_identity else TransformedMembers(base, transform)
+
+
+def _member_device(run: RunDir, device: str | None) -> str:
+    """``device`` resolved, or the device of this process's config (``--device`` overrides it
+    on every run and resume), which is then recorded in the run's metadata."""
+    if device is not None:
+        return resolve_device(device)
+    resolved = resolve_device(run.config().device)
+    run.update_metadata(device={"resolved": resolved})
+    return resolved
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,9 @@ class _GofInputs:
         gof.require_unweighted(split_weights(run, "test"), len(x_test),
                                name=f"test events (data.weight {cfg.data.weight!r})")
         seed = stage_seed(cfg, "gof")
-        members, fit = load_members(run), load_fit(run)
+        # a part (config given) loads its members where its own job says, recording nothing
+        members = load_members(run, device=None if config is None else cfg.device)
+        fit = load_fit(run)
         x_centres, _ = split_events(run, "centres")
         # The kernels are Gaussian in the members' (transformed) coordinates: docs/method.md.
         basis = gof.KernelBasis.from_events(
@@ -328,8 +330,9 @@ def _run_variants(inputs: _GofInputs, ranges: Sequence[tuple[int, int]],
 
 def _combine(computed: list[gof.GoFResult], stored: list[Any], test_set: int, variant: str,
              observed: Any) -> gof.GoFResult:
-    """One result from toy ranges computed here and stored in parts (:func:`merge_results`),
-    with the observed statistic computed here."""
+    """One result from toy ranges computed here and stored in parts (:func:`merge_results`,
+    which checks that they agree); with parts alone, the observed fits computed here (for the
+    figures) must give their t_obs."""
     pieces = list(computed)
     for results in stored:
         if results is None or len(results) <= test_set:
@@ -339,8 +342,9 @@ def _combine(computed: list[gof.GoFResult], stored: list[Any], test_set: int, va
         merged = gof.merge_results(pieces)
     except InputError as exc:
         raise RunDirError(f"gof parts disagree with this run ({exc}); delete gof/parts") from exc
+    if computed:
+        return merged  # the observed fits of the first range computed here
     if not np.isclose(merged.t_obs, float(observed), rtol=1e-9, atol=1e-12, equal_nan=True):
         raise RunDirError(f"gof parts hold t_obs = {merged.t_obs} for {variant!r}, this run "
                           f"computes {float(observed)}: toys of other data; delete gof/parts")
-    return replace(merged, observed=observed, t_obs=float(observed),
-                   observed_failure=getattr(observed, "failure", merged.observed_failure))
+    return replace(merged, observed=observed)
