@@ -51,12 +51,13 @@ __all__ = [
     "run",
     "load_run",
     "Run",
+    "compute",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
                "html_report", "paper", "cli", "pipeline", "newton", "row_scaling",
-               "transforms", "adapters", "display", "runs"}
+               "transforms", "adapters", "display", "runs", "compute"}
 _RUNS = {"run", "load_run", "Run"}
 
 

@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genval._validation import check_device
+from genval.compute import ComputeSettings, SlurmSettings, check_scheduler
 from genval.errors import InputError
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD
 
@@ -51,6 +52,8 @@ __all__ = [
     "CoverageConfig",
     "GofConfig",
     "ReportConfig",
+    "ComputeConfig",
+    "SlurmConfig",
     "load_config",
     "parse_config",
     "dump_config",
@@ -469,6 +472,81 @@ class ReportConfig(_Section):
         return value
 
 
+class SlurmConfig(_Section):
+    """SLURM jobs of ``compute.scheduler: slurm``, one Dask worker each (docs/cluster.md)."""
+
+    jobs: int = Field(1, ge=1, description="SLURM jobs (Dask workers) to start")
+    cores: int = Field(1, ge=1, description="CPU cores per job (--cpus-per-task)")
+    memory: str = Field("4GB", description="memory per job (--mem)")
+    walltime: str = Field("01:00:00", description="time limit per job (--time, HH:MM:SS)")
+    gpus: int = Field(
+        0, ge=0, le=1, description="GPUs per job, 0 or 1 (--gres=gpu:1, worker resource GPU=1)")
+    queue: str | None = Field(None, description="partition (-p)")
+    account: str | None = Field(None, description="account (-A)")
+    job_extra_directives: list[str] = Field(
+        default_factory=list, description="more #SBATCH options, e.g. [--constraint=a100]")
+    job_script_prologue: list[str] = Field(
+        default_factory=list, description="shell lines before the worker starts (module load, "
+                                          "activating the environment)")
+    interface: str | None = Field(
+        None, description="network interface the nodes reach the scheduler on, e.g. ib0")
+    local_directory: str | None = Field(None, description="worker scratch on the node")
+    log_directory: str | None = Field(None, description="where SLURM writes worker logs")
+    python: str | None = Field(None, description="python running the workers; null: this one")
+    wait_seconds: float = Field(
+        3600.0, gt=0, description="how long to wait for the first worker to start")
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _sexagesimal(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted 12:00:00 as the integer 43200 (base 60): turn it back.
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return f"{value // 3600:02d}:{value // 60 % 60:02d}:{value % 60:02d}"
+        return value
+
+    @model_validator(mode="after")
+    def _valid(self) -> SlurmConfig:
+        try:
+            SlurmSettings(**self.model_dump())
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class ComputeConfig(_Section):
+    """Where the parallel work runs (:mod:`genval.compute`); never changes a result.
+
+    ``scheduler``: ``local`` (this process, toys in a fork pool), ``processes`` (a Dask
+    ``LocalCluster`` on this machine), ``tcp://HOST:PORT`` (a running Dask scheduler) or
+    ``slurm`` (SLURM jobs from :class:`SlurmConfig`). Flow members train as sub-ensembles on
+    the workers, toys and coverage data sets run as tasks; every choice gives the same numbers,
+    so the section is left out of the config hash (like ``device``).
+    """
+
+    scheduler: str = Field(
+        "local", description="local | processes | tcp://HOST:PORT | slurm (Dask)")
+    n_workers: int | None = Field(
+        None, ge=1, description="processes: worker processes; null: one per available core")
+    threads_per_worker: int = Field(1, ge=1, description="processes: tasks per worker at once")
+    retries: int = Field(1, ge=0, description="reruns of a task that raised on a worker")
+    train_shards: int | None = Field(
+        None, ge=1, description="sub-ensembles trained on workers; null: one per worker or GPU")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig,
+                               description="the SLURM jobs of scheduler: slurm")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
+        try:
+            return check_scheduler(value)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
+    def settings(self) -> ComputeSettings:
+        """The :class:`~genval.compute.ComputeSettings` of this section."""
+        return ComputeSettings.from_mapping(self.model_dump())
+
+
 class Config(_Section):
     """A complete run configuration; every field has a default."""
 
@@ -486,6 +564,7 @@ class Config(_Section):
     coverage: CoverageConfig = Field(default_factory=CoverageConfig)
     gof: GofConfig = Field(default_factory=GofConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @field_validator("device")
     @classmethod
@@ -666,9 +745,10 @@ def _commented(model: BaseModel, depth: int) -> list[str]:
     return lines
 
 
-RUNTIME_KEYS = ("device", "quiet", "run_dir")
+RUNTIME_KEYS = ("device", "quiet", "run_dir", "compute")
 """Top-level keys that change where and how loudly a run executes, not its results: they are
-left out of :func:`config_hash`, so a run can resume on another device or from a moved folder."""
+left out of :func:`config_hash`, so a run can resume on another device, executor or from a
+moved folder."""
 
 
 def config_schema() -> dict[str, Any]:
