@@ -80,7 +80,14 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_overlapping_splits_are_refused():
     with pytest.raises(ConfigError, match=r"splits overlap: fractions sum to 1.1 > 1"):
+        parse_config({"splits": {"train": 0.7, "centres": 0.01}})
+    # centres: auto takes its share from train, so only the other three must fit.
+    with pytest.raises(ConfigError, match=r"splits overlap: fractions sum to 1.09 > 1"):
         parse_config({"splits": {"train": 0.7}})
+    assert parse_config({"splits": {"train": 0.61}}).splits.centres == "auto"
+    with pytest.raises(ConfigError, match="centres: auto needs fractions"):
+        parse_config({"splits": {"train": [0, 0.6], "weight_fit": [0.6, 0.8],
+                                 "test": [0.8, 1]}})
     with pytest.raises(ConfigError, match=r"splits 'train' \[0.0, 0.6\] and 'weight_fit' "
                                           r"\[0.5, 0.8\] overlap"):
         parse_config({"splits": {"train": [0, 0.6], "weight_fit": [0.5, 0.8],
@@ -90,7 +97,7 @@ def test_overlapping_splits_are_refused():
 
 
 def test_test_file_must_not_be_the_training_file():
-    with pytest.raises(ConfigError, match="is the file the training splits come from"):
+    with pytest.raises(ConfigError, match="is a file the training splits come from"):
         parse_config({"data": {"path": "a.h5:x", "test_path": "./a.h5:x"},
                       "splits": {"test": None}})
     cfg = parse_config({"data": {"path": "a.h5:x", "test_path": "a.h5:y"},
@@ -144,7 +151,7 @@ def test_commented_dump_loads_back_and_documents_every_key():
         text = dump_config(cfg, comments=True)
         assert parse_config(yaml.safe_load(text)) == cfg
     text = dump_config(Config(), comments=True)
-    assert "  n_kernels: 100  # Gaussian kernels K of the alternative" in text
+    assert "  n_kernels: auto  # Gaussian kernels K of the alternative; auto: 100" in text
     assert "gof:  # The learned likelihood-ratio test" in text
     keys = [line for line in text.splitlines() if ":" in line and not line.endswith(":")]
     assert all("#" in line for line in keys)

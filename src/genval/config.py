@@ -27,11 +27,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genval._paths import check_relative_output
 from genval.errors import InputError
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD
 
@@ -54,13 +55,21 @@ __all__ = [
     "dump_config",
     "config_hash",
     "RUNTIME_KEYS",
+    "AUTO",
     "with_overrides",
 ]
 
 SplitSpec = float | tuple[float, float]
 """A split given as a fraction of the events, or as a ``[start, stop]`` range of fractions."""
+PositiveInt = Annotated[int, Field(ge=1)]
+AUTO = "auto"
+"""The value of keys whose default adapts to the data (``splits.centres``, ``gof.n_kernels``):
+resolved by :mod:`genval.pipeline.adapt` once the number of events is known, and recorded in
+the run's metadata."""
 
 SPLIT_NAMES = ("train", "weight_fit", "centres", "test")
+RESERVED_SAMPLE_NAMES = ("density.npz", "sampler.json")
+"""Files the sample stage writes beside ``sample.output`` (f̂ and σ_f̂; the diagnostics)."""
 VARIANTS = ("single", "frozen", "ensemble")
 """GoF variants: one member; the ensemble at ŵ frozen; the ensemble with its uncertainty."""
 
@@ -98,20 +107,39 @@ class DataConfig(_Section):
 
     Attributes:
         path: ``file.npy``, ``file.npz[:key]``, ``file.csv``, ``file.parquet``,
-            ``file.h5:dataset`` or ``file.root:tree``; ``None`` generates :attr:`generate`.
-        features: feature (column, branch) names to read, in order; ``None`` reads all.
-        test_path: optional separate file for the test split (then ``splits.test`` must be
-            unset); it must not be the file the other splits come from.
+            ``file.h5:dataset`` or ``file.root:tree``, or a list of them (one format), read
+            as one table in order; file names may be glob patterns (``dir/*.root:Events``,
+            matches in sorted order; a pattern matching nothing is an error). ROOT files are
+            read with ``uproot.concatenate``. ``None`` generates :attr:`generate`.
+        features: feature (column, branch or alias) names to read, in order; ``None`` reads
+            every column of the file (aliases only when named here).
+        test_path: optional separate file (or list) for the test split (then ``splits.test``
+            must be unset); it must not be a file the other splits come from.
+        tree: the ROOT tree of ``.root`` entries written without ``:tree``.
+        aliases: name -> expression of derived columns (``pt_gev: pt / 1000``), usable as
+            features and in the selection (uproot's ``aliases=`` for ROOT).
+        selection: a cut (``pt > 20 and abs(eta) < 2.4``) applied to every file, the test
+            file included: uproot's ``cut=`` for ROOT TTrees, genval's evaluator of the same
+            grammar (:mod:`genval.io.expressions`) for every other format.
         generate: the generated source used when ``path`` is ``None``.
     """
 
-    path: str | None = Field(
-        None, description="FILE.{npy,npz,csv,parquet} | FILE.h5:DATASET | FILE.root:TREE; "
-                           "null: generate")
+    path: str | list[str] | None = Field(
+        None, description="FILE.{npy,npz,csv,parquet} | FILE.h5:DATASET | FILE.root:TREE, or a "
+                          "list of them; globs allowed; null: generate")
     features: list[str] | None = Field(
-        None, description="feature (column, branch) names to read, in order; null: all")
-    test_path: str | None = Field(
-        None, description="separate file for the test events (then splits.test must be null)")
+        None, description="feature (column, branch, alias) names to read, in order; null: all "
+                          "columns")
+    test_path: str | list[str] | None = Field(
+        None, description="separate file(s) for the test events (then splits.test must be "
+                          "null)")
+    tree: str | None = Field(None, description="ROOT tree of .root files given without :TREE")
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="NAME: EXPRESSION derived columns, usable as "
+                                          "features and in the selection")
+    selection: str | None = Field(
+        None, description="cut applied to every input, e.g. 'pt > 20 and abs(eta) < 2.4'; "
+                          "null: keep all")
     generate: GaussianSource = Field(
         default_factory=GaussianSource, description="the source used when path is null")
 
@@ -126,6 +154,45 @@ class DataConfig(_Section):
                 raise ValueError(f"duplicate feature names {dupes}")
         return value
 
+    @field_validator("path", "test_path")
+    @classmethod
+    def _known_formats(cls, value: str | list[str] | None) -> str | list[str] | None:
+        from genval.io import parse_spec
+
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list of files; give at least one (or null)")
+            if len({parse_spec(v).fmt for v in value}) > 1:
+                raise ValueError(f"the files {value} mix formats; give files of one format")
+        elif value is not None:
+            parse_spec(value)
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_parse(cls, value: dict[str, str]) -> dict[str, str]:
+        from genval.io.expressions import Expression, check_alias_name
+
+        for name, text in value.items():
+            check_alias_name(name, "data.aliases")
+            Expression(text, what=f"data.aliases.{name}")
+        return value
+
+    @field_validator("selection")
+    @classmethod
+    def _selection_parses(cls, value: str | None) -> str | None:
+        from genval.io.expressions import Expression
+
+        if value is not None and not Expression(value, what="data.selection").names:
+            raise ValueError(f"data.selection {value!r} uses no column: it would keep every "
+                             "event or none")
+        return value
+
+    def files(self, which: Literal["path", "test_path"] = "path") -> list[str]:
+        """``path`` (or ``test_path``) as a list of specifications (empty when unset)."""
+        value = getattr(self, which)
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
 
 class SplitsConfig(_Section):
     """Disjoint train / weight-fit / kernel-centre / test splits (see :mod:`genval.splits`).
@@ -139,8 +206,9 @@ class SplitsConfig(_Section):
         0.6, description="fraction (or [start, stop] range) of events to train the members")
     weight_fit: SplitSpec = Field(
         0.2, description="fraction (or range) to fit the weights ŵ and Cov(ŵ)")
-    centres: SplitSpec = Field(
-        0.01, description="fraction (or range) to draw the GoF kernel centres from")
+    centres: SplitSpec | Literal["auto"] = Field(
+        "auto", description="fraction (or range) to draw the GoF kernel centres from; auto: "
+                            "0.01, more for small data sets (from train)")
     test: SplitSpec | None = Field(
         0.19, description="fraction (or range) held out for the GoF test; null: data.test_path")
     shuffle: bool = Field(True, description="shuffle the events before cutting the splits")
@@ -150,7 +218,16 @@ class SplitsConfig(_Section):
     def _consistent(self) -> SplitsConfig:
         from genval.splits import check_split_specs  # splits imports nothing from config
 
-        check_split_specs({n: getattr(self, n) for n in SPLIT_NAMES})
+        specs = {n: getattr(self, n) for n in SPLIT_NAMES}
+        auto = specs["centres"] == AUTO
+        if auto:
+            # auto takes its share from train when the others leave too little (resolved
+            # once the number of events is known: genval.pipeline.adapt).
+            specs["centres"] = None
+        check_split_specs(specs)
+        if auto and any(isinstance(v, (tuple, list)) for v in specs.values()):
+            raise ValueError("splits.centres: auto needs fractions; with [start, stop] ranges "
+                             "give centres a range too")
         return self
 
 
@@ -206,15 +283,24 @@ class SampleConfig(_Section):
 
     n_events: int = Field(200_000, ge=1, description="events to draw from the fitted mixture")
     output: str = Field(
-        "samples.npy", description="file name under samples/; the extension picks the format")
+        "samples.npy", description="file under samples/ (relative, no '..'); the extension "
+                                   "picks the format")
 
     @field_validator("output")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        from genval.io import FORMATS
+        from genval.io import FORMATS, parse_spec
 
-        if Path(value.split(":", 1)[0]).suffix.lower() not in FORMATS:
-            raise ValueError(f"output {value!r} has an unknown format; use one of {FORMATS}")
+        try:
+            spec = parse_spec(value)
+        except InputError:
+            raise ValueError(f"output {value!r} has an unknown format; use one of "
+                             f"{FORMATS}") from None
+        # A config passed between collaborators must not write outside the run directory.
+        check_relative_output(str(spec.path), "path")
+        if spec.path.as_posix() in RESERVED_SAMPLE_NAMES:
+            raise ValueError(f"output {value!r} is the name of the sample stage's own "
+                             f"{spec.path} file; choose another name")
         return value
 
 
@@ -253,7 +339,9 @@ class GofConfig(_Section):
         default_factory=lambda: list(VARIANTS),
         description="single | frozen | ensemble (with uncertainty)")
     single_member: int = Field(0, ge=0, description="the member of the single variant")
-    n_kernels: int = Field(100, ge=1, description="Gaussian kernels K of the alternative")
+    n_kernels: PositiveInt | Literal["auto"] = Field(
+        "auto", description="Gaussian kernels K of the alternative; auto: 100 (the paper), "
+                            "fewer if the centres split holds fewer events")
     sigma: float = Field(0.05, gt=0, description="kernel width")
     standardize: bool = Field(
         False, description="measure sigma in units of each feature's standard deviation")
@@ -324,10 +412,11 @@ class Config(_Section):
                              "events come from that file)")
         if self.data.test_path is None and self.splits.test is None:
             raise ValueError("splits.test is null but data.test_path is not set: no test events")
-        if self.data.path is not None and self.data.test_path is not None:
-            if _same_file(self.data.path, self.data.test_path):
-                raise ValueError(f"data.test_path {self.data.test_path!r} is the file the "
-                                 "training splits come from: the test split would overlap them")
+        for train_spec in self.data.files("path"):
+            for test_spec in self.data.files("test_path"):
+                if _same_file(train_spec, test_spec):
+                    raise ValueError(f"data.test_path {test_spec!r} is a file the training "
+                                     "splits come from: the test split would overlap them")
         if "single" in self.gof.variants and self.gof.single_member >= self.members.n_members:
             raise ValueError(f"gof.single_member={self.gof.single_member} but there are only "
                              f"{self.members.n_members} members")
@@ -454,7 +543,7 @@ def _commented(model: BaseModel, depth: int) -> list[str]:
             lines += _commented(value, depth + 1)
             continue
         # Lists inline ("[a, b]"), scalars as plain "key: value", so each key is one line.
-        flow = isinstance(values[name], list)
+        flow = isinstance(values[name], (list, dict))
         text = f"{name}: " + yaml.safe_dump(values[name], default_flow_style=flow,
                                             width=10_000).removesuffix("\n...\n").strip()
         note = f"  # {field.description}" if field.description else ""

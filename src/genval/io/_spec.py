@@ -37,11 +37,23 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class EventTable:
-    """Events read from a file: ``x`` (N, D) float64 and the D feature names."""
+    """Events read from a file: ``x`` (N, D) float64 and the D feature names.
+
+    Attributes:
+        x: the events, after the selection.
+        names: the D feature names.
+        source: where they came from, for messages (the first file of several).
+        files: every file read, in order (``path:key``).
+        n_read: with a selection, the events read before it; ``None`` without one.
+        selection: the selection applied, as written.
+    """
 
     x: NDArray[np.float64]
     names: list[str]
     source: str
+    files: tuple[str, ...] = ()
+    n_read: int | None = None
+    selection: str | None = None
 
     @property
     def n_events(self) -> int:

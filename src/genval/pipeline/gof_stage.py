@@ -21,6 +21,7 @@ from genval.pipeline.artifacts import (
     save_gof_error,
     split_events,
 )
+from genval.pipeline.adapt import resolve_n_kernels
 from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
@@ -50,7 +51,8 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     members, fit = load_members(run), load_fit(run)
     x_test, names = split_events(run, "test")
     x_centres, _ = split_events(run, "centres")
-    basis = gof.KernelBasis.from_events(x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
+    n_kernels, _ = resolve_n_kernels(cfg, len(x_centres))  # as the split stage recorded
+    basis = gof.KernelBasis.from_events(x_centres, n_kernels, cfg.gof.sigma,
                                         standardize=cfg.gof.standardize, seed=seed)
     # Several test sets: disjoint chunks of the test split, one result each (median Z, band).
     chunks = np.array_split(x_test, cfg.gof.n_test_sets)
