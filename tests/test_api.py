@@ -31,6 +31,8 @@ EXPORTS = {
                  "binned_reference", "bin_integrals", "histogram_counts"],
     "coverage": ["run_coverage", "CoverageResult", "coverage_interval"],
     "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS"],
+    "io": ["FORMATS", "DataSpec", "EventTable", "Expression", "parse_spec", "expand_specs",
+           "read_events", "write_events"],
     "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD", "is_paper_toy"],
 }
 

@@ -224,7 +224,8 @@ def make_splits(n_events: int, specs: Mapping[str, SplitSpec | None], *, seed: i
             need, why = min_events, "splits.min_events"
         if hi - lo < need:
             share = share_at_least(need, n_events)
-            fix = (f"set splits.{name} to at least {share:g}" if isinstance(given[name], (int, float))
+            fraction = isinstance(given[name], (int, float))
+            fix = (f"set splits.{name} to at least {share:g}" if fraction
                    else f"widen the range of splits.{name} to at least {share:g}")
             raise InputError(f"split {name!r} would hold {hi - lo} of {n_events} events, fewer "
                              f"than the {need} required ({why}); {fix} (taking the share from "

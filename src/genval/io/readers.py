@@ -21,7 +21,6 @@ from numpy.typing import NDArray
 from genval._optional import require
 from genval._validation import as_events
 from genval.errors import InputError
-from genval.io.expressions import Expression, check_alias_name, evaluate_aliases
 from genval.io._spec import (
     DataSpec,
     EventTable,
@@ -30,6 +29,7 @@ from genval.io._spec import (
     parse_spec,
     select_columns,
 )
+from genval.io.expressions import Expression, check_alias_name, evaluate_aliases
 
 __all__ = ["read_events", "expand_specs"]
 

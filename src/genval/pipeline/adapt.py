@@ -71,7 +71,7 @@ def plan_splits(config: Config, n_events: int) -> SplitPlan:
     specs: dict[str, SplitSpec | None] = {n: getattr(sp, n) for n in SPLIT_NAMES}
     if sp.centres != AUTO:
         return SplitPlan(specs)
-    need = kernels_needed(config)
+    need = max(kernels_needed(config), sp.min_events)
     share = max(PAPER_CENTRES_SHARE, need / n_events)
     why = f"holds {need} events for the kernels" if share > PAPER_CENTRES_SHARE else (
         "the paper's 1 %")

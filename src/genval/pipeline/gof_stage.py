@@ -14,6 +14,7 @@ from genval.config import Config
 from genval.errors import FitError, GenvalWarning
 from genval.gof import VARIANT_LABELS
 from genval.members import Members
+from genval.pipeline.adapt import resolve_n_kernels
 from genval.pipeline.artifacts import (
     load_fit,
     load_members,
@@ -21,7 +22,6 @@ from genval.pipeline.artifacts import (
     save_gof_error,
     split_events,
 )
-from genval.pipeline.adapt import resolve_n_kernels
 from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed

@@ -8,6 +8,7 @@ the splits; the run's metadata records the files, the selection's yield and the 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from genval._validation import check_feature_spread
 from genval.config import Config
 from genval.errors import InputError
-from genval.io import EventTable, parse_spec, read_events
+from genval.io import DataSpec, EventTable, expand_specs, parse_spec, read_events
 from genval.pipeline.adapt import plan_splits, resolve_n_kernels
 from genval.pipeline.artifacts import save_events, save_splits, save_test_events
 from genval.pipeline.log import Log, quiet
@@ -97,13 +98,12 @@ def _say_selection(log: Log, table: EventTable, what: str) -> None:
             f"{what} events ({table.n_events / table.n_read:.1%})")
 
 
-def _check_no_shared_file(train: EventTable, test: EventTable) -> None:
+def _check_no_shared_file(train_files: Sequence[str], test_specs: Sequence[DataSpec]) -> None:
     """After globs are expanded: no file (and key) feeds both the training and the test."""
-    def key(spec: str) -> tuple[str, str | None]:
-        ds = parse_spec(spec)
+    def key(ds: DataSpec) -> tuple[str, str | None]:
         return os.path.realpath(ds.path), ds.key
 
-    shared = {key(f) for f in train.files} & {key(f) for f in test.files}
+    shared = {key(parse_spec(f)) for f in train_files} & {key(ds) for ds in test_specs}
     if shared:
         path, tree = sorted(shared, key=str)[0]
         raise InputError(f"{path}{':' + tree if tree else ''} is read by both data.path and "
@@ -116,6 +116,9 @@ def stage_split(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     table = _generate(cfg) if cfg.data.path is None else _read(cfg, "path", cfg.data.features)
     _say_selection(log, table, "input")
     check_feature_spread(table.x, table.names, source=table.source)
+    if cfg.data.test_path is not None:  # before any work: the files themselves must differ
+        _check_no_shared_file(table.files, expand_specs(cfg.data.files("test_path"),
+                                                        tree=cfg.data.tree))
     splits, choices = _cut(cfg, table.n_events)
     check_feature_spread(splits.take(table.x, "train"), table.names,
                          source=f"the train split of {table.source}")
@@ -126,7 +129,6 @@ def stage_split(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         test = _read(cfg, "test_path", table.names, n_features=table.n_features,
                      min_events=cfg.splits.min_events)
         _say_selection(log, test, "test")
-        _check_no_shared_file(table, test)
         check_feature_spread(test.x, test.names, source=test.source)
         save_test_events(run, test)
         info["test"] = _file_record(test)
