@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from genval._atomic import atomic_write_bytes
-from genval._paths import OutputPathError, check_relative_output, resolve_inside
+from genval._paths import check_relative_output, resolve_inside
 from genval.config import ConfigError, parse_config
+from genval.errors import OutputPathError
 from genval.io import write_events
 from genval.pipeline.artifacts import load_samples, save_samples
 from genval.rundir import RunDir

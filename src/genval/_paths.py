@@ -12,13 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from genval.errors import InputError
+from genval.errors import OutputPathError
 
-__all__ = ["OutputPathError", "check_relative_output", "resolve_inside"]
-
-
-class OutputPathError(InputError):
-    """An output path that would leave the run directory (absolute, ``..``, symlink escape)."""
+__all__ = ["check_relative_output", "resolve_inside"]
 
 
 def check_relative_output(value: str, what: str) -> str:
