@@ -181,3 +181,13 @@ def test_split_at_defaults_on_5000_events(tmp_path, rng):
     assert meta["data"]["splits"]["sizes"] == {"train": 2950, "weight_fit": 1000,
                                                "centres": 100, "test": 950}
     assert meta["adapted"]["gof.n_kernels"]["value"] == 100
+
+
+def test_kde_bandwidth_error_names_the_feature(rng):
+    from genval.members import KDEMembers
+
+    x = rng.normal(size=(50, 3))
+    x[:, 1] = 2.0
+    with pytest.raises(InputError, match=r"feature 1 of a member's bootstrap replica of 50 "
+                                         r"events spans \[2, 2\]"):
+        KDEMembers(x, 2)
