@@ -116,6 +116,24 @@ def test_cross_section_and_field_checks():
         parse_config({"data": {"features": ["a", "a"]}})
     with pytest.raises(ConfigError, match="unknown format"):
         parse_config({"sample": {"output": "out.txt"}})
+    with pytest.raises(ConfigError, match=r"data.selection applies to files, but data.path is "
+                                          "null"):
+        parse_config({"data": {"selection": "x0 > 0"}})
+    with pytest.raises(ConfigError, match=r"data.aliases name '2x' is not an identifier"):
+        parse_config({"data": {"path": "a.csv", "aliases": {"2x": "x0 * 2"}}})
+    with pytest.raises(ConfigError, match=r"data.selection: data.selection 'x0 >' is not a "
+                                          "valid expression"):
+        parse_config({"data": {"path": "a.csv", "selection": "x0 >"}})
+    with pytest.raises(ConfigError, match=r"data.aliases.y 'x0.real': attribute access"):
+        parse_config({"data": {"path": "a.csv", "aliases": {"y": "x0.real"}}})
+    with pytest.raises(ConfigError, match="uses no column"):
+        parse_config({"data": {"path": "a.csv", "selection": "1"}})
+    with pytest.raises(ConfigError, match="mix formats"):
+        parse_config({"data": {"path": ["a.csv", "b.root:t"]}})
+    cfg = parse_config({"data": {"path": ["a.root", "d/*.root"], "tree": "Events",
+                                 "aliases": {"y": "x0 * 2"}, "selection": "y > 1 && x0 < 3"}})
+    assert cfg.data.files() == ["a.root", "d/*.root"] and cfg.data.files("test_path") == []
+    assert parse_config(yaml.safe_load(dump_config(cfg, comments=True))) == cfg
     with pytest.raises(ConfigError, match="same non-zero length"):
         parse_config({"data": {"generate": {"mean": [0.0], "std": [1.0, 2.0]}}})
 

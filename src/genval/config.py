@@ -188,6 +188,18 @@ class DataConfig(_Section):
                              "event or none")
         return value
 
+    @model_validator(mode="after")
+    def _file_keys_need_files(self) -> DataConfig:
+        if self.path is None and self.test_path is None:
+            unused = [k for k in ("selection", "tree") if getattr(self, k) is not None]
+            unused += ["aliases"] if self.aliases else []
+            if unused:
+                # The generated source has a known truth (the coverage study's O*); a cut
+                # would change it, so it is refused rather than silently ignored.
+                raise ValueError(f"data.{unused[0]} applies to files, but data.path is null "
+                                 "(generated events)")
+        return self
+
     def files(self, which: Literal["path", "test_path"] = "path") -> list[str]:
         """``path`` (or ``test_path``) as a list of specifications (empty when unset)."""
         value = getattr(self, which)
