@@ -329,7 +329,7 @@ def evaluate_aliases(wanted: set[str] | frozenset[str], columns: Mapping[str, ND
         values[name] = value.astype(np.float64)
         return values[name]
 
-    for name in wanted:
+    for name in sorted(wanted):  # sorted: the same cycle is reported the same way
         if name in aliases:
             compute(name, ())
     return values
