@@ -176,3 +176,25 @@ def test_aliases_errors_and_nonfinite_features_are_named(tmp_path, rng):
         read_events(spec, ["pt", "l"], aliases={"l": "log(eta)"})  # log of negatives
     with pytest.raises(InputError, match="one value of shape"):
         read_events(spec, selection="1 > 0")  # the config refuses it; the reader too
+
+
+@pytest.mark.parametrize("fmt", [".parquet", ".root"])
+def test_weights_are_cut_with_their_events_and_may_be_aliases(tmp_path, rng, fmt):
+    pytest.importorskip({".parquet": "pyarrow", ".root": "uproot"}[fmt])
+    x = rng.normal(size=(200, 4))
+    x[:, 3] = rng.uniform(-0.5, 2.0, 200)  # weights, some negative
+    halves = [str(write_events(tmp_path / f"h{i}{fmt}", x[i * 100:(i + 1) * 100],
+                               [*NAMES, "w"])) for i in range(2)]
+    keep = x[:, 2] > 0
+    table = read_events(halves, ["pt", "eta"], weight="w", selection="phi > 0")
+    np.testing.assert_array_equal(table.x, x[keep][:, :2])
+    np.testing.assert_array_equal(table.weights, x[keep, 3])
+    assert table.weight_name == "w" and table.n_read == 200
+    table = read_events(halves, weight="w2", aliases={"w2": "w * 2"}, selection="phi > 0")
+    assert table.names == NAMES + ["w"]  # null features: every column; the weight alias not
+    np.testing.assert_array_equal(table.weights, 2 * x[keep, 3])
+    with pytest.raises(InputError, match="'pt' is both a feature and the weight column"):
+        read_events(halves, ["pt", "eta"], weight="pt")
+    with pytest.raises(InputError, match=r"weight column 'ww' not found .*did you mean 'w'"):
+        read_events(halves, weight="ww")
+    assert read_events(halves, weight="ww", weight_required=False).weights is None

@@ -14,44 +14,35 @@ from genval._validation import check_feature_spread  # noqa: E402
 from genval.config import parse_config  # noqa: E402
 from genval.errors import InputError  # noqa: E402
 from genval.io import write_events  # noqa: E402
-from genval.pipeline.adapt import plan_splits, resolve_n_kernels  # noqa: E402
+from genval.pipeline.adapt import plan_splits  # noqa: E402
 from genval.splits import make_splits  # noqa: E402
 
 
-@pytest.mark.parametrize("n_events, centres, train, kernels", [
-    (100_000, 0.01, 0.6, 100),     # the paper: nothing changes
-    (10_000, 0.01, 0.6, 100),      # 1 % holds exactly 100
-    (5_000, 0.02, 0.59, 100),
-    (3_000, 0.0334, 0.5766, 100),  # the issue's case: 30 centre events at 1 %
-    (2_000, 0.05, 0.56, 100),
-    (1_000, 0.05, 0.56, 50),       # auto stops at 5 %: K shrinks to the split
+@pytest.mark.parametrize("n_events, kernels, centres, train", [
+    (100_000, 10, 0.01, 0.6),    # the paper's share: nothing changes
+    (2_000, 10, 0.01, 0.6),      # 20 events: splits.min_events exactly
+    (1_500, 10, 0.0134, 0.5966),  # 1 % would be 15 < splits.min_events
+    (1_000, 10, 0.02, 0.59),
+    (10_000, 100, 0.01, 0.6),    # the paper's basis: 1 % holds exactly 100
+    (5_000, 100, 0.02, 0.59),
+    (3_000, 100, 0.0334, 0.5766),  # the issue's case: 30 centre events at 1 %
+    (3_000, 300, 0.1, 0.51),
 ])
-def test_auto_centres_and_kernels_adapt_to_the_events(n_events, centres, train, kernels):
-    cfg = parse_config({})
+def test_auto_centres_adapt_to_the_events(n_events, kernels, centres, train):
+    cfg = parse_config({"gof": {"n_kernels": kernels}})
     plan = plan_splits(cfg, n_events)
     assert plan.specs["centres"] == pytest.approx(centres)
     assert plan.specs["train"] == pytest.approx(train)
     assert plan.specs["weight_fit"] == 0.2 and plan.specs["test"] == 0.19
-    splits = make_splits(n_events, plan.specs, min_events=20)
+    splits = make_splits(n_events, plan.specs, min_events=20,
+                         min_sizes={"centres": (kernels, "gof.n_kernels")})
     n_centres = splits.sizes()["centres"]
-    k, choice = resolve_n_kernels(cfg, n_centres)
-    assert k == kernels <= n_centres and choice["value"] == k
-    assert plan.choices["splits.centres"]["events"] == n_centres
+    assert max(kernels, 20) <= n_centres == plan.choices["splits.centres"]["events"]
     assert ("splits.train" in plan.choices) == (train != 0.6)
     assert sum(splits.sizes().values()) <= n_events
-
-
-def test_auto_centres_hold_an_explicit_number_of_kernels():
-    cfg = parse_config({"gof": {"n_kernels": 300}})
-    plan = plan_splits(cfg, 3_000)  # no 5 % cap: the user asked for 300 kernels
-    assert plan.specs["centres"] == pytest.approx(0.1)
-    assert make_splits(3_000, plan.specs).sizes()["centres"] >= 300
-    assert resolve_n_kernels(cfg, 300) == (300, None)
-    with pytest.raises(InputError, match="set gof.n_kernels to at most 299"):
-        resolve_n_kernels(cfg, 299)
     # Explicit centres are used as given.
-    assert plan_splits(parse_config({"splits": {"centres": 0.005}}), 3_000).specs["centres"] \
-        == 0.005
+    explicit = parse_config({"splits": {"centres": 0.005}, "gof": {"n_kernels": kernels}})
+    assert plan_splits(explicit, n_events).specs["centres"] == 0.005
 
 
 def csv(tmp_path, n, rng, name="e.csv", d=2):
@@ -67,7 +58,7 @@ def test_explicit_settings_that_cannot_work_name_the_key_and_a_value_that_does(t
     data = {"path": csv(tmp_path, 3_000, rng)}
     with pytest.raises(InputError, match=r"split 'centres' would hold 30 of 3000 events, fewer "
                                          r"than the 100 required \(gof.n_kernels = 100; or set "
-                                         r"gof.n_kernels to at most 30 or to auto\); set "
+                                         r"gof.n_kernels to at most 30\); set "
                                          r"splits.centres to at least 0.0334") as err:
         split_only(tmp_path, "r1", data=data, splits={"centres": 0.01},
                    gof={"n_kernels": 100})
@@ -82,6 +73,10 @@ def test_explicit_settings_that_cannot_work_name_the_key_and_a_value_that_does(t
         split_only(tmp_path, "r4", data={"path": csv(tmp_path, 200, rng, "s.csv")},
                    splits={"centres": 0.05, "train": 0.5, "weight_fit": 0.2, "test": 0.2},
                    gof={"n_kernels": 10})
+    # auto centres with the paper's K on the issue's 3,000 events: no error, 100 centres.
+    run = split_only(tmp_path, "r5", data=data, gof={"n_kernels": 100})
+    sizes = json.loads(run.metadata_path.read_text())["data"]["splits"]["sizes"]
+    assert sizes["centres"] == 100 and sizes["train"] == 1729
 
 
 def test_feature_spread_errors_name_the_feature_with_its_statistics(tmp_path, rng):
@@ -126,8 +121,9 @@ def test_selection_yield_and_files_reach_metadata_and_log(tmp_path, rng):
     assert [f.rsplit("/", 1)[1] for f in meta["data"]["files"]] == ["p0.parquet", "p1.parquet"]
     assert meta["data"]["features"] == ["a", "ab"]
     assert any(f"selection 'a > -1' kept {kept} of 4000 input events" in m for m in messages)
-    assert meta["adapted"]["splits.centres"]["configured"] == "auto"
-    assert meta["adapted"]["gof.n_kernels"]["value"] == 100
+    assert meta["adapted"]["splits.centres"] == {"value": 0.01, "configured": "auto",
+                                                 "events": kept // 100,
+                                                 "why": "the paper's 1 %"}
     assert any("splits.centres = " in m and "(auto)" in m for m in messages)
     nothing = parse_config({"run_dir": str(tmp_path / "r2"), "data": {
         "path": str(tmp_path / "p*.parquet"), "selection": "a > 100"}})
@@ -146,7 +142,7 @@ def test_a_test_file_matched_by_the_training_glob_is_refused(tmp_path, rng):
         pipeline.run_pipeline(cfg, stages=["split"])
 
 
-def test_genval_run_at_default_splits_and_kernels_on_2000_csv_events(tmp_path, rng):
+def test_genval_run_at_defaults_on_2000_csv_events(tmp_path, rng):
     """The issue's probe, 2,000 events: the splits, the kernels and the GoF settings at their
     defaults; only the members, the toy count and the variants are the suite's small ones."""
     from click.testing import CliRunner
@@ -162,25 +158,22 @@ def test_genval_run_at_default_splits_and_kernels_on_2000_csv_events(tmp_path, r
     result = CliRunner().invoke(main, ["run", str(tmp_path / "run.yaml"), "--run-dir",
                                        str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    assert "splits.centres = 0.05 (auto)" in result.output
-    assert "gof.n_kernels = 100 (auto)" in result.output
+    assert "splits.centres = 0.01 (auto): the paper's 1 %" in result.output
     meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
-    assert meta["adapted"]["splits.centres"]["value"] == 0.05
-    assert meta["adapted"]["splits.train"] == {"value": 0.56, "configured": 0.6,
-                                               "why": "gave splits.centres its share of 0.05"}
-    assert meta["data"]["splits"]["sizes"] == {"train": 1120, "weight_fit": 400,
-                                               "centres": 100, "test": 380}
+    assert meta["adapted"]["splits.centres"]["events"] == 20
+    assert meta["data"]["splits"]["sizes"] == {"train": 1200, "weight_fit": 400,
+                                               "centres": 20, "test": 380}
     for variant in ("single", "ensemble"):
         record = json.loads((tmp_path / "run" / "gof" / f"{variant}.json").read_text())
-        assert record["n_kernels"] == 100 and np.isfinite(record["t_obs"])
+        assert record["n_kernels"] == 10 and np.isfinite(record["t_obs"])
 
 
-def test_split_at_defaults_on_5000_events(tmp_path, rng):
-    run = split_only(tmp_path, "run", data={"path": csv(tmp_path, 5_000, rng)})
-    meta = json.loads(run.metadata_path.read_text())
-    assert meta["data"]["splits"]["sizes"] == {"train": 2950, "weight_fit": 1000,
-                                               "centres": 100, "test": 950}
-    assert meta["adapted"]["gof.n_kernels"]["value"] == 100
+def test_split_at_defaults_on_1500_and_5000_events(tmp_path, rng):
+    for n, sizes in ((1_500, {"train": 894, "weight_fit": 300, "centres": 20, "test": 285}),
+                     (5_000, {"train": 3000, "weight_fit": 1000, "centres": 50, "test": 950})):
+        run = split_only(tmp_path, f"run{n}", data={"path": csv(tmp_path, n, rng, f"{n}.csv")})
+        meta = json.loads(run.metadata_path.read_text())
+        assert meta["data"]["splits"]["sizes"] == sizes
 
 
 def test_kde_bandwidth_error_names_the_feature(rng):

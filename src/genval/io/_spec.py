@@ -46,6 +46,9 @@ class EventTable:
         files: every file read, in order (``path:key``).
         n_read: with a selection, the events read before it; ``None`` without one.
         selection: the selection applied, as written.
+        weights: the per-event weights (N,) when a weight column was read (finite, possibly
+            negative); None for unweighted events.
+        weight_name: that column's name, or None.
     """
 
     x: NDArray[np.float64]
@@ -54,6 +57,8 @@ class EventTable:
     files: tuple[str, ...] = ()
     n_read: int | None = None
     selection: str | None = None
+    weights: NDArray[np.float64] | None = None
+    weight_name: str | None = None
 
     @property
     def n_events(self) -> int:

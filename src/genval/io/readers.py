@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from genval._optional import require
-from genval._validation import as_events
+from genval._validation import as_event_weights, as_events
 from genval.errors import InputError
 from genval.io._spec import (
     DataSpec,
@@ -38,6 +38,7 @@ Columns = tuple[list[str], Any]  # names, and a callable name-list -> list of 1D
 
 def read_events(spec: str | Path | Sequence[str | Path], features: Sequence[str] | None = None,
                 *, n_features: int | None = None, min_events: int = 1,
+                weight: str | None = None, weight_required: bool = True,
                 selection: str | Expression | None = None,
                 aliases: Mapping[str, str | Expression] | None = None,
                 tree: str | None = None) -> EventTable:
@@ -53,21 +54,27 @@ def read_events(spec: str | Path | Sequence[str | Path], features: Sequence[str]
             reads every column of the (first) file.
         n_features: if given, the number of features the caller expects.
         min_events: the fewest events accepted (after the selection).
+        weight: the column (branch or alias) holding per-event weights, read with the
+            features, cut by the same selection and never one of them (``features=None``
+            then reads every other column).
+        weight_required: a missing ``weight`` column is an error; False reads the files as
+            unweighted instead (``EventTable.weights`` is None).
         selection: a cut (:mod:`genval.io.expressions`): only events where it is non-zero are
             kept. ROOT TTrees apply it in uproot (``cut=``), every other format in numpy.
-        aliases: name -> expression of derived columns, usable as features and in the
-            selection (uproot's ``aliases=`` for TTrees).
+        aliases: name -> expression of derived columns, usable as features, weight and in
+            the selection (uproot's ``aliases=`` for TTrees).
         tree: the ROOT tree of ``.root`` files given without ``:tree``.
 
     Returns:
-        :class:`EventTable` with float64 ``x`` (N, D), its feature names, the files read and,
-        with a selection, how many events were read before it.
+        :class:`EventTable` with float64 ``x`` (N, D), its feature names, the weights, the
+        files read and, with a selection, how many events were read before it.
 
     Raises:
-        InputError: missing file, a glob matching nothing, mixed formats, unknown key or
-            feature (with a did-you-mean), non-numeric or jagged columns, no events, NaN/inf
-            values (naming the features), a selection keeping nothing, a feature count other
-            than ``n_features``.
+        InputError: missing file, a glob matching nothing, mixed formats, unknown key,
+            feature or weight column (with a did-you-mean), non-numeric or jagged columns, no
+            events, NaN/inf values (naming the features) or weights, a selection keeping
+            nothing, a feature count other than ``n_features``, a weight column that is also
+            a feature.
         MissingDependencyError: if the format's optional library is not installed.
     """
     specs = expand_specs(spec, tree=tree)
@@ -77,21 +84,63 @@ def read_events(spec: str | Path | Sequence[str | Path], features: Sequence[str]
     for name in derived:
         check_alias_name(name)
     source = str(specs[0]) if len(specs) == 1 else f"{specs[0]} (+{len(specs) - 1} more files)"
-    if specs[0].fmt == ".root":
-        chosen, cols, n_read = _read_root(specs, features, cut, derived, source)
-    else:
-        chosen, cols, n_read = _read_tables(specs, features, cut, derived, source)
+    wanted = _Wanted(features, weight, weight_required)
+    read = _read_root if specs[0].fmt == ".root" else _read_tables
+    chosen, weight, cols, n_read = read(specs, wanted, cut, derived, source)
     if n_read == 0:
         raise InputError(f"{source}: no events (the input holds no rows)")
     if cut is not None and len(cols[0]) == 0:
         raise InputError(f"{source}: the selection {cut.text!r} kept none of the {n_read} "
                          "events")
+    weights = None
+    if weight is not None:  # read as the last column, in the same pass as the features
+        weights = _stack(cols[-1:], [weight], source)[:, 0]
+        cols = cols[:-1]
     x = _stack(cols, chosen, source)
     _check_finite(x, chosen, source)
     x = as_events(x, n_features=n_features, min_events=min_events, name=f"events in {source}")
+    if weights is not None:
+        weights = as_event_weights(weights, x.shape[0], name=f"weights {weight!r} in {source}",
+                                   positive_total=False)
     return EventTable(x=x, names=chosen, source=source, files=tuple(str(d) for d in specs),
                       n_read=n_read if cut is not None else None,
-                      selection=None if cut is None else cut.text)
+                      selection=None if cut is None else cut.text, weights=weights,
+                      weight_name=weight)
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What the caller asked for: the features (None: every column) and the weight column."""
+
+    features: Sequence[str] | None
+    weight: str | None
+    weight_required: bool
+
+    def resolve(self, names: list[str], derived: Mapping[str, Expression], source: str
+                ) -> tuple[list[str], str | None]:
+        """The features and the weight column (None when absent and not required) among the
+        file's ``names`` and the aliases.
+
+        Raises:
+            InputError: a missing feature or required weight column (with a did-you-mean),
+                a weight column that is also a feature, or nothing to read.
+        """
+        available = list(names) + [n for n in derived if n not in names]
+        weight = self.weight
+        if weight is not None and weight not in available:
+            if self.weight_required:
+                raise InputError(missing_feature_message(weight, available, source)
+                                 .replace("feature", "weight column", 1))
+            weight = None
+        if weight is not None and self.features is not None and weight in self.features:
+            raise InputError(f"{source}: {weight!r} is both a feature and the weight column")
+        candidates = [n for n in available if n != weight]
+        asked = self.features if self.features is not None else [n for n in names
+                                                                  if n != weight]
+        chosen = [candidates[i] for i in select_columns(candidates, asked, source)]
+        if not chosen:
+            raise InputError(f"{source}: no columns to read")
+        return chosen, weight
 
 
 def expand_specs(spec: str | Path | Sequence[str | Path], *, tree: str | None = None
@@ -159,27 +208,26 @@ def _closure(chosen: Sequence[str], cut: Expression | None,
     return need
 
 
-def _chosen(features: Sequence[str] | None, names: list[str],
-            derived: Mapping[str, Expression], source: str) -> list[str]:
-    available = list(names) + [n for n in derived if n not in names]
-    return [available[i] for i in select_columns(available, features or names, source)]
+_Read = tuple[list[str], str | None, list[NDArray[Any]], int]
+"""The features, the weight column (or None), their columns after the cut (the weight's
+last) and the number of events read before it."""
 
 
-def _read_tables(specs: list[DataSpec], features: Sequence[str] | None,
-                 cut: Expression | None, derived: Mapping[str, Expression], source: str
-                 ) -> tuple[list[str], list[NDArray[Any]], int]:
+def _read_tables(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
+                 derived: Mapping[str, Expression], source: str) -> _Read:
     """Every non-ROOT format: each file's columns, concatenated, then aliases and the cut."""
     reader = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv,
               ".parquet": _read_parquet, ".h5": _read_h5}[specs[0].fmt]
     parts: list[dict[str, NDArray[Any]]] = []
     chosen: list[str] = []
+    weight: str | None = None
     needed: list[str] = []
     for i, ds in enumerate(specs):
         names, load = reader(ds)
         if i == 0:
-            chosen = _chosen(features, names, derived, source)
-            wanted = _closure(chosen, cut, derived)
-            needed = [n for n in names if n in wanted and n not in derived]
+            chosen, weight = wanted.resolve(names, derived, source)
+            closure = _closure(_outputs(chosen, weight), cut, derived)
+            needed = [n for n in names if n in closure and n not in derived]
             for expr in [*derived.values(), *([cut] if cut is not None else [])]:
                 expr.require_names([*names, *derived])
             # At least one column, to count the events when only constant aliases are wanted.
@@ -197,7 +245,11 @@ def _read_tables(specs: list[DataSpec], features: Sequence[str] | None,
             raise InputError(f"{ds}: columns have different lengths {sorted(lengths)}")
         parts.append({n: _column(c, n, str(ds)) for n, c in zip(needed, cols, strict=True)})
     columns = {n: np.concatenate([p[n] for p in parts]) for n in needed}
-    return chosen, *_derive(chosen, columns, cut, derived)
+    return chosen, weight, *_derive(_outputs(chosen, weight), columns, cut, derived)
+
+
+def _outputs(chosen: list[str], weight: str | None) -> list[str]:
+    return chosen if weight is None else [*chosen, weight]
 
 
 def _derive(chosen: list[str], columns: dict[str, NDArray[Any]], cut: Expression | None,
@@ -382,9 +434,8 @@ def _root_tree(uproot: Any, ds: DataSpec) -> _RootTree:
                          int(obj.num_entries), [str(k) for k in obj.keys()])
 
 
-def _read_root(specs: list[DataSpec], features: Sequence[str] | None, cut: Expression | None,
-               derived: Mapping[str, Expression], source: str
-               ) -> tuple[list[str], list[NDArray[Any]], int]:
+def _read_root(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
+               derived: Mapping[str, Expression], source: str) -> _Read:
     """ROOT trees, concatenated by ``uproot.concatenate`` with the cut and aliases applied there.
 
     RNTuples are read branch by branch and cut here: uproot (5.7) silently ignores ``cut=``
@@ -393,21 +444,22 @@ def _read_root(specs: list[DataSpec], features: Sequence[str] | None, cut: Expre
     uproot = require("uproot", "root", purpose="reading .root files")
     trees = [_root_tree(uproot, ds) for ds in specs]
     branches = trees[0].branches
-    chosen = _chosen(features, branches, derived, source)
+    chosen, weight = wanted.resolve(branches, derived, source)
+    outputs = _outputs(chosen, weight)
     for expr in [*derived.values(), *([cut] if cut is not None else [])]:
         expr.require_names([*branches, *derived])
     shadowing = sorted(set(derived) & set(branches))
     if shadowing:
         raise InputError(f"alias {shadowing[0]!r} has the name of a branch; rename the alias")
-    wanted = _closure(chosen, cut, derived)
-    needed = [n for n in branches if n in wanted] or branches[:1]
+    closure = _closure(outputs, cut, derived)
+    needed = [n for n in branches if n in closure] or branches[:1]
     for tree in trees:
         missing = [n for n in needed if n not in tree.branches]
         if missing:
             raise InputError(missing_feature_message(missing[0], tree.branches, str(tree.spec)))
     n_read = sum(t.n_entries for t in trees)
     if n_read == 0:
-        return chosen, [np.zeros(0) for _ in chosen], 0
+        return chosen, weight, [np.zeros(0) for _ in outputs], 0
     if any(t.classname != "TTree" for t in trees):
         columns: dict[str, list[NDArray[Any]]] = {n: [] for n in needed}
         for tree in trees:
@@ -415,17 +467,17 @@ def _read_root(specs: list[DataSpec], features: Sequence[str] | None, cut: Expre
                 arrays = f[tree.spec.key].arrays(needed, library="np")
             for n in needed:
                 columns[n].append(_column(arrays[n], n, str(tree.spec)))
-        return chosen, *_derive(chosen, {n: np.concatenate(c) for n, c in columns.items()},
-                                cut, derived)
+        return chosen, weight, *_derive(outputs, {n: np.concatenate(c)
+                                                  for n, c in columns.items()}, cut, derived)
     try:
         with np.errstate(all="ignore"):  # inf and NaN are values, as in genval's evaluator
             arrays = uproot.concatenate(
-                [{str(t.spec.path): t.spec.key} for t in trees], chosen,
+                [{str(t.spec.path): t.spec.key} for t in trees], outputs,
                 cut=None if cut is None else cut.uproot(),
                 aliases={n: e.uproot() for n, e in derived.items()} or None, library="np")
     except (uproot.KeyInFileError, ValueError, TypeError) as exc:
         raise InputError(f"{source}: uproot could not read the branches, aliases or cut: "
                          f"{exc}") from None
     if not isinstance(arrays, dict):  # uproot returns [] when no event is left
-        arrays = {n: np.zeros(0) for n in chosen}
-    return chosen, [np.asarray(arrays[n]) for n in chosen], n_read
+        arrays = {n: np.zeros(0) for n in outputs}
+    return chosen, weight, [np.asarray(arrays[n]) for n in outputs], n_read

@@ -1,20 +1,16 @@
-"""Defaults that fit the data: ``splits.centres`` and ``gof.n_kernels`` left at ``auto``.
+"""Defaults that fit the data: ``splits.centres: auto``.
 
-The paper draws K = 100 kernel centres from 1 % of 10^5 events (Sec. 3). At 3,000 events 1 %
-is 30 events, fewer than 100 kernels, so the paper's numbers cannot be the defaults of every
-data set. Left at ``auto``:
+The paper draws its kernel centres from 1 % of 10^5 events (Sec. 3). On a small data set 1 %
+holds too few events for the kernels (``gof.n_kernels``) or for ``splits.min_events``: 1 % of
+3,000 events is 30, fewer than the paper's K = 100; 1 % of 1,500 is 15, fewer than the 20 any
+split must hold. Left at ``auto``, ``splits.centres`` is 1 % of the events, raised when that
+is too few to hold ``max(gof.n_kernels, splits.min_events)`` events; a share the other splits
+do not leave free is taken from ``splits.train``, the largest split (0.6 -> 0.5766 for
+K = 100 at 3,000 events).
 
-* ``splits.centres`` is 1 % of the events, raised for small data sets so that the split holds
-  the kernels it must provide (100, or an explicit ``gof.n_kernels``), at most 5 % when K is
-  ``auto`` too. A share the other splits do not leave free is taken from ``splits.train``,
-  the largest split (0.6 -> 0.567 at 3,000 events).
-* ``gof.n_kernels`` is 100, or the size of the centres split when that is smaller (each
-  kernel sits on its own held-out event).
-
-Both resolutions depend only on the configuration and the number of events, so every stage
-recomputes the same values; the split stage records them in the run's metadata
-(``adapted``) and prints them. Explicit values are used as given; when they cannot work the
-error names the key and a value that does.
+The resolution depends only on the configuration and the number of events; the split stage
+prints it and records it in the run's metadata (``adapted``). Explicit values are used as
+given; when they cannot work the error names the key and a value that does.
 """
 
 from __future__ import annotations
@@ -27,22 +23,11 @@ from genval.config import AUTO, SPLIT_NAMES, Config, SplitSpec
 from genval.errors import InputError
 from genval.splits import share_at_least
 
-__all__ = ["PAPER_KERNELS", "PAPER_CENTRES_SHARE", "MAX_AUTO_CENTRES_SHARE", "SplitPlan",
-           "plan_splits", "resolve_n_kernels", "kernels_needed"]
+__all__ = ["PAPER_CENTRES_SHARE", "SplitPlan", "plan_splits"]
 
-PAPER_KERNELS = 100
-"""K of the paper (Sec. 3): the value of ``gof.n_kernels: auto`` when the centres allow it."""
 PAPER_CENTRES_SHARE = 0.01
 """The paper's share of the kernel-centre split (1 % of 10^5 events)."""
-MAX_AUTO_CENTRES_SHARE = 0.05
-"""The largest share ``splits.centres: auto`` takes when K is ``auto`` too (K shrinks below)."""
 _TOL = 1e-9
-
-
-def kernels_needed(config: Config) -> int:
-    """The events the centres split must hold: K if explicit, else 100 (auto shrinks K)."""
-    k = config.gof.n_kernels
-    return PAPER_KERNELS if k == AUTO else int(k)
 
 
 @dataclass(frozen=True)
@@ -52,8 +37,9 @@ class SplitPlan:
     Attributes:
         specs: split name -> fraction, range or None, as :func:`genval.splits.make_splits`
             takes them.
-        choices: dotted key -> ``{"value", "configured", "why"}`` for each key resolved or
-            changed here (``splits.centres``, ``splits.train``).
+        choices: dotted key -> ``{"value", "configured", "why"}`` (and ``"events"`` for the
+            centres) for each key resolved or changed here (``splits.centres``,
+            ``splits.train``).
     """
 
     specs: dict[str, SplitSpec | None]
@@ -71,14 +57,13 @@ def plan_splits(config: Config, n_events: int) -> SplitPlan:
     specs: dict[str, SplitSpec | None] = {n: getattr(sp, n) for n in SPLIT_NAMES}
     if sp.centres != AUTO:
         return SplitPlan(specs)
-    need = max(kernels_needed(config), sp.min_events)
-    share = max(PAPER_CENTRES_SHARE, need / n_events)
-    why = f"holds {need} events for the kernels" if share > PAPER_CENTRES_SHARE else (
-        "the paper's 1 %")
-    if config.gof.n_kernels == AUTO and share > MAX_AUTO_CENTRES_SHARE:
-        share, why = MAX_AUTO_CENTRES_SHARE, "the most auto takes; gof.n_kernels: auto shrinks"
-    share = share_at_least(math.floor(share * n_events + _TOL), n_events) if (
-        share > PAPER_CENTRES_SHARE) else share
+    need = max(config.gof.n_kernels, sp.min_events)
+    if math.floor(PAPER_CENTRES_SHARE * n_events + _TOL) >= need:
+        share, why = PAPER_CENTRES_SHARE, "the paper's 1 %"
+    else:
+        share = share_at_least(need, n_events)
+        why = (f"holds the {need} events of gof.n_kernels" if need == config.gof.n_kernels
+               else f"holds the {need} events of splits.min_events")
     choices: dict[str, dict[str, Any]] = {"splits.centres": {
         "value": share, "configured": AUTO, "events": math.floor(share * n_events + _TOL),
         "why": why}}
@@ -97,22 +82,3 @@ def plan_splits(config: Config, n_events: int) -> SplitPlan:
         specs["train"] = new_train
     specs["centres"] = share
     return SplitPlan(specs, choices)
-
-
-def resolve_n_kernels(config: Config, n_centres: int) -> tuple[int, dict[str, Any] | None]:
-    """K for a centres split of ``n_centres`` events, and the choice made (None if explicit).
-
-    Raises:
-        InputError: if an explicit ``gof.n_kernels`` exceeds the centres split (naming the
-            values that work).
-    """
-    k = config.gof.n_kernels
-    if k != AUTO:
-        if int(k) > n_centres:
-            raise InputError(f"gof.n_kernels = {k} but the centres split holds {n_centres} "
-                             f"events; set gof.n_kernels to at most {n_centres} (or auto)")
-        return int(k), None
-    value = min(PAPER_KERNELS, n_centres)
-    why = "the paper's K" if value == PAPER_KERNELS else (
-        f"one kernel per event of the centres split ({n_centres} < {PAPER_KERNELS})")
-    return value, {"value": value, "configured": AUTO, "why": why}

@@ -12,17 +12,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from genval._validation import check_feature_spread
 from genval.config import Config
 from genval.errors import InputError
 from genval.io import DataSpec, EventTable, expand_specs, parse_spec, read_events
-from genval.pipeline.adapt import plan_splits, resolve_n_kernels
+from genval.pipeline.adapt import plan_splits
 from genval.pipeline.artifacts import save_events, save_splits, save_test_events
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
 from genval.rundir import RunDir
 from genval.splits import Splits, hash_events, make_splits
+from genval.transforms import FeatureTransform
 
 __all__ = ["stage_split"]
 
@@ -47,28 +49,25 @@ def _read(config: Config, which: str, features: list[str] | None, **checks: Any)
 
 
 def _cut(config: Config, n_events: int) -> tuple[Splits, dict[str, Any]]:
-    """The disjoint splits, each at least as large as what uses it needs, and the choices of
-    the ``auto`` keys (:mod:`genval.pipeline.adapt`)."""
+    """The disjoint splits, each at least as large as what uses it needs, and the values
+    chosen for the ``auto`` keys (:mod:`genval.pipeline.adapt`).
+
+    Raises:
+        InputError: a split smaller than it must be, naming the key and a value that works.
+    """
     sp = config.splits
     plan = plan_splits(config, n_events)
-    n_members = config.members.n_members
-    minima: dict[str, tuple[int, str]] = {}
-    if config.gof.n_kernels != "auto":
-        k = int(config.gof.n_kernels)
-        have = _size(plan.specs["centres"], n_events)
-        minima["centres"] = (k, f"gof.n_kernels = {k}; or set gof.n_kernels to at most "
-                                f"{have} or to auto")
+    k, n_members = config.gof.n_kernels, config.members.n_members
+    have_centres = _size(plan.specs["centres"], n_events)
     have_fit = _size(plan.specs["weight_fit"], n_events)
-    minima["weight_fit"] = (max(n_members + 1, sp.min_events),
-                            f"more events than members.n_members = {n_members}; or set "
-                            f"members.n_members to at most {max(have_fit - 1, 1)}")
+    minima = {"centres": (k, f"gof.n_kernels = {k}; or set gof.n_kernels to at most "
+                             f"{max(have_centres, 1)}"),
+              "weight_fit": (max(n_members + 1, sp.min_events),
+                             f"more events than members.n_members = {n_members}; or set "
+                             f"members.n_members to at most {max(have_fit - 1, 1)}")}
     splits = make_splits(n_events, plan.specs, seed=stage_seed(config, "split"),
                          shuffle=sp.shuffle, min_events=sp.min_events, min_sizes=minima)
-    choices = dict(plan.choices)
-    _, kernels = resolve_n_kernels(config, splits.sizes()["centres"])
-    if kernels is not None:
-        choices["gof.n_kernels"] = kernels
-    return splits, choices
+    return splits, plan.choices
 
 
 def _size(spec: Any, n_events: int) -> int:
@@ -79,6 +78,16 @@ def _size(spec: Any, n_events: int) -> int:
         return int(np.floor(float(spec) * n_events + 1e-9))
     lo, hi = (float(v) for v in spec)
     return int(np.floor(min(hi, 1.0) * n_events + 1e-9)) - int(np.floor(lo * n_events + 1e-9))
+
+
+def _check_spread(transform: FeatureTransform, x: NDArray[np.float64], names: list[str],
+                  source: str) -> None:
+    """Every feature the members standardise (after ``data.transforms``) has a finite scale."""
+    if transform.is_identity:
+        check_feature_spread(x, names, source=source)
+    else:
+        check_feature_spread(transform.forward(x), names,
+                             source=f"{source} (after data.transforms)")
 
 
 def _file_record(table: EventTable) -> dict[str, Any]:
@@ -110,28 +119,81 @@ def _check_no_shared_file(train_files: Sequence[str], test_specs: Sequence[DataS
                          "data.test_path: the test split would overlap the training splits")
 
 
+def _weight_summary(weights: NDArray[np.float64]) -> dict[str, Any]:
+    """Total, effective size ``(Σs)²/Σs²`` and negative share of a set of event weights."""
+    total = float(weights.sum())
+    square = float(weights @ weights)
+    return {"n_events": int(weights.size), "sum": total,
+            "n_effective": total**2 / square if square > 0 else 0.0,
+            "n_negative": int((weights < 0).sum()),
+            "negative_sum": float(weights[weights < 0].sum())}
+
+
+def _check_weights(weights: NDArray[np.float64], splits: Splits, source: str
+                   ) -> dict[str, Any]:
+    """Refuse a zero or negative total weight, overall or in a split that uses the weights.
+
+    The kernel centres only place kernels: their weights are not used, so not checked.
+
+    Raises:
+        InputError: naming the split whose weights sum to <= 0.
+    """
+    if not weights.sum() > 0:
+        raise InputError(f"the event weights of {source} sum to {weights.sum():.6g}: the total "
+                         "weight must be positive")
+    summary = {"all": _weight_summary(weights)}
+    for name in splits.indices:
+        part = splits.take(weights[:, None], name)[:, 0]
+        summary[name] = _weight_summary(part)
+        if name != "centres" and not part.sum() > 0:
+            raise InputError(f"the event weights of split {name!r} sum to {part.sum():.6g} "
+                             f"over its {part.size} events: a weighted {name} split needs a "
+                             "positive total weight (give it a larger share, or use fewer "
+                             "negative weights)")
+    return summary
+
+
 def stage_split(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
-    """Read (or generate) the events, cut the disjoint splits and record both in the run."""
+    """Read (or generate) the events, cut the disjoint splits and record both in the run.
+
+    With ``data.weight`` the weight column is read with the features and saved beside the
+    events (:func:`genval.pipeline.artifacts.split_weights` gives each split's); each split's
+    total weight must be positive.
+    """
     cfg = run.config()
-    table = _generate(cfg) if cfg.data.path is None else _read(cfg, "path", cfg.data.features)
+    table = _generate(cfg) if cfg.data.path is None else _read(
+        cfg, "path", cfg.data.features, weight=cfg.data.weight)
     _say_selection(log, table, "input")
-    check_feature_spread(table.x, table.names, source=table.source)
+    # A feature outside its transform's domain (pT <= 0 under log) fails here, before any
+    # training, naming the feature; the test events are checked below.
+    transform = FeatureTransform.from_spec(cfg.data.transforms, table.names)
+    transform.check(table.x)
+    _check_spread(transform, table.x, table.names, table.source)
     if cfg.data.test_path is not None:  # before any work: the files themselves must differ
         _check_no_shared_file(table.files, expand_specs(cfg.data.files("test_path"),
                                                         tree=cfg.data.tree))
     splits, choices = _cut(cfg, table.n_events)
-    check_feature_spread(splits.take(table.x, "train"), table.names,
-                         source=f"the train split of {table.source}")
-    save_events(run, table)
+    _check_spread(transform, splits.take(table.x, "train"), table.names,
+                  f"the train split of {table.source}")
     info: dict[str, Any] = {**_file_record(table), "features": table.names,
                             "splits": splits.summary()}
+    if table.weights is not None:
+        info["weights"] = {"column": table.weight_name,
+                           "hash": hash_events(table.weights[:, None]),
+                           **_check_weights(table.weights, splits, table.source)}
+    save_events(run, table)
     if cfg.data.test_path is not None:
+        # The test file may be unweighted data: its weight column is read when it has one.
         test = _read(cfg, "test_path", table.names, n_features=table.n_features,
-                     min_events=cfg.splits.min_events)
+                     min_events=cfg.splits.min_events, weight=cfg.data.weight,
+                     weight_required=False)
         _say_selection(log, test, "test")
-        check_feature_spread(test.x, test.names, source=test.source)
+        transform.check(test.x, name="test events")
+        _check_spread(transform, test.x, test.names, test.source)
         save_test_events(run, test)
         info["test"] = _file_record(test)
+        if test.weights is not None:
+            info["test"]["weights"] = _weight_summary(test.weights)
     save_splits(run, splits)
     if choices:
         log("[split] " + "; ".join(
