@@ -262,7 +262,7 @@ def test_a_failed_variant_is_recorded_and_every_later_stage_goes_on(tmp_path, mo
     assert info["ensemble"]["error"].startswith("observed statistic: t_obs = -inf")
     assert any("'ensemble' failed: observed statistic" in w for w in info["warnings"])
     report = (run.root / "report.html").read_text()
-    assert "FAILED: observed statistic: t_obs = -inf" in report
+    assert "failed: observed statistic: t_obs = -inf" in report
     assert "kernel centre 35" in report
 
 
