@@ -268,8 +268,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     return Run(path)
 
 
-_TEST_EVENTS_PENDING = "(the test_events given to genval.run)"
-"""``data.test_path`` while a mapping config is validated: ``run_pipeline`` sets the real one."""
+_TEST_EVENTS_PENDING = "(the test_events given to genval.run).npz"
+"""``data.test_path`` while a mapping config is validated: ``run_pipeline`` sets the real one.
+It names a format, as every ``data.test_path`` must."""
 
 
 def _as_config(config: Config | Mapping[str, Any] | str | os.PathLike[str] | None, *,

@@ -211,7 +211,10 @@ def _event_array(given: Any, features: Sequence[str] | None, fallback: Sequence[
 
 def _source_names(config: Config) -> list[str]:
     """The feature names of the events ``config`` reads (the file is read once for them)."""
-    if config.data.path is not None:
-        return read_events(config.data.path, config.data.features).names
+    data = config.data
+    if data.path is not None:
+        return read_events(data.files(), data.features, weight=data.weight,
+                           selection=data.selection, aliases=data.aliases,
+                           tree=data.tree).names
     return list(config.data.features or
                 [f"x{i}" for i in range(len(config.data.generate.mean))])
