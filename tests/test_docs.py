@@ -88,6 +88,18 @@ def test_mkdocs_build_is_strict_clean(tmp_path):
     assert "images/report.png" in (site / "pipeline" / "index.html").read_text()
     for path in NOTEBOOKS:
         assert (site / "notebooks" / path.stem / "index.html").is_file(), path.name
+    # Where a browser is installed: the pages load offline (no font service, no CDN) cleanly.
+    sys.path.insert(0, str(Path(__file__).parent))
+    from browser_support import Chromium, find_chromium, load_page
+
+    executable = find_chromium()
+    if executable is not None:
+        with Chromium(executable) as browser:
+            for page in ("index.html", "api/wifi/index.html",
+                         f"notebooks/{NOTEBOOKS[0].stem}/index.html"):
+                report = load_page(browser, site / page, settle=0.1)
+                assert report.problems == [], page
+                assert all(im["width"] > 0 for im in report.images), page
 
 
 @pytest.mark.slow
