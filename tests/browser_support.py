@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
         return 1
     with Chromium(executable) as browser:
         report = load_page(browser, Path(argv[0]), screenshot=Path(argv[1]), full_page=False,
-                           height=1400)
+                           height=1180)  # the title, the notes and the GoF table
     for problem in report.problems:
         print(problem, file=sys.stderr)
     print(f"{argv[1]}: {len(report.images)} images, page {report.height} px high")
