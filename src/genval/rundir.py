@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from genval._atomic import atomic_write_json, atomic_write_text
+from genval._logging import to_logger
 from genval._paths import resolve_inside
 from genval._version import __version__
 from genval.config import Config, config_hash, dump_config, load_config
@@ -329,12 +330,12 @@ class RunDir:
             stage: one of :data:`STAGES`.
             fn: does the work and writes the artifacts; may return a JSON-able info dict.
             force: re-run even if finished.
-            log: receives one-line progress messages (e.g. ``click.echo`` to stderr).
+            log: receives one-line progress messages; None: the ``genval`` logger.
 
         Raises:
             RunDirError: if a stage it depends on has not finished.
         """
-        say = log or (lambda _msg: None)
+        say = log or to_logger
         if not force and self.is_done(stage):
             record = self._marker_record(stage) or {}
             say(f"[{stage}] already done ({record.get('finished')}); skipping (use --force)")
