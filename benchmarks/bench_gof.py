@@ -141,9 +141,9 @@ def hessian_guard(members, fit, basis, n_test: int, n_toys: int, seed: int,
     inner = solver["_hessian"]
     calls: dict[tuple[int, int], list[float]] = {}
 
-    def timed(a, r, q, dtype, stride=1, a_cast=None):
+    def timed(a, r, q, dtype, stride=1, *args, **kwargs):
         start = time.perf_counter()
-        h = inner(a, r, q, dtype, stride, a_cast)
+        h = inner(a, r, q, dtype, stride, *args, **kwargs)
         if stride == 1 and np.dtype(dtype) == np.float32:
             calls.setdefault(a.shape, []).append(time.perf_counter() - start)
         return h

@@ -22,7 +22,7 @@ EXPORTS = {
     "wifi": ["WeightFit", "fit_weights", "prepare_density_matrix"],
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
             "GoFResult", "GoFFailure", "MAX_FAILED_FRACTION", "LRStatistic", "ZSummary",
-            "fit_scaled_chi2", "clopper_pearson",
+            "fit_scaled_chi2", "clopper_pearson", "kernel_effective_events", "MIN_KERNEL_EVENTS",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
             "VARIANT_LABELS", "require_unweighted", "kernel_basis_text", "observed_statistic"],
     "flows": ["FlowEnsemble", "TrainSettings", "TrainingHistory", "train", "save", "load",

@@ -14,6 +14,7 @@ __all__ = [
     "FitError",
     "ArtifactError",
     "GenvalWarning",
+    "WeakKernelWarning",
     "ConvergenceWarning",
     "IllConditionedWarning",
     "NegativeDensityWarning",
@@ -50,6 +51,11 @@ class ConvergenceWarning(GenvalWarning):
 
 class IllConditionedWarning(GenvalWarning):
     """A matrix is close to singular (near-duplicate ensemble members, degenerate kernels)."""
+
+
+class WeakKernelWarning(GenvalWarning):
+    """The goodness-of-fit kernels are each decided by a few test events (Eq. 5's amplitudes
+    rest on importance ratios dominated by single events; docs/choosing-kernels.md)."""
 
 
 class NegativeDensityWarning(GenvalWarning):

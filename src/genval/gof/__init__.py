@@ -14,7 +14,12 @@ References:
 from __future__ import annotations
 
 from genval.gof.constraint import Constraint
-from genval.gof.kernels import KernelBasis, kernel_basis_text
+from genval.gof.kernels import (
+    MIN_KERNEL_EVENTS,
+    KernelBasis,
+    kernel_basis_text,
+    kernel_effective_events,
+)
 from genval.gof.result import (
     MAX_FAILED_FRACTION,
     ChiSquareFit,
@@ -53,6 +58,8 @@ from genval.row_scaling import ScaledRows, scale_rows
 __all__ = [
     "KernelBasis",
     "kernel_basis_text",
+    "kernel_effective_events",
+    "MIN_KERNEL_EVENTS",
     "test_statistic",
     "goodness_of_fit",
     "observed_statistic",

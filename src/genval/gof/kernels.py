@@ -27,7 +27,7 @@ from genval.transforms import FeatureTransform
 
 Units = Literal["raw", "standardised", "scaled"]
 
-__all__ = ["KernelBasis", "kernel_basis_text"]
+__all__ = ["KernelBasis", "kernel_basis_text", "kernel_effective_events", "MIN_KERNEL_EVENTS"]
 
 
 class KernelBasis:
@@ -170,3 +170,46 @@ def kernel_basis_text(description: Mapping[str, Any]) -> str:
         str(units), f"{units} units")
     coordinates = description.get("coordinates")
     return text + (f" of {', '.join(map(str, coordinates))}" if coordinates else "")
+
+
+#: Below this median effective number of test events per kernel the amplitudes of Eq. (5) are
+#: decided by a handful of events (:func:`kernel_effective_events`) and the GoF stage warns.
+MIN_KERNEL_EVENTS = 30.0
+
+
+def kernel_effective_events(f: ArrayLike, g: ArrayLike, weights: ArrayLike) -> NDArray[np.float64]:
+    """Kish effective number of test events behind each kernel amplitude of Eq. (5).
+
+    The alternative adds ``Σ_k a_k G_k(x)`` to ``f(x; ŵ)``; near ``a = 0`` the score of
+    ``a_k`` is ``Σ_n G_k(x_n) / f(x_n; ŵ) − N``, a sum of importance ratios
+    ``r_nk = G_k(x_n) / f(x_n; ŵ)``. Their Kish effective sample size
+    ``(Σ_n r_nk)² / Σ_n r_nk²`` says how many events carry that information: N when the kernel
+    follows the model, about 1 when a single event where the model is far below the kernel
+    (a tail, an edge the kernel's Gaussian tails reach beyond) dominates it. A test whose kernels
+    are each decided by a few events has a heavy-tailed null (the toys calibrate it, so p stays
+    valid) and little power for smooth deviations (docs/choosing-kernels.md).
+
+    Args:
+        f: (N, M) member densities at the test events (any common per-row scale, e.g. the
+            row-scaled ``F`` of :func:`genval.row_scaling.scale_rows`).
+        g: (N, K) kernel densities at the same events, with the same per-row scale.
+        weights: (M,) the mixture weights ŵ.
+
+    Returns:
+        (K,) effective number of events per kernel; events where ``f(x; ŵ) ≤ 0`` are left out.
+    """
+    fa = np.asarray(f, dtype=np.float64)
+    ga = np.asarray(g, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if fa.ndim != 2 or ga.ndim != 2 or fa.shape[0] != ga.shape[0] or fa.shape[1] != w.size:
+        raise InputError(f"need F (N, M), G (N, K) and M weights, got {fa.shape}, {ga.shape} "
+                         f"and {w.shape}")
+    mixture = fa @ w
+    keep = mixture > 0
+    ratio = ga[keep] / mixture[keep, None]
+    # Scale each column by its largest ratio first: the sums stay finite whatever the range.
+    top = ratio.max(axis=0, initial=0.0)
+    ratio = ratio / np.where(top > 0, top, 1.0)
+    total, squares = ratio.sum(axis=0), (ratio * ratio).sum(axis=0)
+    return np.divide(total * total, squares, out=np.zeros_like(total), where=squares > 0)
+
