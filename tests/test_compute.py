@@ -98,6 +98,8 @@ def test_slurm_job_script_offline():
     assert "--resources GPU=1" in worker and "--nanny" in worker
     cpu_only = slurm_job_script(SlurmSettings(cores=2))
     assert "gres" not in cpu_only and "GPU" not in cpu_only
+    # the workers' malloc setting (genval.compute.WORKER_ENVIRONMENT) comes before the site's
+    assert script.index("export MALLOC_MMAP_THRESHOLD_=33554432") < script.index("module load")
 
 
 def test_slurm_cluster_job_script_matches_offline():

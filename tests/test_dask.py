@@ -25,7 +25,7 @@ pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402
 
 from genval import pipeline  # noqa: E402
-from genval.compute import ComputeSettings, Executor, open_executor  # noqa: E402
+from genval.compute import WORKER_ENVIRONMENT, ComputeSettings, Executor, open_executor  # noqa: E402
 from genval.config import parse_config  # noqa: E402
 from genval.coverage import run_coverage  # noqa: E402
 from genval.errors import InputError  # noqa: E402
@@ -84,6 +84,9 @@ def test_cluster_is_local_and_without_dashboard(cluster):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10)
     assert cluster.n_workers == 2 and cluster.n_threads == 2 and cluster.n_gpus() == 0
     assert set(cluster.client.run(lambda: os.environ["OMP_NUM_THREADS"]).values()) == {"1"}
+    # big temporaries stay on the heap despite the nanny's malloc trim setting (compute.py)
+    assert set(cluster.client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_")).values()
+               ) == {WORKER_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"]}
 
 
 def test_toys_equal_serial_fork_and_dask(cluster, test_problem):
