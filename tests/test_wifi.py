@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
+from genval.identification import PRIOR_STD
 from genval.linalg import sum_to_one_basis
 from genval.members import GaussianMembers, log_density_matrix
 from genval.sampling import sample_mixture
@@ -235,7 +236,11 @@ def _previous_fit_weights(S, tol=1e-14, max_iter=100, w0=None):
 @pytest.mark.parametrize("seed,m,duplicate", [(0, 3, False), (1, 6, False), (2, 10, False),
                                               (3, 4, True), (4, 8, False)])
 def test_matches_the_previous_newton_loop(seed, m, duplicate):
-    """fit_weights now calls genval.newton.minimize_convex: same ŵ and Cov(ŵ) as before."""
+    """fit_weights now calls genval.newton.minimize_convex: same ŵ and Cov(ŵ) as before.
+
+    Except along an exactly duplicated member (issue 10): the old loop gave that direction zero
+    variance; now it has the prior's (sd ``PRIOR_STD``) and the same weights (held at the
+    equal-weight mixture, where the old loop's uniform start also left it)."""
     rng = np.random.default_rng(seed)
     _, _, log_f = instance(rng, m=m, n=3000)
     if duplicate:
@@ -248,4 +253,10 @@ def test_matches_the_previous_newton_loop(seed, m, duplicate):
     w_ref, cov_ref, converged_ref = _previous_fit_weights(S, w0=w0)
     assert fit.converged and converged_ref
     np.testing.assert_allclose(fit.weights, w_ref, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(fit.cov, cov_ref, rtol=0, atol=1e-8 * np.abs(cov_ref).max())
+    expected = cov_ref
+    if duplicate:
+        assert fit.n_unidentified == 1 and fit.ridge == 0.0
+        twin = np.zeros(m + 1)
+        twin[[0, m]] = [1 / np.sqrt(2), -1 / np.sqrt(2)]
+        expected = cov_ref + PRIOR_STD ** 2 * np.outer(twin, twin)
+    np.testing.assert_allclose(fit.cov, expected, rtol=0, atol=1e-8 * np.abs(cov_ref).max())

@@ -84,6 +84,9 @@ class CoverageResult:
             f(x; ŵ) per data set, importance ratios), ``"exact"`` (given), or
             ``"member samples"`` (each member sampled on its own; studies saved before the
             common sample).
+        ridges: the weight fit's ridge τ per data set (R,) (0: plain fit; studies saved before
+            the ridge existed read as zeros), :mod:`genval.identification`.
+        prior_shares: share of σ² from the ridge's prior per data set and observable (R, P).
     """
 
     truth: NDArray[np.float64]
@@ -98,10 +101,17 @@ class CoverageResult:
     n_generated: int
     messages: tuple[str, ...] = field(default=())
     integrals: str = "common sample"
+    ridges: NDArray[np.float64] | None = None
+    prior_shares: NDArray[np.float64] | None = None
 
     @property
     def n_datasets(self) -> int:
         return int(self.estimates.shape[0])
+
+    @property
+    def n_regularised(self) -> int:
+        """Data sets whose weight fit needed a ridge (weakly identified directions)."""
+        return 0 if self.ridges is None else int((self.ridges > 0).sum())
 
     @property
     def z_values(self) -> NDArray[np.float64]:
@@ -148,9 +158,11 @@ class CoverageResult:
 
     def __repr__(self) -> str:
         bounds = self.intervals()
+        ridge = (f", {self.n_regularised} with a ridge on weakly identified weights"
+                 if self.n_regularised else "")
         lines = [f"CoverageResult({self.n_datasets} data sets of {self.n_events} events, "
                  f"{self.n_generated} generated per set ({self.integrals}), "
-                 f"{int((~self.converged).sum())} non-converged fits)"]
+                 f"{int((~self.converged).sum())} non-converged fits{ridge})"]
         for p, truth in enumerate(self.truth):
             cells = ", ".join(
                 f"{100 * lvl:.1f}%: {100 * self.fractions[p, i]:.1f}% "
@@ -180,11 +192,14 @@ class CoverageResult:
         """
         arrays = {name: np.asarray(data[name], dtype=np.float64) for name in
                   ("truth", "levels", "estimates", "stds", "stds_weights", "weights", "covs")}
+        optional = {name: np.asarray(data[name], dtype=np.float64)
+                    for name in ("ridges", "prior_shares") if data.get(name) is not None}
         return cls(**arrays, converged=np.asarray(data["converged"], dtype=np.bool_),
                    n_events=int(data["n_events"]), n_generated=int(data["n_generated"]),
                    messages=tuple(str(m) for m in data.get("messages", ())),
                    integrals=str(data.get("integrals", "member samples"
-                                          if int(data["n_generated"]) else "exact")))
+                                          if int(data["n_generated"]) else "exact")),
+                   **optional)
 
 
 def _one_dataset(members: Members, data: NDArray[np.float64],
@@ -239,6 +254,7 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
     if integrals is None:
         n_generated = max(2, int(round(float(oversampling) * n_events)))
     estimates, stds, stds_weights, weights, covs, converged = [], [], [], [], [], []
+    ridges, prior_shares = [], []
     messages: list[str] = []
     categories: dict[type[Warning], str] = {}
     for r in tqdm(range(n_datasets), desc="coverage", disable=not progress, leave=False):
@@ -259,13 +275,17 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
         weights.append(fit.weights)
         covs.append(fit.cov)
         converged.append(fit.converged)
+        ridges.append(fit.ridge)
+        prior_shares.append(estimate.prior_share if estimate.prior_share is not None
+                            else np.zeros_like(estimate.value))
     result = CoverageResult(truth=target, levels=np.asarray(levels, dtype=np.float64),
                             estimates=np.array(estimates), stds=np.array(stds),
                             stds_weights=np.array(stds_weights),
                             weights=np.array(weights), covs=np.array(covs),
                             converged=np.array(converged), n_events=int(n_events),
                             n_generated=n_generated, messages=tuple(messages),
-                            integrals="exact" if integrals is not None else "common sample")
+                            integrals="exact" if integrals is not None else "common sample",
+                            ridges=np.array(ridges), prior_shares=np.array(prior_shares))
     for category, first in categories.items():
         warnings.warn(f"coverage study: weight fits and samplers issued {len(messages)} "
                       f"warnings (all kept in result.messages); first {category.__name__}: "

@@ -18,6 +18,15 @@ coordinates ``z`` of the hyperplane ``Σ w = 1`` (``w = ŵ + B z``, B from
 ``U = V − 1 1ᵀ`` so ``U_r = V_r`` and ``C_r = V_r⁻¹ / N``; the general form is kept so that the
 covariance stays a sandwich if the fit stops short of the optimum.)
 
+**Weakly identified directions** (:mod:`genval.identification`). Where some event's leverage
+``h_n = a_nᵀ (N V_r)⁻¹ a_n`` exceeds ``MAX_LEVERAGE`` (a direction decided by a handful of
+events, where the maximum-likelihood ŵ is not Gaussian and the sandwich does not describe it), or
+some eigenvalue of ``V_r`` is below the input's precision, the fit adds the ridge
+``½ N τ ‖w − w̄‖²`` toward the equal-weight mixture, τ the smallest that meets both, and reports
+the posterior covariance ``(V_r + τ)⁻¹ (U_r + τ) (V_r + τ)⁻¹ / N`` (the prior's variance along
+directions the data do not fix, never zero). τ = 0 otherwise: well-identified fits are the plain
+maximum-likelihood fit with the sandwich above.
+
 References:
     Badaracco et al., Eqs. (1)-(3); Benevedes and Thaler, arXiv:2506.00113.
 """
@@ -26,22 +35,35 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
+from genval.identification import (
+    MAX_LEVERAGE,
+    PRIOR_SHARE_FLAG,
+    PRIOR_STD,
+    Identification,
+    identify,
+    input_precision,
+    precision_floor,
+    ridge_covariance,
+    solve_with_ridge,
+)
 from genval.linalg import sum_to_one_basis
 from genval.newton import NewtonOptions, Solution, minimize_convex
 from genval.row_scaling import prepare_density_matrix
 
-__all__ = ["WeightFit", "fit_weights", "prepare_density_matrix"]
+__all__ = ["DensityBand", "WeightFit", "fit_weights", "prepare_density_matrix"]
 
 #: Condition number of the reduced Hessian above which members are reported as near-duplicates.
 ILL_CONDITIONED = 1e8
-#: Hessian eigenvalues below this fraction of the largest are at the level of float64 rounding
-#: of the Hessian itself: those weight directions are not identifiable from the data.
-RCOND = 1e-12
+#: The eigenvalue cut of fits saved before the cut came from the input's precision.
+LEGACY_RCOND = 1e-12
+#: Rounds of "fit, then raise the ridge to what the leverage at ŵ asks" before giving up.
+_MAX_RIDGE_ROUNDS = 6
 
 
 @dataclass(frozen=True, repr=False)
@@ -60,9 +82,21 @@ class WeightFit:
         effective_rank: effective rank (exp of the spectral entropy) of the columns of F,
             rows scaled by ``1 / f̂`` (the Hessian's factor); M for independent members.
         n_events: N.
-        n_unidentified: weight directions dropped as singular to working precision
-            (near-duplicate members); :attr:`cov_reduced` is zero along them.
+        n_unidentified: weight directions not resolved at the input's precision (eigenvalue of
+            ``V_r`` below :attr:`precision_floor` times the largest; near-duplicate members):
+            set by the ridge's prior alone, with its variance (fits saved before the prior
+            existed held them at the start with zero variance).
         messages: every warning issued by the fit, kept with the result.
+        ridge: τ of the ridge ``½ N τ ‖w − w̄‖²`` toward the equal-weight mixture (0: the plain
+            maximum-likelihood fit of Eq. 1), :mod:`genval.identification`.
+        cov_prior_reduced: the prior's part of :attr:`cov_reduced`, ``τ (V_r + τ)⁻² / N``
+            (None when τ = 0).
+        n_regularised: directions where the prior carries more information than the data
+            (eigenvalue of ``V_r`` below τ).
+        leverage: largest leverage ``max_n h_n`` of a weight-fit event at ŵ, with the ridge:
+            the largest share of any estimate's variance that one event carries.
+        precision_floor: eigenvalue ratio below which ``V_r`` is not resolved by the input
+            (:func:`genval.identification.precision_floor`).
     """
 
     weights: NDArray[np.float64]
@@ -77,6 +111,11 @@ class WeightFit:
     n_events: int
     n_unidentified: int = 0
     messages: tuple[str, ...] = field(default=())
+    ridge: float = 0.0
+    cov_prior_reduced: NDArray[np.float64] | None = None
+    n_regularised: int = 0
+    leverage: float = float("nan")
+    precision_floor: float = LEGACY_RCOND
 
     @property
     def n_members(self) -> int:
@@ -98,6 +137,36 @@ class WeightFit:
         """Standard error of each weight, ``sqrt(diag Cov)``."""
         return np.sqrt(np.clip(np.diag(self.cov), 0.0, None))
 
+    @property
+    def cov_prior(self) -> NDArray[np.float64]:
+        """The ridge prior's part of :attr:`cov` (M, M): zero for a plain fit."""
+        if self.cov_prior_reduced is None:
+            return np.zeros_like(self.cov)
+        return self.basis @ self.cov_prior_reduced @ self.basis.T
+
+    @property
+    def prior_std(self) -> float:
+        """The prior's standard deviation per unit weight direction around the equal-weight
+        mixture: ``1/√(N τ)`` with a ridge, s₀ (``PRIOR_STD``) when only unresolved directions
+        have a prior, inf for a plain fit. Compare it with how far the truth may lie from equal
+        weights: the prior's share of the band is only honest if it covers that."""
+        if self.ridge > 0:
+            return float(1.0 / np.sqrt(self.n_events * self.ridge))
+        return PRIOR_STD if self.n_unidentified and self.cov_prior_reduced is not None \
+            else float("inf")
+
+    @cached_property
+    def _band_factors(self) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        """``B Q √Λ`` for :attr:`cov_reduced` (and its prior part): ``σ² = ‖F B Q √Λ‖²``."""
+        basis = self.basis
+
+        def factor(cov: NDArray[np.float64]) -> NDArray[np.float64]:
+            values, vectors = np.linalg.eigh(0.5 * (cov + cov.T))
+            return basis @ (vectors * np.sqrt(np.clip(values, 0.0, None)))
+
+        prior = None if self.cov_prior_reduced is None else factor(self.cov_prior_reduced)
+        return factor(self.cov_reduced), prior
+
     def _check_members(self, F: NDArray[np.float64]) -> NDArray[np.float64]:
         arr = np.asarray(F, dtype=np.float64)
         if arr.ndim == 1:
@@ -113,11 +182,30 @@ class WeightFit:
     def density_std(self, F: ArrayLike) -> NDArray[np.float64]:
         """Predictive standard deviation ``σ(x_n) = sqrt(F_nᵀ Cov F_n)`` (N,), paper Eq. (3).
 
-        Evaluated in the reduced coordinates, ``σ² = ‖(F B) L‖²`` with ``C_r = L Lᵀ``, so it is
-        non-negative by construction.
+        Evaluated through a factor of the reduced covariance, ``σ² = ‖F B L‖²`` with
+        ``C_r = L Lᵀ`` (from its eigendecomposition), so it is non-negative by construction and
+        stays accurate when C_r spans many orders of magnitude (a ridge's prior variance along
+        directions that barely change f).
         """
-        projected = self._check_members(np.asarray(F)) @ self.basis
-        return np.sqrt(np.einsum("ij,ij->i", projected @ self.cov_reduced, projected))
+        return self.density_band(F).std
+
+    def density_band(self, F: ArrayLike) -> DensityBand:
+        """σ(x) of Eq. (3) with the share of σ² that comes from the ridge's prior (N,).
+
+        The share is ``F_nᵀ C_prior F_n / σ²``: 0 without ridge; above
+        :data:`~genval.identification.PRIOR_SHARE_FLAG` the band at that point is mostly the
+        prior's (directions the data do not identify), and :attr:`DensityBand.flagged` is set.
+        """
+        arr = self._check_members(np.asarray(F))
+        total, prior = self._band_factors
+        variance = _squared_norms(arr @ total)
+        if prior is None:
+            share = np.zeros_like(variance)
+        else:
+            prior_variance = _squared_norms(arr @ prior)
+            share = np.clip(np.divide(prior_variance, variance, out=np.zeros_like(variance),
+                                      where=variance > 0), 0.0, 1.0)
+        return DensityBand(std=np.sqrt(variance), prior_share=share)
 
     def __repr__(self) -> str:
         status = "converged" if self.converged else "NOT converged"
@@ -131,6 +219,10 @@ class WeightFit:
             f"sum|w|={self.abs_weight_sum:.4g},",
             f"          largest: {top_txt})",
         ]
+        if self.ridge > 0:
+            lines.insert(2, f"          ridge τ={self.ridge:.3g} toward equal weights (prior sd "
+                            f"{self.prior_std:.3g}) on {self.n_regularised} direction(s), "
+                            f"leverage {self.leverage:.2f},")
         lines += [f"  warning: {m}" for m in self.messages]
         return "\n".join(lines)
 
@@ -157,8 +249,10 @@ class WeightFit:
         convert = {"weights": lambda v: np.asarray(v, dtype=np.float64),
                    "cov": lambda v: np.asarray(v, dtype=np.float64),
                    "cov_reduced": lambda v: np.asarray(v, dtype=np.float64),
+                   "cov_prior_reduced": lambda v: (None if v is None
+                                                   else np.asarray(v, dtype=np.float64)),
                    "converged": bool, "n_iter": int, "n_events": int, "n_unidentified": int,
-                   "messages": lambda v: tuple(str(m) for m in v)}
+                   "n_regularised": int, "messages": lambda v: tuple(str(m) for m in v)}
         values = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
@@ -168,13 +262,35 @@ class WeightFit:
         return cls(**values)
 
 
-def _truncated_inverse(matrix: NDArray[np.float64], rcond: float = RCOND
+@dataclass(frozen=True)
+class DensityBand:
+    """σ(x) of Eq. (3) at a set of points and the share of σ² that the ridge's prior carries.
+
+    Attributes:
+        std: σ(x_n) (N,).
+        prior_share: ``σ²_prior / σ²`` in [0, 1] (N,); 0 for a fit without ridge.
+    """
+
+    std: NDArray[np.float64]
+    prior_share: NDArray[np.float64]
+
+    @property
+    def flagged(self) -> NDArray[np.bool_]:
+        """Points whose band is mostly the prior's (share above
+        :data:`~genval.identification.PRIOR_SHARE_FLAG`)."""
+        return self.prior_share > PRIOR_SHARE_FLAG
+
+
+def _squared_norms(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.einsum("ij,ij->i", rows, rows)
+
+
+def _truncated_inverse(matrix: NDArray[np.float64], rcond: float
                        ) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:
     """Pseudo-inverse of a symmetric PSD matrix, dropping eigenvalues below ``rcond · max``.
 
-    Returns ``(inverse, eigenvalues, n_dropped)``. Near-duplicate members make the Hessian
-    singular to working precision; their weight differences do not change the likelihood, so
-    they carry no covariance.
+    Returns ``(inverse, eigenvalues, n_dropped)``. Only used without ridge, where every
+    eigenvalue is above the precision floor (``rcond``), so nothing is dropped in practice.
     """
     values, vectors = np.linalg.eigh(matrix)
     keep = values > rcond * values[-1]
@@ -183,14 +299,14 @@ def _truncated_inverse(matrix: NDArray[np.float64], rcond: float = RCOND
 
 
 def _hessian_terms(S: NDArray[np.float64], f: NDArray[np.float64]
-                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Mean of ``A_n = S_n / f_n`` and ``V = mean(A_n A_nᵀ)`` in one pass over the events."""
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """``A_n = S_n / f_n``, its mean and ``V = mean(A_n A_nᵀ)`` in one pass over the events."""
     inv_f = 1.0 / f
     A = S * inv_f[:, None]
     mean_a = (inv_f @ S) / S.shape[0]
     # A.T is Fortran-ordered: BLAS takes it without a copy.
     V = (A.T @ A) / S.shape[0]
-    return mean_a, V
+    return A, mean_a, V
 
 
 def _objective(f: NDArray[np.float64], w: NDArray[np.float64]) -> float:
@@ -217,61 +333,92 @@ def _starting_weights(S: NDArray[np.float64], w0: ArrayLike | None) -> NDArray[n
     return w
 
 
-def _solve_weights(S: NDArray[np.float64], w: NDArray[np.float64], tol: float, max_iter: int
-                   ) -> Solution:
+def _solve_weights(S: NDArray[np.float64], w: NDArray[np.float64], tol: float, max_iter: int,
+                   rcond: float) -> Solution:
     """Minimise ``N·L(w) = −Σ log(S w) + N 1ᵀw`` (Eq. 1 times N) by exact damped Newton.
 
     The per-event ``tol`` becomes ``N·tol`` on the summed objective. The Hessian is float64 and
-    fresh every step; directions singular to working precision (eigenvalues below ``RCOND``
-    times the largest) are held at the start; once the decrement is below ``tol`` one more full
-    step brings ``Σŵ = 1`` to rounding.
+    fresh every step; directions below the input's precision floor (``rcond`` times the largest
+    eigenvalue) are left out of a step (the fit then continues with a ridge, see
+    :func:`fit_weights`); once the decrement is below ``tol`` one more full step brings
+    ``Σŵ = 1`` to rounding.
     """
     n_events, n_members = S.shape
     return minimize_convex(np.zeros(n_events), S, np.full(n_members, float(n_events)),
                            np.zeros(n_members), w,
                            options=NewtonOptions(tol=tol * n_events, max_iter=max_iter,
                                                  hessian_dtype=np.float64, refresh=0.0,
-                                                 rcond=RCOND, final_step=True))
+                                                 rcond=rcond, final_step=True))
 
 
 @dataclass(frozen=True)
 class _Sandwich:
-    """Cov(ŵ) of Eq. (2) with the conditioning of the reduced Hessian it was built from."""
+    """Cov(ŵ) of Eq. (2) (posterior with a ridge) and the conditioning of ``V_r``."""
 
     cov: NDArray[np.float64]
     cov_reduced: NDArray[np.float64]
+    cov_prior_reduced: NDArray[np.float64] | None
     condition: float
-    n_unidentified: int
-    warning: str | None
 
 
-def _sandwich_covariance(V: NDArray[np.float64], mean_a: NDArray[np.float64], n_events: int
-                         ) -> _Sandwich:
-    """``Cov = B V_r⁻¹ U_r V_r⁻¹ Bᵀ / N`` in the coordinates of ``Σ w = 1``, Eq. (2)."""
+def _sandwich_covariance(V: NDArray[np.float64], mean_a: NDArray[np.float64], n_events: int,
+                         ident: Identification) -> _Sandwich:
+    """``Cov = B V_r⁻¹ U_r V_r⁻¹ Bᵀ / N`` in the coordinates of ``Σ w = 1``, Eq. (2).
+
+    With a ridge or unresolved directions, the posterior of
+    :func:`genval.identification.ridge_covariance`.
+    """
     n_members = V.shape[0]
     basis = sum_to_one_basis(n_members)
     V_r = basis.T @ V @ basis
-    # U = Cov_n(g_n) with g_n = 1 − A_n, i.e. mean(A Aᵀ) − mean(A) mean(A)ᵀ = V − ā āᵀ.
-    projected_mean = basis.T @ mean_a
-    U_r = V_r - np.outer(projected_mean, projected_mean)
-    V_r_inv, eig_v, n_unidentified = _truncated_inverse(V_r)
+    eig_v = np.linalg.eigvalsh(V_r)
     condition = float(eig_v[-1] / eig_v[0]) if eig_v[0] > 0 else float("inf")
-    cov_reduced = V_r_inv @ U_r @ V_r_inv / n_events
-    cov_reduced = 0.5 * (cov_reduced + cov_reduced.T)
+    cov_prior = None
+    if ident.ridge > 0 or ident.n_unresolved:
+        cov_reduced, cov_prior = ridge_covariance(V, mean_a, ident.directions, ident.ridge,
+                                                  n_events)
+    else:
+        # U = Cov_n(g_n) with g_n = 1 − A_n, i.e. mean(A Aᵀ) − mean(A) mean(A)ᵀ = V − ā āᵀ.
+        projected_mean = basis.T @ mean_a
+        U_r = V_r - np.outer(projected_mean, projected_mean)
+        V_r_inv, _, _ = _truncated_inverse(V_r, ident.floor)
+        cov_reduced = V_r_inv @ U_r @ V_r_inv / n_events
+        cov_reduced = 0.5 * (cov_reduced + cov_reduced.T)
     cov = basis @ cov_reduced @ basis.T
-    return _Sandwich(cov, cov_reduced, condition, n_unidentified,
-                     _conditioning_message(V_r, basis, condition, n_unidentified))
+    return _Sandwich(cov, cov_reduced, cov_prior, condition)
 
 
-def _conditioning_message(V_r: NDArray[np.float64], basis: NDArray[np.float64],
-                          condition: float, n_unidentified: int) -> str | None:
-    """The IllConditionedWarning text for near-duplicate members, or None."""
-    if n_unidentified:
-        return (f"the Hessian of the weight fit is singular to working precision (condition "
-                f"number {condition:.3g}) along {n_unidentified} direction(s): members "
-                f"{_near_duplicates(V_r, basis)} are (near-)duplicates. Weight differences along "
-                "those directions do not change the likelihood, are held at the starting point, "
-                "and carry no covariance; consider removing duplicated members")
+def _conditioning_message(V: NDArray[np.float64], condition: float, ident: Identification,
+                          n_events: int, trigger: float, max_leverage: float | None
+                          ) -> str | None:
+    """The IllConditionedWarning text for near-duplicate members or weak directions, or None."""
+    basis = sum_to_one_basis(V.shape[0])
+    V_r = basis.T @ V @ basis
+    parts = []
+    if ident.n_unresolved:
+        prior = (1.0 / np.sqrt(n_events * ident.ridge)) if ident.ridge > 0 else PRIOR_STD
+        parts.append(
+            f"the Hessian of the weight fit is not resolved at the input's precision (condition "
+            f"number {condition:.3g}, floor {ident.floor:.2g}) along {ident.n_unresolved} "
+            f"direction(s): members {_near_duplicates(V_r, basis)} are (near-)duplicates. Weight "
+            "differences along those directions do not change the likelihood: they are held at "
+            f"the equal-weight mixture with the prior's variance (sd {prior:.3g}); consider "
+            "removing duplicated members")
+    if ident.ridge > 0:
+        capped = ("" if max_leverage is None or ident.weak_leverage <= max_leverage * 1.02
+                  else f" The prior is at its narrowest (sd {PRIOR_STD:g}) and the leverage "
+                       f"stays {ident.weak_leverage:.2f}: more weight-fit events are needed.")
+        parts.append(
+            f"weakly identified weights: single events carry up to {trigger:.2f} of an "
+            f"estimate's variance along weak directions (leverage above {max_leverage}): they "
+            "are decided by a handful of events, where the sandwich of Eq. (2) does not hold. "
+            "The fit adds a ridge toward the equal-weight mixture (a Gaussian prior of sd "
+            f"{1.0 / np.sqrt(n_events * ident.ridge):.3g} per unit weight direction, "
+            f"τ = {ident.ridge:.3g}); the prior dominates {ident.n_regularised} of "
+            f"{V_r.shape[0]} directions. Cov(ŵ) includes the prior's variance; "
+            "WeightFit.density_band reports its share of σ(x)." + capped)
+    if parts:
+        return " ".join(parts)
     if condition > ILL_CONDITIONED:
         return (f"ill-conditioned weight fit (condition number of the Hessian {condition:.3g}): "
                 f"members {_near_duplicates(V_r, basis)} are nearly linearly dependent, so their "
@@ -287,14 +434,79 @@ def _effective_rank(V: NDArray[np.float64]) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def _input_floor(F: ArrayLike, log: bool, precision: float | None, n_members: int) -> float:
+    """:func:`~genval.identification.precision_floor` for the caller's F."""
+    if precision is None:
+        precision = input_precision(getattr(F, "dtype", np.float64))
+    scale = 1.0
+    if log:
+        values = np.asarray(F)
+        finite = values[np.isfinite(values)]
+        scale = float(np.sqrt(np.mean(np.square(finite, dtype=np.float64)))) if finite.size \
+            else 1.0
+    return precision_floor(precision, scale, n_members)
+
+
+@dataclass(frozen=True)
+class _Rounds:
+    """The outcome of :func:`_fit_with_ridge`."""
+
+    solution: Solution
+    A: NDArray[np.float64]
+    mean_a: NDArray[np.float64]
+    V: NDArray[np.float64]
+    identification: Identification
+    trigger: float
+    n_iter: int
+    settled: bool
+
+
+def _fit_with_ridge(S: NDArray[np.float64], start: NDArray[np.float64], tol: float,
+                    max_iter: int, floor: float, max_leverage: float | None) -> _Rounds:
+    """Eq. (1) on the resolved directions, with the smallest ridge the leverage asks for.
+
+    The equal-weight reference decides the resolved directions and a first τ. Without either
+    (well-identified ensembles) the first round is the plain fit from ``start``. Each round's ŵ
+    is checked again: τ is raised (never lowered) and directions found unresolved there are
+    dropped, until nothing changes (τ to 2 %). Ridge rounds start at the reference: their
+    minimum is unique, so ŵ does not depend on ``start``.
+    """
+    n_members = S.shape[1]
+    reference = np.full(n_members, 1.0 / n_members)
+    A, _, V = _hessian_terms(S, S @ reference)
+    ident = identify(V, A, floor, max_leverage)
+    directions, ridge, trigger = ident.directions, ident.ridge, ident.criterion
+    plain = ridge == 0.0 and not ident.n_unresolved
+    n_iter = 0
+    settled = False
+    for _ in range(_MAX_RIDGE_ROUNDS):
+        solution = (_solve_weights(S, start, tol, max_iter, floor) if plain
+                    else solve_with_ridge(S, directions, ridge, tol, max_iter))
+        n_iter += solution.n_iter + int(solution.line_search_failed)
+        A, mean_a, V = _hessian_terms(S, solution.density)
+        ident = identify(V, A, floor, max_leverage, directions=directions, ridge_at_least=ridge)
+        trigger = max(trigger, ident.criterion)
+        if ident.ridge <= ridge * 1.02 and ident.directions.shape[1] == directions.shape[1]:
+            settled = True
+            break
+        directions, ridge, plain = ident.directions, ident.ridge, False
+    return _Rounds(solution, A, mean_a, V, ident, trigger, n_iter, settled)
+
+
 def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: float = 1e-14,
-                w0: ArrayLike | None = None) -> WeightFit:
+                w0: ArrayLike | None = None, max_leverage: float | None = MAX_LEVERAGE,
+                precision: float | None = None) -> WeightFit:
     """Fit the w_i f_i weights by damped Newton and compute their sandwich covariance.
 
     Minimises paper Eq. (1) with λ = 1 in float64 with the exact solver of
     :func:`genval.newton.minimize_convex`. Each Newton step solves ``V Δ = −∇L``; a
     backtracking (Armijo) line search starts from the largest step that keeps every
     ``F_n · w > 0`` (times 0.99), so no clamping and no restarts are needed.
+
+    Weight directions the data identify only through a handful of events (leverage above
+    ``max_leverage``) or not at all at the input's precision get a ridge toward the
+    equal-weight mixture and the prior's variance (:mod:`genval.identification`); ŵ then does
+    not depend on ``w0``.
 
     Args:
         F: (N, M) member densities ``f_k(x_n)`` on the weight-fit events (or log-densities
@@ -304,20 +516,25 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
         tol: stop when half the squared Newton decrement ``gᵀ V⁻¹ g / 2`` (the predicted
             decrease of L, per event) falls below ``tol``; one more full step is then taken.
         w0: starting weights (default uniform ``1/M``); must give ``F w0 > 0``.
+        max_leverage: largest leverage of an event accepted without ridge (default
+            :data:`~genval.identification.MAX_LEVERAGE`); None: the plain maximum-likelihood
+            fit wherever the input resolves the Hessian.
+        precision: relative precision of the member densities (machine epsilon of the type
+            they were computed in, e.g. 1.2e-7 for float32 flows returned as float64); default:
+            that of F's dtype. Sets the precision floor of the Hessian's eigenvalues.
 
     Returns:
         :class:`WeightFit` with ŵ, Cov(ŵ) and diagnostics.
 
     Raises:
         InputError: malformed F (see :func:`prepare_density_matrix`), fewer than 2 members,
-            fewer events than members, or ``max_iter < 1``.
+            fewer events than members, ``max_iter < 1`` or ``max_leverage`` outside (0, 1].
         FitError: infeasible ``w0``.
 
     Warns:
-        IllConditionedWarning: near-duplicate members (condition number of ``V_r`` above 1e8);
-            the members involved are named. Directions singular to working precision
-            (eigenvalues below ``RCOND`` times the largest) are not identifiable: Newton steps
-            and the covariance are restricted to the identifiable subspace.
+        IllConditionedWarning: near-duplicate members (condition number of ``V_r`` above 1e8;
+            the members involved are named), and any fit with a ridge (weakly identified
+            directions: why, the prior's size, how many directions it dominates).
         ConvergenceWarning: the iteration cap was reached.
 
     References:
@@ -325,6 +542,8 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     """
     if max_iter < 1:
         raise InputError(f"max_iter must be at least 1, got {max_iter}")
+    if max_leverage is not None and not 0.0 < max_leverage <= 1.0:
+        raise InputError(f"max_leverage must be in (0, 1], got {max_leverage}")
     S, log_scale = prepare_density_matrix(F, log=log)
     n_events, n_members = S.shape
     if n_members < 2:
@@ -332,29 +551,44 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     if n_events <= n_members:
         raise InputError(f"need more events than members to fit the weights: N={n_events}, "
                          f"M={n_members}")
-    solution = _solve_weights(S, _starting_weights(S, w0), tol, max_iter)
+    floor = _input_floor(F, log, precision, n_members)
+    rounds = _fit_with_ridge(S, _starting_weights(S, w0), tol, max_iter, floor, max_leverage)
+    solution, ident = rounds.solution, rounds.identification
     w, f = solution.theta, solution.density
-    # Newton iterations attempted: a failed line search counts its iteration.
-    n_iter = solution.n_iter + int(solution.line_search_failed)
+    n_iter = rounds.n_iter
     decrement = 2.0 * solution.decrement / n_events  # gᵀ V⁻¹ g of the per-event L
     messages: list[str] = []
     if solution.line_search_failed:
         messages.append(f"line search failed at iteration {n_iter} (decrement {decrement:.3g})")
 
-    mean_a, V = _hessian_terms(S, f)
-    grad_norm = float(np.max(np.abs(1.0 - mean_a)))
+    gradient = 1.0 - rounds.mean_a
+    if ident.ridge > 0 or ident.n_unresolved:
+        # the penalised objective's gradient along the fitted directions (Σ w = 1 exactly)
+        gradient = ident.directions.T @ (gradient + ident.ridge * (w - 1.0 / n_members))
+    grad_norm = float(np.max(np.abs(gradient)))
     if not solution.converged:
         msg = (f"weight fit did not converge in {n_iter} Newton iterations: "
                f"|grad|={grad_norm:.3g}, last decrement {decrement:.3g}")
         messages.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    sandwich = _sandwich_covariance(V, mean_a, n_events)
-    if sandwich.warning is not None:
-        messages.append(sandwich.warning)
-        warnings.warn(sandwich.warning, IllConditionedWarning, stacklevel=2)
+    if not rounds.settled:
+        msg = (f"the ridge did not settle in {_MAX_RIDGE_ROUNDS} rounds: the largest leverage "
+               f"of the weak directions at ŵ is {ident.weak_leverage:.2f} with "
+               f"τ = {ident.ridge:.3g}")
+        messages.append(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    sandwich = _sandwich_covariance(rounds.V, rounds.mean_a, n_events, ident)
+    warning = _conditioning_message(rounds.V, sandwich.condition, ident, n_events,
+                                    rounds.trigger, max_leverage)
+    if warning is not None:
+        messages.append(warning)
+        warnings.warn(warning, IllConditionedWarning, stacklevel=2)
     return WeightFit(weights=w, cov=sandwich.cov, cov_reduced=sandwich.cov_reduced,
                      converged=solution.converged, n_iter=n_iter,
                      nll=_objective(f, w) - float(log_scale.mean()), grad_norm=grad_norm,
-                     hessian_condition=sandwich.condition, effective_rank=_effective_rank(V),
-                     n_events=n_events, n_unidentified=sandwich.n_unidentified,
-                     messages=tuple(messages))
+                     hessian_condition=sandwich.condition,
+                     effective_rank=_effective_rank(rounds.V), n_events=n_events,
+                     n_unidentified=ident.n_unresolved, messages=tuple(messages),
+                     ridge=ident.ridge, cov_prior_reduced=sandwich.cov_prior_reduced,
+                     n_regularised=ident.n_regularised, leverage=ident.leverage,
+                     precision_floor=floor)
