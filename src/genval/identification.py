@@ -100,11 +100,12 @@ def input_precision(dtype: DTypeLike | object) -> float:
     name = str(dtype).removeprefix("torch.")
     if name == "bfloat16":
         return 2.0 ** -7
-    try:
-        info = np.finfo(np.dtype(name))
-    except (TypeError, ValueError):
-        return float(np.finfo(np.float64).eps)
-    return float(info.eps)
+    for candidate in (dtype, name):
+        try:
+            return float(np.finfo(np.dtype(candidate)).eps)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+    return float(np.finfo(np.float64).eps)
 
 
 def precision_floor(precision: float, log_scale: float, n_members: int) -> float:
