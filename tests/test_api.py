@@ -13,12 +13,16 @@ from genval.cli import main
 TOP_LEVEL = [
     "__version__", "errors", "members", "linalg", "sampling", "stats", "wifi", "products",
     "coverage", "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
-    "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "goodness_of_fit",
+    "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "identification",
+    "goodness_of_fit",
 ]
 
 # Names each public module must export (it may export more).
 EXPORTS = {
-    "wifi": ["WeightFit", "fit_weights", "prepare_density_matrix"],
+    "wifi": ["WeightFit", "DensityBand", "fit_weights", "prepare_density_matrix"],
+    "identification": ["MAX_LEVERAGE", "PRIOR_STD", "PRIOR_SHARE_FLAG", "Identification",
+                       "identify", "input_precision", "leverages", "precision_floor",
+                       "ridge_cap", "ridge_covariance", "solve_with_ridge"],
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
             "GoFResult", "LRStatistic", "ZSummary", "fit_scaled_chi2", "clopper_pearson",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",

@@ -40,12 +40,14 @@ __all__ = [
     "pipeline",
     "newton",
     "row_scaling",
+    "identification",
     "goodness_of_fit",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
-               "html_report", "paper", "cli", "pipeline", "newton", "row_scaling"}
+               "html_report", "paper", "cli", "pipeline", "newton", "row_scaling",
+               "identification"}
 
 
 def __getattr__(name: str) -> Any:

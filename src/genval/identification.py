@@ -77,9 +77,10 @@ __all__ = [
     "solve_with_ridge",
 ]
 
-MAX_LEVERAGE = 0.5
-"""Largest leverage ``h_n`` accepted without regularisation: no single event may carry more than
-half of the variance of any linear function of ŵ (module docstring)."""
+MAX_LEVERAGE = 0.2
+"""Largest leverage ``h_n`` along the weak directions accepted without more ridge: no single
+event may carry more than a fifth of the variance of any linear function of ŵ there, i.e. each
+is informed by at least about five events (module docstring)."""
 
 PRIOR_STD = 1.0
 """The narrowest prior the ridge may impose, per unit weight direction: any mixture with
@@ -144,8 +145,10 @@ def leverages(V: NDArray[np.float64], A: NDArray[np.float64], ridge: float = 0.0
 
 
 def _leverage_from_squares(squares: NDArray[np.float64], eigenvalues: NDArray[np.float64],
-                           ridge: float) -> NDArray[np.float64]:
-    n_events = squares.shape[0]
+                           ridge: float, n_events: int | None = None) -> NDArray[np.float64]:
+    """``h_n`` from the squared rotated scores; ``n_events`` is N when ``squares`` holds only
+    some of the events' rows."""
+    n_events = squares.shape[0] if n_events is None else n_events
     curvature = np.clip(eigenvalues, 0.0, None) + ridge
     inverse = np.divide(1.0, n_events * curvature, out=np.zeros_like(curvature),
                         where=curvature > 0)
@@ -248,16 +251,21 @@ def _bisect_ridge(squares: NDArray[np.float64], values: NDArray[np.float64], tar
                   low: float, high: float) -> float:
     """Smallest τ in ``[low, high]`` (to ``_RIDGE_RTOL``) with ``max h_n(τ) ≤ target``; ``high``
     when even that does not reach it."""
+    n_events = squares.shape[0]
     h_low = _leverage_from_squares(squares, values, low)
     if h_low.max() <= target:
         return low
     # h_n(τ) falls with τ: only events above the target at the low end can bind.
     squares = squares[h_low > target]
-    if _leverage_from_squares(squares, values, high).max() > target:
+
+    def too_high(ridge: float) -> bool:
+        return bool(_leverage_from_squares(squares, values, ridge, n_events).max() > target)
+
+    if too_high(high):
         return high
     while high > low * (1.0 + _RIDGE_RTOL):
         middle = float(np.sqrt(low * high))
-        if _leverage_from_squares(squares, values, middle).max() > target:
+        if too_high(middle):
             low = middle
         else:
             high = middle
@@ -265,20 +273,23 @@ def _bisect_ridge(squares: NDArray[np.float64], values: NDArray[np.float64], tar
 
 
 def solve_with_ridge(S: NDArray[np.float64], directions: NDArray[np.float64], ridge: float,
-                     tol: float, max_iter: int) -> Solution:
+                     tol: float, max_iter: int, start: NDArray[np.float64] | None = None
+                     ) -> Solution:
     """Minimise ``−Σ log(S w) + ½ N τ ‖w − w̄‖²`` over ``w = w̄ + D y`` by exact damped Newton.
 
     ``D`` (the resolved ``directions``) spans part or all of the hyperplane ``Σ w = 1``, where
     the extended term ``N Σ w`` of Eq. (1) is the constant N (Eq. 1's optimum lies on it); the
     ridge is ``½ N τ ‖y‖²``, the solver's diagonal ``q``. The Hessian ``N (Dᵀ V D + τ)`` is
-    positive definite on the resolved directions, so the minimiser is unique; the iteration
-    starts at w̄, which every direction left out keeps exactly.
+    positive definite on the resolved directions, so the minimiser is unique (the start only
+    changes how fast it is reached); every direction left out keeps w̄ exactly.
 
     Args:
         S: row-scaled member densities (N, M).
         directions: (M, r) orthonormal directions in ``1⊥``.
         ridge: τ ≥ 0.
         tol, max_iter: as :func:`genval.wifi.fit_weights` (per-event tolerance).
+        start: weights to start from, projected onto ``w̄ + span(D)`` (default w̄); must keep
+            the density positive there (the previous round's ŵ does).
 
     Returns:
         The solver's :class:`~genval.newton.Solution` with ``theta`` the weights (M,).
@@ -286,8 +297,11 @@ def solve_with_ridge(S: NDArray[np.float64], directions: NDArray[np.float64], ri
     n_events, n_members = S.shape
     reference = np.full(n_members, 1.0 / n_members)
     rank = directions.shape[1]
+    y0 = np.zeros(rank) if start is None else directions.T @ (start - reference)
+    if start is not None and not np.all(S @ (reference + directions @ y0) > 0):
+        y0 = np.zeros(rank)  # the projection left the feasible set: start at w̄
     solution = minimize_convex(S @ reference, S @ directions, np.zeros(rank),
-                               np.full(rank, n_events * ridge), np.zeros(rank),
+                               np.full(rank, n_events * ridge), y0,
                                options=NewtonOptions(tol=tol * n_events, max_iter=max_iter,
                                                      hessian_dtype=np.float64, refresh=0.0,
                                                      final_step=True))

@@ -465,11 +465,13 @@ def _fit_with_ridge(S: NDArray[np.float64], start: NDArray[np.float64], tol: flo
                     max_iter: int, floor: float, max_leverage: float | None) -> _Rounds:
     """Eq. (1) on the resolved directions, with the smallest ridge the leverage asks for.
 
-    The equal-weight reference decides the resolved directions and a first τ. Without either
-    (well-identified ensembles) the first round is the plain fit from ``start``. Each round's ŵ
-    is checked again: τ is raised (never lowered) and directions found unresolved there are
-    dropped, until nothing changes (τ to 2 %). Ridge rounds start at the reference: their
-    minimum is unique, so ŵ does not depend on ``start``.
+    The equal-weight reference decides which directions are resolved at the input's precision
+    and a first τ (the leverage there). With neither (well-identified ensembles) the first round
+    is the plain maximum-likelihood fit from ``start``, unique, so independent of ``start``.
+    Each round's ŵ is checked: τ is raised (never lowered) to what its leverage asks and
+    directions found unresolved there are dropped, until nothing changes (τ to 2 %). Ridge
+    rounds start from the previous round's ŵ (the first from the reference); their minimum is
+    unique too.
     """
     n_members = S.shape[1]
     reference = np.full(n_members, 1.0 / n_members)
@@ -477,11 +479,12 @@ def _fit_with_ridge(S: NDArray[np.float64], start: NDArray[np.float64], tol: flo
     ident = identify(V, A, floor, max_leverage)
     directions, ridge, trigger = ident.directions, ident.ridge, ident.criterion
     plain = ridge == 0.0 and not ident.n_unresolved
+    warm = None  # rounds after the first start from the previous round's ŵ
     n_iter = 0
     settled = False
     for _ in range(_MAX_RIDGE_ROUNDS):
         solution = (_solve_weights(S, start, tol, max_iter, floor) if plain
-                    else solve_with_ridge(S, directions, ridge, tol, max_iter))
+                    else solve_with_ridge(S, directions, ridge, tol, max_iter, warm))
         n_iter += solution.n_iter + int(solution.line_search_failed)
         A, mean_a, V = _hessian_terms(S, solution.density)
         ident = identify(V, A, floor, max_leverage, directions=directions, ridge_at_least=ridge)
@@ -490,6 +493,7 @@ def _fit_with_ridge(S: NDArray[np.float64], start: NDArray[np.float64], tol: flo
             settled = True
             break
         directions, ridge, plain = ident.directions, ident.ridge, False
+        warm = solution.theta
     return _Rounds(solution, A, mean_a, V, ident, trigger, n_iter, settled)
 
 
