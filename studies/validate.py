@@ -60,7 +60,7 @@ from genval._atomic import atomic_write_text  # noqa: E402
 from genval.coverage import run_coverage  # noqa: E402
 from genval.errors import FitError  # noqa: E402
 from genval.gof import KernelBasis, goodness_of_fit  # noqa: E402
-from genval.identification import input_precision  # noqa: E402
+from genval.identification import members_precision  # noqa: E402
 from genval.members import GaussianMembers, Members, log_density_matrix  # noqa: E402
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD  # noqa: E402
 from genval.products import common_sample_integrals, estimate_observable  # noqa: E402
@@ -111,7 +111,7 @@ def _fit(members: Members, x: np.ndarray, **kwargs: Any) -> WeightFit:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fit_weights(log_density_matrix(members, x), log=True,
-                           precision=input_precision(getattr(members, "dtype", np.float64)),
+                           precision=members_precision(members),
                            **kwargs)
 
 

@@ -20,13 +20,65 @@ def write(tmp_path, text):
     return path
 
 
-def test_empty_file_is_the_paper_default(tmp_path):
+def test_empty_file_is_the_paper_toy_with_standardised_kernels(tmp_path):
     cfg = load_config(write(tmp_path, ""))
     assert cfg == Config()
     assert cfg.data.generate.mean == [-0.5, 0.6]
     assert cfg.data.generate.std == [0.25, 0.4]
-    assert (cfg.members.n_members, cfg.members.flow.bins, cfg.gof.sigma) == (60, 15, 0.05)
+    assert (cfg.members.n_members, cfg.members.flow.bins) == (60, 15)
     assert cfg.gof.variants == ["single", "frozen", "ensemble"]
+    assert cfg.data.transforms == {}
+    # genval's kernel basis: a width in standard deviations of every feature
+    # (studies/results/power_gof.md); the demo presets keep the paper's.
+    assert (cfg.gof.kernel_units, cfg.gof.sigma, cfg.gof.n_kernels) == ("standardised", 1.0, 10)
+
+
+@pytest.mark.parametrize("name", ["quick", "paper"])
+def test_demo_presets_keep_the_papers_kernel_basis(name):
+    gof = preset(name).gof
+    assert (gof.kernel_units, gof.sigma, gof.n_kernels) == ("raw", 0.05, 100)
+
+
+def test_older_standardize_key_reads_as_kernel_units():
+    assert parse_config({"gof": {"standardize": False}}).gof.kernel_units == "raw"
+    assert parse_config({"gof": {"standardize": True}}).gof.kernel_units == "standardised"
+    assert parse_config({"gof": {"standardize": False, "kernel_units": "raw"}}
+                        ) == parse_config({"gof": {"kernel_units": "raw"}})
+    with pytest.raises(ConfigError, match="standardize: true contradicts kernel_units: raw"):
+        parse_config({"gof": {"standardize": True, "kernel_units": "raw"}})
+    with pytest.raises(ConfigError, match="must be true or false"):
+        parse_config({"gof": {"standardize": "yes"}})
+    with pytest.raises(ConfigError, match="gof.kernel_units"):
+        parse_config({"gof": {"kernel_units": "standardized"}})
+
+
+def test_transforms_are_validated_and_canonical():
+    cfg = parse_config({"data": {"path": "ev.parquet", "features": ["pt", "eta", "m"],
+                                 "transforms": {"pt": "log", "eta": {"bounded": [-2.5, 2.5]},
+                                                "m": {"log": {"shift": 0}}}}})
+    # one spelling per map: {log: {shift: 0}} is "log"
+    assert cfg.data.transforms == {"pt": "log", "eta": {"bounded": [-2.5, 2.5]}, "m": "log"}
+    assert parse_config(yaml.safe_load(dump_config(cfg))) == cfg
+    assert parse_config(yaml.safe_load(dump_config(cfg, comments=True))) == cfg
+    shifted = parse_config({"data": {"transforms": {"x0": {"log": {"shift": -3}}}}})
+    assert shifted.data.transforms == {"x0": {"log": {"shift": -3.0}}}
+    bad = {
+        "periodic": ({"phi": "periodic"}, "drop the feature from data.features"),
+        "unknown map": ({"pt": "sqrt"}, "unknown transform 'sqrt'"),
+        "interval": ({"eta": {"bounded": [2.5, -2.5]}}, "finite lo < hi"),
+        "interval length": ({"eta": {"bounded": [1]}}, r"bounded takes \[LO, HI\]"),
+        "shift": ({"pt": {"log": {"offset": 1}}}, "log takes"),
+        "unknown feature": ({"ptt": "log"}, "'ptt' \\(did you mean 'pt'\\?\\)"),
+    }
+    for transforms, message in bad.values():
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"data": {"path": "ev.parquet", "features": ["pt", "eta", "phi"],
+                                   "transforms": transforms}})
+    # generated data: the features are x0, x1 (or data.features)
+    with pytest.raises(ConfigError, match="'pt'"):
+        parse_config({"data": {"transforms": {"pt": "log"}}})
+    # names read from a file are known only at the split stage: not refused here
+    assert parse_config({"data": {"path": "ev.csv", "transforms": {"pt": "log"}}})
 
 
 def test_valid_yaml_round_trips_through_dump(tmp_path):
@@ -60,7 +112,7 @@ def test_unknown_key_without_close_match_lists_valid_keys():
 def test_wrong_type_names_the_key_and_value():
     with pytest.raises(ConfigError, match=r"gof.n_toys: .*greater than or equal to 1.*got -5"):
         parse_config({"gof": {"n_toys": -5}})
-    with pytest.raises(ConfigError, match=r"members.kind: .*'flow' or 'kde'"):
+    with pytest.raises(ConfigError, match=r"members.kind: .*'flow', 'kde' or 'python'"):
         parse_config({"members": {"kind": "gan"}})
 
 
@@ -144,7 +196,8 @@ def test_commented_dump_loads_back_and_documents_every_key():
         text = dump_config(cfg, comments=True)
         assert parse_config(yaml.safe_load(text)) == cfg
     text = dump_config(Config(), comments=True)
-    assert "  n_kernels: 100  # Gaussian kernels K of the alternative" in text
+    assert "  n_kernels: 10  # Gaussian kernels K of the alternative (paper: 100)" in text
+    assert "  transforms: {}  # per-feature map before training" in text
     assert "gof:  # The learned likelihood-ratio test" in text
     keys = [line for line in text.splitlines() if ":" in line and not line.endswith(":")]
     assert all("#" in line for line in keys)
@@ -160,3 +213,25 @@ def test_docs_config_reference_is_current(document):
     block = block.split("```", 1)[0]
     assert block == dump_config(Config(), comments=True), (
         f"{document} is stale: paste the output of `genval config` into its reference")
+
+
+def test_figure_labels_units_log_y_and_pairs_name_features():
+    cfg = parse_config({"data": {"path": "ev.csv", "features": ["pt", "eta"],
+                                 "labels": {"pt": "$p_T$ of jet 1"}, "units": {"pt": "GeV"}},
+                        "report": {"log_y": ["pt"], "pairs": [["pt", "eta"]],
+                                   "max_columns": 3}})
+    assert cfg.data.labels == {"pt": "$p_T$ of jet 1"} and cfg.report.pairs == [("pt", "eta")]
+    assert parse_config(yaml.safe_load(dump_config(cfg, comments=True))) == cfg
+    assert Config().report.log_y == "auto" and Config().report.pairs == "auto"
+    with pytest.raises(ConfigError, match=r"data.units names 'ptt', not a feature \(did you "
+                                          r"mean 'pt'\?\)"):
+        parse_config({"data": {"path": "ev.csv", "features": ["pt", "eta"],
+                               "units": {"ptt": "GeV"}}})
+    with pytest.raises(ConfigError, match="report.pairs names 'x2'"):
+        parse_config({"report": {"pairs": [["x0", "x2"]]}})  # generated: x0, x1
+    with pytest.raises(ConfigError, match="two different features"):
+        parse_config({"report": {"pairs": [["x0", "x0"]]}})
+    with pytest.raises(ConfigError, match="report.log_y"):
+        parse_config({"report": {"log_y": "yes"}})
+    # Every column read (features: null): the names are only known once the file is read.
+    assert parse_config({"data": {"path": "ev.csv", "labels": {"anything": "a"}}})

@@ -15,7 +15,7 @@ def run(tmp_path):
 def test_create_writes_resolved_config_and_metadata(run):
     assert run.config() == Config()
     text = run.config_path.read_text()
-    assert "n_kernels: 100" in text  # every default written out
+    assert "n_kernels: 10\n" in text  # every default written out
     meta = run.metadata()
     assert meta["seed"] == 0 and meta["device"] == {"requested": "cpu"}
     assert meta["packages"]["numpy"] and "python" in meta and meta["stages"] == {}

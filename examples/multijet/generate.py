@@ -159,6 +159,11 @@ def assemble(workdir: Path, n_chunks: int, output: Path, args: argparse.Namespac
             rows.append(content["rows"])
             chunk_stats.append(json.loads(str(content["stats"])))
     events = np.concatenate(rows)
+    # A jet of one massless particle has m^2 = 0 up to rounding, which fastjet returns as a
+    # tiny negative mass (-sqrt|m^2|, ~1e-6 GeV): store 0.
+    for name in ("jet1_mass", "jet2_mass"):
+        column = COLUMNS.index(name)
+        events[:, column] = np.maximum(events[:, column], 0.0)
     columns = {name: trim_mantissa(events[:, COLUMNS.index(name)]) for name in SHIPPED_COLUMNS}
     output.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table(columns)

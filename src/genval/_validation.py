@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import InputError
 
-__all__ = ["as_events", "as_rng"]
+__all__ = ["as_events", "as_event_weights", "as_rng", "check_device", "MPS_UNSUPPORTED"]
 
 
 def as_events(x: ArrayLike, *, n_features: int | None = None, min_events: int = 1,
@@ -36,8 +38,55 @@ def as_events(x: ArrayLike, *, n_features: int | None = None, min_events: int = 
     return np.ascontiguousarray(arr)
 
 
+def as_event_weights(weights: ArrayLike, n_events: int, *, name: str = "event weights",
+                     positive_total: bool = True) -> NDArray[np.float64]:
+    """Per-event weights as a float64 (N,) array, or raise :class:`InputError`.
+
+    Monte-Carlo weights may be negative; they must be finite, one per event and (with
+    ``positive_total``) sum to a positive total, without which no weighted mean is defined.
+    """
+    try:
+        arr = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric: {exc}") from exc
+    if arr.ndim != 1 or arr.shape[0] != n_events:
+        raise InputError(f"{name} must be one number per event ({n_events},), got shape "
+                         f"{arr.shape}")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise InputError(f"{name} contain {rows.size} NaN/inf values (first at row {rows[0]})")
+    if positive_total and not arr.sum() > 0:
+        raise InputError(f"{name} sum to {arr.sum():.6g}: the total weight must be positive")
+    return np.ascontiguousarray(arr)
+
+
 def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     """A numpy Generator from a Generator, a seed or None."""
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)
+
+
+MPS_UNSUPPORTED = ("device 'mps' is not supported: the flows return their densities and "
+                   "accumulate their training losses in float64, which Apple's MPS backend "
+                   "does not have; use 'cpu'")
+"""Why ``mps`` is refused everywhere a device is chosen (config, pipeline, flows)."""
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|auto")
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is a device genval runs on (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
+
+    Only the spelling is checked; whether CUDA is present is decided when the device is
+    resolved (:func:`genval.pipeline.device.resolve_device`).
+
+    Raises:
+        InputError: for ``mps`` (:data:`MPS_UNSUPPORTED`) and for unknown names.
+    """
+    if name.split(":", 1)[0] == "mps":
+        raise InputError(MPS_UNSUPPORTED)
+    if not _DEVICE.fullmatch(name):
+        raise InputError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    return name

@@ -4,17 +4,22 @@
 
     genval run CONFIG.yaml [--run-dir DIR] [--force] [--seed N] [--device D] [--quiet]
     genval demo [--preset quick|paper] [--run-dir DIR] [--force] [--seed N] [--device D]
-    genval config [--preset NAME]            # print a full, commented-free default config
+    genval config [--preset NAME] [--schema] # a full, commented default config (or its schema)
     genval train|fit|sample|coverage|gof|report RUN_DIR [-c CONFIG] [--force] [--device D]
+    genval results RUN_DIR [--json]          # Z, p and intervals per variant, coverage, fit
+    genval status RUN_DIR [--json]           # which stages finished, when, warnings
 
 Progress and stage messages go to stderr; a genval error prints its message (no traceback)
-and exits with status 1, a usage error with status 2. :func:`register` adds the commands to
+and exits with status 1, a usage error with status 2. A GoF variant that failed or is
+undefined does not stop the run (the report shows it): one line per such variant goes to
+stderr, ``--quiet`` or not. :func:`register` adds the commands to
 any click group (the tests use a fresh one); :func:`main` is the ``genval`` entry point.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +27,7 @@ from typing import Any, TypeVar
 import click
 
 from genval._version import __version__
-from genval.config import Config, dump_config, load_config, with_overrides
+from genval.config import Config, config_schema, dump_config, load_config, with_overrides
 from genval.errors import GenvalError
 from genval.presets import preset
 from genval.rundir import STAGES, RunDir
@@ -51,7 +56,7 @@ def _errors(fn: F) -> F:
 
 _force = click.option("--force", is_flag=True,
                       help="Re-run finished stages (and overwrite a run of another config).")
-_device = click.option("--device", default=None, help="cpu, cuda, cuda:1, mps or auto.")
+_device = click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto.")
 _quiet = click.option("--quiet", "-q", is_flag=True, default=None,
                       help="No progress bars or stage messages.")
 _seed = click.option("--seed", type=int, default=None, help="Master seed (overrides config).")
@@ -72,7 +77,21 @@ def _execute(config: Config, run_dir: Path | None, force: bool, seed: int | None
 
     config = with_overrides(config, {"seed": seed, "device": device, "quiet": quiet})
     run = run_pipeline(config, run_dir=run_dir, force=force, log=_log(config.quiet))
+    _echo_gof_failures(run)
     click.echo(str(run.report_path))
+
+
+def _echo_gof_failures(run: RunDir) -> None:
+    """One line on stderr per GoF variant without a p-value, saying why (even with --quiet:
+    a failure is not progress)."""
+    from genval.pipeline.artifacts import load_gof
+
+    for variant in run.config().gof.variants:
+        record = load_gof(run, variant)
+        if record is not None and record.error is not None:
+            what = "undefined" if record.result is None else "failed"
+            message = " ".join(record.error.split())
+            click.echo(f"genval: GoF variant {variant!r} {what}: {message}", err=True)
 
 
 def register(group: click.Group) -> click.Group:
@@ -99,10 +118,18 @@ def register(group: click.Group) -> click.Group:
     @group.command("config")
     @click.option("--preset", "preset_name", type=click.Choice(["default", "quick", "paper"]),
                   default="default", show_default=True)
-    def config_cmd(preset_name: str) -> None:
+    @click.option("--schema", is_flag=True,
+                  help="Print the JSON schema of a config file instead (for editors).")
+    def config_cmd(preset_name: str, schema: bool) -> None:
         """Print a complete configuration, every key with its default and meaning."""
+        if schema:
+            click.echo(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+            return
         cfg = Config() if preset_name == "default" else preset(preset_name)
         click.echo(dump_config(cfg, comments=True), nl=False)
+
+    group.add_command(_results_command())
+    group.add_command(_status_command())
 
     for stage in STAGES[1:]:
         group.add_command(_stage_command(stage))
@@ -139,9 +166,123 @@ def _stage_command(stage: str) -> click.Command:
             if stage == "train":
                 run_stage(run, "split", log=_log(cfg.quiet))  # first stage after a fresh start
             run_stage(run, stage, force=force, log=_log(cfg.quiet))
+        if stage in ("gof", "report"):
+            _echo_gof_failures(run)
 
     return command
 
+
+
+_json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
+
+
+def _results_command() -> click.Command:
+    @click.command("results")
+    @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+    @_json_flag
+    @_errors
+    def results_cmd(run_dir: Path, as_json: bool) -> None:
+        """Print a run's results: Z, p and their intervals per GoF variant, coverage, fit."""
+        from genval.runs import load_run
+
+        summary = load_run(run_dir).summary()
+        if as_json:
+            click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        else:
+            click.echo(_results_text(summary))
+
+    return results_cmd
+
+
+def _status_command() -> click.Command:
+    @click.command("status")
+    @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+    @_json_flag
+    @_errors
+    def status_cmd(run_dir: Path, as_json: bool) -> None:
+        """Print which stages of a run have finished, when, how long they took, warnings."""
+        from genval.runs import load_run
+
+        run = load_run(run_dir)
+        status = run.status
+        holder = run.run_dir.lock_holder()
+        if as_json:
+            click.echo(json.dumps({"run": str(run.root), "lock": holder, "stages": {
+                s: {"state": st.state, "finished": st.finished, "seconds": st.seconds,
+                    "warnings": list(st.warnings), "skipped": st.skipped}
+                for s, st in status.items()}}, indent=2, ensure_ascii=False))
+            return
+        lines = [f"run: {run.root}", f"{'stage':<9} {'state':<8} {'finished':<26} "
+                 f"{'seconds':>8}  notes"]
+        for stage, st in status.items():
+            notes = [f"{len(st.warnings)} warning(s)"] if st.warnings else []
+            notes += [st.skipped] if st.skipped else []
+            seconds = "" if st.seconds is None else f"{float(st.seconds):.1f}"
+            lines.append(f"{stage:<9} {st.state:<8} {st.finished or '':<26} {seconds:>8}  "
+                         + "; ".join(notes))
+        if holder is not None:
+            lines.append(f"in use by process {holder.get('pid')} on {holder.get('host')} since "
+                         f"{holder.get('since')}")
+        click.echo("\n".join(lines))
+
+    return status_cmd
+
+
+def _results_text(summary: dict[str, Any]) -> str:
+    """``genval results`` as text: numbers rounded by the PDG rule (genval.display)."""
+    from genval.display import format_interval
+    from genval.gof.statistic import VARIANT_LABELS
+
+    lines = [f"run: {summary['run']}",
+             "stages: " + ", ".join(f"{s} {state}" for s, state in summary["status"].items())]
+    fit = summary.get("fit")
+    if fit is not None:
+        state = "converged" if fit["converged"] else "NOT converged"
+        lines.append(f"w_i f_i fit (Eqs. 1-2): {state} in {fit['n_iter']} iterations, "
+                     f"M = {fit['n_members']}, N = {fit['n_events']}, "
+                     f"sum|w| = {float(fit['abs_weight_sum']):.3g}, "
+                     f"cond(V) = {float(fit['hessian_condition']):.3g}"
+                     + (f", {len(fit['warnings'])} warning(s)" if fit["warnings"] else ""))
+    gof = summary.get("gof", {})
+    if gof:
+        cl = next((f"{100 * v['cl']:.1f} %" for v in gof.values() if "cl" in v), "")
+        lines.append(f"goodness of fit (Eq. 5), intervals at {cl} CL:")
+        for variant, entry in gof.items():
+            label = VARIANT_LABELS.get(variant, variant)
+            if "error" in entry:
+                what = "FAILED" if entry.get("failed") else "undefined"
+                lines.append(f"  {label}: {what}: {entry['error']}")
+                continue
+            z, (z_lo, z_hi) = float(entry["z"]), (float(v) for v in entry["z_interval"])
+            z_text = f">= {z:.2f} (t_obs beyond every toy)" if entry["z_is_lower_bound"] \
+                else format_interval(z, z_lo, z_hi)
+            p_text = format_interval(float(entry["p_value"]), *map(float, entry["p_interval"]))
+            extra = entry["z_chi2_extrapolated"]
+            lines.append(f"  {label}: t_obs = {float(entry['t_obs']):.4g}, p = {p_text}, "
+                         f"Z = {z_text}"
+                         + ("" if extra is None else f", Z (chi2 extrapolation) = "
+                                                     f"{float(extra):.2f}")
+                         + f", {entry['n_toys']} toys"
+                         + (f" ({entry['n_failed']} failed, left out of p; p in "
+                            f"[{float(entry['p_bounds'][0]):.3g}, "
+                            f"{float(entry['p_bounds'][1]):.3g}] counting them below or above "
+                            "t_obs)" if entry["n_failed"] else ""))
+            band = entry.get("z_summary")
+            if band:
+                lines.append(f"    median Z over {band['n_sets']} test sets = "
+                             f"{float(band['median']):.2f} (16-84 %: "
+                             f"{float(band['lower']):.2f} to {float(band['upper']):.2f})")
+    coverage = summary.get("coverage")
+    if coverage is not None:
+        lines.append(f"coverage (Eq. 4) over {coverage['n_datasets']} data sets, intervals at "
+                     f"{100 * coverage['cl']:.1f} % CL:")
+        for name, entry in coverage["features"].items():
+            cells = [f"{100 * float(level):.1f} %: "
+                     + format_interval(float(f), *map(float, bounds), scale=100.0) + " %"
+                     for level, f, bounds in zip(coverage["levels"], entry["fractions"],
+                                                 entry["intervals"], strict=True)]
+            lines.append(f"  {name} (O* = {float(entry['truth']):.4g}): " + "; ".join(cells))
+    return "\n".join(lines)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

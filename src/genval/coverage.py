@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -84,9 +84,13 @@ class CoverageResult:
             f(x; ŵ) per data set, importance ratios), ``"exact"`` (given), or
             ``"member samples"`` (each member sampled on its own; studies saved before the
             common sample).
-        ridges: the weight fit's ridge τ per data set (R,) (0: plain fit; studies saved before
-            the ridge existed read as zeros), :mod:`genval.identification`.
-        prior_shares: share of σ² from the ridge's prior per data set and observable (R, P).
+        truth_stds: the statistical error of each O* (P,), when the truth is itself an
+            estimate (a larger independent sample); added in quadrature to σ in
+            :attr:`pulls`. ``None``: exact.
+        ridges: the weight fit's ridge τ per data set (R,) (0: plain fit; None in studies
+            saved before the ridge existed), :mod:`genval.identification`.
+        prior_shares: share of σ² from the ridge's prior per data set and observable (R, P),
+            or None.
     """
 
     truth: NDArray[np.float64]
@@ -101,6 +105,7 @@ class CoverageResult:
     n_generated: int
     messages: tuple[str, ...] = field(default=())
     integrals: str = "common sample"
+    truth_stds: NDArray[np.float64] | None = None
     ridges: NDArray[np.float64] | None = None
     prior_shares: NDArray[np.float64] | None = None
 
@@ -125,8 +130,13 @@ class CoverageResult:
 
     @property
     def pulls(self) -> NDArray[np.float64]:
-        """``(Ô − O*) / σ`` (R, P): standard normal if the errors are right."""
-        return (self.estimates - self.truth) / self.stds
+        """``(Ô − O*) / σ`` (R, P): standard normal if the errors are right.
+
+        With :attr:`truth_stds`, σ is ``sqrt(σ² + σ_O*²)``: the truth's own error is
+        independent of the data sets'."""
+        if self.truth_stds is None:
+            return (self.estimates - self.truth) / self.stds
+        return (self.estimates - self.truth) / np.hypot(self.stds, self.truth_stds)
 
     @property
     def covered(self) -> NDArray[np.bool_]:
@@ -171,14 +181,22 @@ class CoverageResult:
             lines.append(f"  observable {p} (truth {truth:.6g}): {cells}")
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import coverage_html
+
+        return coverage_html(self, cl=COVERAGE_CL)
+
     def to_dict(self) -> dict[str, Any]:
         """Every field by name; arrays stay numpy arrays, ``messages`` becomes a list.
 
         The schema of a saved study (``coverage/coverage.npz`` and ``coverage.json`` of a run
         directory); :meth:`from_dict` inverts it.
         """
-        return {f.name: (list(self.messages) if f.name == "messages" else getattr(self, f.name))
+        data = {f.name: (list(self.messages) if f.name == "messages" else getattr(self, f.name))
                 for f in fields(self)}
+        if self.truth_stds is None:
+            del data["truth_stds"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoverageResult:
@@ -199,6 +217,8 @@ class CoverageResult:
                    messages=tuple(str(m) for m in data.get("messages", ())),
                    integrals=str(data.get("integrals", "member samples"
                                           if int(data["n_generated"]) else "exact")),
+                   truth_stds=(np.asarray(data["truth_stds"], dtype=np.float64)
+                               if data.get("truth_stds") is not None else None),
                    **optional)
 
 
@@ -220,17 +240,20 @@ def _one_dataset(members: Members, data: NDArray[np.float64],
     return fit, estimate, [(w.category, str(w.message)) for w in caught]
 
 
-def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Generator], ArrayLike],
+def run_coverage(members: Members,
+                 sample_truth: Callable[[int, np.random.Generator], ArrayLike] | None,
                  truth: ArrayLike, *, n_datasets: int, n_events: int,
                  g: Callable[[NDArray[np.float64]], ArrayLike] | None = None,
                  oversampling: float | None = 2.0, integrals: MemberIntegrals | None = None,
-                 levels: ArrayLike = (0.6827, 0.9545), seed: int = 0, progress: bool = True
-                 ) -> CoverageResult:
+                 levels: ArrayLike = (0.6827, 0.9545), seed: int = 0, progress: bool = True,
+                 datasets: Sequence[ArrayLike] | None = None,
+                 truth_stds: ArrayLike | None = None) -> CoverageResult:
     """Run the coverage study of paper Step 3 with fixed members and fresh weight-fit data.
 
     Args:
         members: the (already trained) density members.
-        sample_truth: ``(n, rng) -> (n, D)`` events from the true density.
+        sample_truth: ``(n, rng) -> (n, D)`` events from the true density; ``None`` when
+            ``datasets`` are given.
         truth: the true observable values O* (P,).
         n_datasets: number of independent data sets R.
         n_events: weight-fit events per data set.
@@ -243,7 +266,16 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
         seed: seed; data set ``r`` uses the stream ``default_rng([seed, r])``, so studies can be
             split and merged.
         progress: show a progress bar on stderr.
+        datasets: the data sets themselves instead of ``sample_truth`` (file data: disjoint
+            subsets of independent events that trained no member); ``n_datasets`` of them.
+        truth_stds: the statistical error of each O* (P,), when the truth is an estimate from
+            an independent sample (:attr:`CoverageResult.truth_stds`).
     """
+    if (sample_truth is None) == (datasets is None):
+        raise InputError("give exactly one of sample_truth (a generator of data sets) and "
+                         "datasets (the data sets themselves)")
+    if datasets is not None and len(datasets) != n_datasets:
+        raise InputError(f"n_datasets={n_datasets} but {len(datasets)} data sets were given")
     target = np.atleast_1d(np.asarray(truth, dtype=np.float64))
     if n_datasets < 2:
         raise InputError(f"a coverage study needs at least 2 data sets, got {n_datasets}")
@@ -259,8 +291,8 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
     categories: dict[type[Warning], str] = {}
     for r in tqdm(range(n_datasets), desc="coverage", disable=not progress, leave=False):
         rng = np.random.default_rng([seed, r])
-        data = as_events(sample_truth(n_events, rng), n_features=members.n_features,
-                         name=f"truth sample {r}")
+        drawn = datasets[r] if datasets is not None else sample_truth(n_events, rng)
+        data = as_events(drawn, n_features=members.n_features, name=f"data set {r}")
         fit, estimate, caught = _one_dataset(members, data, g, integrals, n_generated, rng)
         for category, message in caught:
             text = f"data set {r}: {message}"
@@ -285,6 +317,8 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
                             converged=np.array(converged), n_events=int(n_events),
                             n_generated=n_generated, messages=tuple(messages),
                             integrals="exact" if integrals is not None else "common sample",
+                            truth_stds=(None if truth_stds is None else np.broadcast_to(
+                                np.asarray(truth_stds, dtype=np.float64), target.shape).copy()),
                             ridges=np.array(ridges), prior_shares=np.array(prior_shares))
     for category, first in categories.items():
         warnings.warn(f"coverage study: weight fits and samplers issued {len(messages)} "

@@ -71,6 +71,7 @@ __all__ = [
     "identify",
     "input_precision",
     "leverages",
+    "members_precision",
     "precision_floor",
     "ridge_cap",
     "ridge_covariance",
@@ -106,6 +107,23 @@ def input_precision(dtype: DTypeLike | object) -> float:
             return float(np.finfo(np.dtype(candidate)).eps)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             continue
+    return float(np.finfo(np.float64).eps)
+
+
+def members_precision(members: object) -> float:
+    """:func:`input_precision` of the type a member set computes its log-densities in.
+
+    Looks for ``members.dtype`` (flows: their torch dtype), then through wrappers that keep
+    their members as ``.base`` (:class:`genval.transforms.TransformedMembers`); float64 when
+    neither says.
+    """
+    for _ in range(8):  # wrappers of wrappers, bounded
+        dtype = getattr(members, "dtype", None)
+        if dtype is not None:
+            return input_precision(dtype)
+        members = getattr(members, "base", None)
+        if members is None:
+            break
     return float(np.finfo(np.float64).eps)
 
 
@@ -197,8 +215,8 @@ class Identification:
 
 def identify(V: NDArray[np.float64], A: NDArray[np.float64], floor: float,
              max_leverage: float | None = MAX_LEVERAGE, *,
-             directions: NDArray[np.float64] | None = None, ridge_at_least: float = 0.0
-             ) -> Identification:
+             directions: NDArray[np.float64] | None = None, ridge_at_least: float = 0.0,
+             row_weights: NDArray[np.float64] | None = None) -> Identification:
     """The resolved directions and the ridge τ the leverage criterion asks for (module
     docstring).
 
@@ -217,6 +235,8 @@ def identify(V: NDArray[np.float64], A: NDArray[np.float64], floor: float,
         max_leverage: the criterion; None: no ridge.
         directions: (M, r) orthonormal directions in ``1⊥`` to consider (default: all, B).
         ridge_at_least: a ridge already in use (τ never decreases between rounds of a fit).
+        row_weights: event weights normalised to mean one (``V = mean(s̃ A Aᵀ)``); an event's
+            influence on ŵ is then ``s̃_n`` times its score, its leverage ``s̃_n²`` times.
     """
     if max_leverage is not None and not 0.0 < max_leverage <= 1.0:
         raise InputError(f"max_leverage must be in (0, 1], got {max_leverage}")
@@ -231,6 +251,8 @@ def identify(V: NDArray[np.float64], A: NDArray[np.float64], floor: float,
     resolved = values >= floor * top
     values, kept = values[resolved], directions @ vectors[:, resolved]
     rotated = A @ kept
+    if row_weights is not None:
+        rotated *= row_weights[:, None]
     squares = rotated * rotated
     cap = ridge_cap(n_events)
     weak = values < cap
@@ -273,8 +295,8 @@ def _bisect_ridge(squares: NDArray[np.float64], values: NDArray[np.float64], tar
 
 
 def solve_with_ridge(S: NDArray[np.float64], directions: NDArray[np.float64], ridge: float,
-                     tol: float, max_iter: int, start: NDArray[np.float64] | None = None
-                     ) -> Solution:
+                     tol: float, max_iter: int, start: NDArray[np.float64] | None = None, *,
+                     row_weights: NDArray[np.float64] | None = None) -> Solution:
     """Minimise ``−Σ log(S w) + ½ N τ ‖w − w̄‖²`` over ``w = w̄ + D y`` by exact damped Newton.
 
     ``D`` (the resolved ``directions``) spans part or all of the hyperplane ``Σ w = 1``, where
@@ -290,6 +312,7 @@ def solve_with_ridge(S: NDArray[np.float64], directions: NDArray[np.float64], ri
         tol, max_iter: as :func:`genval.wifi.fit_weights` (per-event tolerance).
         start: weights to start from, projected onto ``w̄ + span(D)`` (default w̄); must keep
             the density positive there (the previous round's ŵ does).
+        row_weights: event weights normalised to mean one (weighted Eq. 1), or None.
 
     Returns:
         The solver's :class:`~genval.newton.Solution` with ``theta`` the weights (M,).
@@ -301,7 +324,7 @@ def solve_with_ridge(S: NDArray[np.float64], directions: NDArray[np.float64], ri
     if start is not None and not np.all(S @ (reference + directions @ y0) > 0):
         y0 = np.zeros(rank)  # the projection left the feasible set: start at w̄
     solution = minimize_convex(S @ reference, S @ directions, np.zeros(rank),
-                               np.full(rank, n_events * ridge), y0,
+                               np.full(rank, n_events * ridge), y0, row_weights=row_weights,
                                options=NewtonOptions(tol=tol * n_events, max_iter=max_iter,
                                                      hessian_dtype=np.float64, refresh=0.0,
                                                      final_step=True))
@@ -309,12 +332,14 @@ def solve_with_ridge(S: NDArray[np.float64], directions: NDArray[np.float64], ri
 
 
 def ridge_covariance(V: NDArray[np.float64], mean_a: NDArray[np.float64],
-                     directions: NDArray[np.float64], ridge: float, n_events: int
+                     directions: NDArray[np.float64], ridge: float, n_events: int, *,
+                     W: NDArray[np.float64] | None = None
                      ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The posterior covariance in the coordinates of ``Σ w = 1`` (M−1, M−1) and its prior part.
 
     On the resolved directions D: ``C = H⁻¹ (U + τ) H⁻¹ / N`` with ``H = Dᵀ V D + τ`` and
-    ``U = Dᵀ (V − ā āᵀ) D`` (the scores' covariance; at the ridge's optimum ``Dᵀ ā = τ y``);
+    ``U = Dᵀ (W − ā āᵀ) D`` (the scores' covariance, ``W = V`` without event weights, else
+    ``mean(s̃² A Aᵀ)``; at the ridge's optimum ``Dᵀ ā = τ y``);
     prior part ``τ H⁻² / N``. Each direction left out (unresolved: the data carry nothing there)
     has the prior's variance ``1 / (N τ)``, or s₀² (:data:`PRIOR_STD`) when τ = 0. The inverse
     goes through the eigendecomposition of ``Dᵀ V D`` (eigenvalues clipped at 0): no jitter.
@@ -322,7 +347,8 @@ def ridge_covariance(V: NDArray[np.float64], mean_a: NDArray[np.float64],
     basis = sum_to_one_basis(V.shape[0])
     values, vectors = np.linalg.eigh(directions.T @ V @ directions)
     projected_mean = directions.T @ mean_a
-    U = directions.T @ V @ directions - np.outer(projected_mean, projected_mean)
+    second = V if W is None else W
+    U = directions.T @ second @ directions - np.outer(projected_mean, projected_mean)
     inverse = (vectors / (np.clip(values, 0.0, None) + ridge)) @ vectors.T
     lift = basis.T @ directions  # (M−1, r): D in the coordinates of the hyperplane
     cov_data = lift @ (inverse @ U @ inverse / n_events) @ lift.T

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.linalg import solve_triangular
 from scipy.special import logsumexp
 
-from genval._validation import as_events, as_rng
+from genval._validation import as_event_weights, as_events, as_rng
 from genval.errors import InputError
 
 __all__ = [
@@ -81,11 +81,21 @@ def density_matrix(members: Members, x: ArrayLike) -> NDArray[np.float64]:
     return np.exp(log_density_matrix(members, x))
 
 
-def _bandwidth(replica: NDArray[np.float64], rule: str | float | ArrayLike) -> NDArray[np.float64]:
-    """Per-feature Gaussian bandwidth for a replica of n events in D dimensions."""
+def _bandwidth(replica: NDArray[np.float64], rule: str | float | ArrayLike,
+               weights: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+    """Per-feature Gaussian bandwidth for a replica of n events in D dimensions.
+
+    With kernel ``weights`` (normalised to sum 1) the rules use the weighted standard
+    deviation (unbiased for reliability weights) and the effective size ``1 / Σ weights²``.
+    """
     n, d = replica.shape
     if isinstance(rule, str):
-        std = replica.std(axis=0, ddof=1)
+        if weights is None:
+            std = replica.std(axis=0, ddof=1)
+        else:
+            n = 1.0 / float(weights @ weights)
+            mean = weights @ replica
+            std = np.sqrt((weights @ (replica - mean) ** 2) / max(1.0 - 1.0 / n, 1e-300))
         if rule == "scott":
             factor = n ** (-1.0 / (d + 4))
         elif rule == "silverman":
@@ -103,6 +113,14 @@ def _bandwidth(replica: NDArray[np.float64], rule: str | float | ArrayLike) -> N
 class KDEMembers:
     """Each member a diagonal Gaussian KDE on its own bootstrap replica of the training events.
 
+    With event weights, a replica resamples events uniformly with replacement and each drawn
+    event keeps its weight (the bootstrap of a weighted sample: the replica's weighted
+    distribution fluctuates as the sample's does); member m is then the weighted KDE
+    ``Σ_j s_j K_h(x − x_j) / Σ_j s_j`` over its replica, and samples pick a centre with
+    probability ``s_j / Σ s``. Negative weights are refused: a KDE with negative kernel weights
+    is negative wherever they dominate (no log-density there) and cannot be sampled by picking
+    centres; train flows (whose weighted NLL takes negative weights) instead.
+
     Args:
         x_train: training events (N, D).
         n_members: number of members M (bootstrap replicas).
@@ -111,17 +129,48 @@ class KDEMembers:
         seed: seed of the bootstrap.
         block_elements: events × centres per block in :meth:`log_prob` (default 2^21, i.e.
             16 MiB of float64 temporaries), bounding memory whatever the sizes.
+        event_weights: optional non-negative (N,) weights of the training events (None:
+            unweighted). Events of weight zero are no centres.
+
+    Raises:
+        InputError: bad events, ``n_members < 1``, a bad bandwidth, malformed or negative
+            event weights, or a replica with fewer than two events of positive weight.
     """
 
     def __init__(self, x_train: ArrayLike, n_members: int, *, bandwidth: str | float | ArrayLike
-                 = "scott", seed: int | None = 0, block_elements: int = 2**21) -> None:
+                 = "scott", seed: int | None = 0, block_elements: int = 2**21,
+                 event_weights: ArrayLike | None = None) -> None:
         events = as_events(x_train, min_events=2)
         if n_members < 1:
             raise InputError(f"n_members must be >= 1, got {n_members}")
-        rng = np.random.default_rng(seed)
         n = events.shape[0]
-        self._replicas = [events[rng.integers(0, n, size=n)] for _ in range(n_members)]
-        self._bandwidths = [_bandwidth(r, bandwidth) for r in self._replicas]
+        s = None
+        if event_weights is not None:
+            s = as_event_weights(event_weights, n, name="KDE event weights")
+            if (s < 0).any():
+                raise InputError(
+                    f"KDE members need non-negative event weights ({int((s < 0).sum())} are "
+                    "negative): a KDE with negative kernel weights is negative where they "
+                    "dominate and cannot be sampled; use flow members, whose weighted NLL "
+                    "takes negative weights")
+        rng = np.random.default_rng(seed)
+        self._replicas: list[NDArray[np.float64]] = []
+        # Log kernel weights per member (normalised to sum 1); None: equal weights.
+        self._log_weights: list[NDArray[np.float64] | None] = []
+        for m in range(n_members):
+            picks = rng.integers(0, n, size=n)
+            if s is None:
+                self._replicas.append(events[picks])
+                self._log_weights.append(None)
+                continue
+            picks = picks[s[picks] > 0]
+            if picks.size < 2:
+                raise InputError(f"bootstrap replica {m} holds {picks.size} events of positive "
+                                 "weight: a KDE needs at least 2")
+            self._replicas.append(events[picks])
+            self._log_weights.append(np.log(s[picks] / s[picks].sum()))
+        self._bandwidths = [_bandwidth(r, bandwidth, None if lw is None else np.exp(lw))
+                            for r, lw in zip(self._replicas, self._log_weights, strict=True)]
         self._block_elements = int(block_elements)
 
     @property
@@ -143,21 +192,27 @@ class KDEMembers:
         for m, (centres, h) in enumerate(zip(self._replicas, self._bandwidths, strict=True)):
             c = centres / h
             c_sq = np.einsum("ij,ij->i", c, c)
-            norm = -np.log(len(c)) - np.log(h).sum() - 0.5 * len(h) * np.log(2 * np.pi)
+            log_w = self._log_weights[m]
+            # Equal weights 1/n enter as -log n in the constant; others inside the logsumexp.
+            norm = ((-np.log(len(c)) if log_w is None else 0.0) - np.log(h).sum()
+                    - 0.5 * len(h) * np.log(2 * np.pi))
             rows = max(1, self._block_elements // len(c))
             for start in range(0, events.shape[0], rows):
                 z = events[start:start + rows] / h
                 # |z - c|^2 through one GEMM; clamp the rounding below zero.
                 d2 = np.einsum("ij,ij->i", z, z)[:, None] + c_sq[None, :] - 2.0 * (z @ c.T)
                 np.maximum(d2, 0.0, out=d2)
-                out[m, start:start + len(z)] = logsumexp(-0.5 * d2, axis=1) + norm
+                exponent = -0.5 * d2 if log_w is None else log_w[None, :] - 0.5 * d2
+                out[m, start:start + len(z)] = logsumexp(exponent, axis=1) + norm
         return out
 
     def sample(self, n: int, member: int, rng: np.random.Generator | int | None = None
                ) -> NDArray[np.float64]:
         gen = as_rng(rng)
         centres, h = self._replicas[member], self._bandwidths[member]
-        picks = centres[gen.integers(0, len(centres), size=int(n))]
+        log_w = self._log_weights[member]
+        picks = centres[gen.integers(0, len(centres), size=int(n)) if log_w is None
+                        else gen.choice(len(centres), size=int(n), p=np.exp(log_w))]
         return picks + gen.standard_normal(picks.shape) * h
 
 

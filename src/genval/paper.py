@@ -17,13 +17,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from genval.config import Config
 
-__all__ = ["PAPER_TOY_MEAN", "PAPER_TOY_STD", "PAPER_Z", "PAPER_COVERAGE", "is_paper_toy"]
+__all__ = ["PAPER_TOY_MEAN", "PAPER_TOY_STD", "PAPER_Z", "PAPER_COVERAGE", "PAPER_KERNEL_BASIS",
+           "is_paper_toy"]
 
 PAPER_TOY_MEAN: tuple[float, ...] = (-0.5, 0.6)
 """Per-feature mean of the paper's 2D Gaussian toy (Eq. 6)."""
 
 PAPER_TOY_STD: tuple[float, ...] = (0.25, 0.4)
 """Per-feature standard deviation of the paper's 2D Gaussian toy (Eq. 6)."""
+
+PAPER_KERNEL_BASIS: dict[str, int | float | str] = {"n_kernels": 100, "sigma": 0.05,
+                                                    "kernel_units": "raw"}
+"""The paper's kernel basis (Step 4) as ``gof`` config keys: K = 100 Gaussian kernels of
+σ = 0.05 in feature units. The demo presets keep it (their Z compare with the paper's);
+genval's own default measures σ in standardised units (docs/choosing-kernels.md)."""
 
 PAPER_Z: dict[str, tuple[float, float, float]] = {
     "single": (20.29, 0.10, 0.10),

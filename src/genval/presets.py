@@ -10,13 +10,14 @@ import json
 from typing import Any
 
 from genval.config import Config, ConfigError, parse_config
+from genval.paper import PAPER_KERNEL_BASIS
 
 __all__ = ["PRESETS", "preset"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Sized to run end to end on 2 CPU cores in a few minutes (figures in BENCHMARKS.md):
     # small flows stopped early enough that a single member is visibly imperfect, a test split
-    # large enough to see it, the paper's kernel basis.
+    # large enough to see it, the paper's kernel basis (PAPER_KERNEL_BASIS).
     "quick": {
         "run_dir": "genval-demo",
         "data": {"generate": {"n_events": 60_000}},
@@ -28,9 +29,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # App. A's ratio: 2 x the 12,000 weight-fit events of a data set, drawn from f(x; ŵ)
         # (each needs every member's density for the importance ratios: the study's main cost)
         "coverage": {"n_datasets": 100, "n_generated": 24_000},
-        "gof": {"n_toys": 300, "n_kernels": 100},
+        "gof": {"n_toys": 300, **PAPER_KERNEL_BASIS},
     },
-    # The paper's sizes (Sec. 3): 10^5 events, M = 60, the paper architecture; for a GPU.
+    # The paper's sizes (Sec. 3): 10^5 events, M = 60, the paper architecture and kernel
+    # basis; for a GPU.
     "paper": {
         "run_dir": "genval-paper",
         "data": {"generate": {"n_events": 100_000}},
@@ -38,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "members": {"n_members": 60},
         "sample": {"n_events": 200_000},
         "coverage": {"n_datasets": 284, "n_generated": 200_000},
-        "gof": {"n_toys": 1000, "n_kernels": 100},
+        "gof": {"n_toys": 1000, **PAPER_KERNEL_BASIS},
     },
 }
 

@@ -18,6 +18,16 @@ coordinates ``z`` of the hyperplane ``Σ w = 1`` (``w = ŵ + B z``, B from
 ``U = V − 1 1ᵀ`` so ``U_r = V_r`` and ``C_r = V_r⁻¹ / N``; the general form is kept so that the
 covariance stays a sandwich if the fit stops short of the optimum.)
 
+**Event weights.** Weighted events (Monte-Carlo weights ``s_n``, possibly negative) enter as
+``L(w) = −Σ_n s_n log(F_n · w) / Σ_n s_n + Σ_k w_k``: still ``Σ ŵ = 1`` at the optimum, and the
+same estimator up to a common scale of the weights (the weights are normalised to mean one,
+``s̃ = s N / Σ s``). The sandwich then no longer collapses: with ``A_n = F_n / f_n``,
+``V = mean(s̃ A Aᵀ)`` (the Hessian) and ``U = mean(s̃² A Aᵀ) − ā āᵀ`` with ``ā = mean(s̃ A)``
+(the per-event scores ``s̃_n (1 − A_n)``, centred), ``U_r ≠ V_r`` once the weights vary, and the
+covariance is the full ``V_r⁻¹ U_r V_r⁻¹ / N``. With every ``s_n = 1`` it is the unweighted
+result. With negative weights L is no longer convex everywhere: the fit checks that its Hessian
+at ŵ is positive definite (a minimum, not a saddle) and raises :class:`FitError` otherwise.
+
 **Weakly identified directions** (:mod:`genval.identification`). Where some event's leverage
 ``h_n = a_nᵀ (N V_r)⁻¹ a_n`` exceeds ``MAX_LEVERAGE`` (a direction decided by a handful of
 events, where the maximum-likelihood ŵ is not Gaussian and the sandwich does not describe it), or
@@ -40,6 +50,7 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from genval._validation import as_event_weights
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
 from genval.identification import (
     MAX_LEVERAGE,
@@ -81,7 +92,7 @@ class WeightFit:
         hessian_condition: condition number of the reduced Hessian ``V_r``.
         effective_rank: effective rank (exp of the spectral entropy) of the columns of F,
             rows scaled by ``1 / f̂`` (the Hessian's factor); M for independent members.
-        n_events: N.
+        n_events: N (events of non-zero weight when event weights were given).
         n_unidentified: weight directions not resolved at the input's precision (eigenvalue of
             ``V_r`` below :attr:`precision_floor` times the largest; near-duplicate members):
             set by the ridge's prior alone, with its variance (fits saved before the prior
@@ -97,6 +108,8 @@ class WeightFit:
             the largest share of any estimate's variance that one event carries.
         precision_floor: eigenvalue ratio below which ``V_r`` is not resolved by the input
             (:func:`genval.identification.precision_floor`).
+        n_effective: with event weights, the effective number of events ``(Σs)² / Σs²`` (the
+            size of an unweighted sample as informative for a mean); None when unweighted.
     """
 
     weights: NDArray[np.float64]
@@ -116,6 +129,7 @@ class WeightFit:
     n_regularised: int = 0
     leverage: float = float("nan")
     precision_floor: float = LEGACY_RCOND
+    n_effective: float | None = None
 
     @property
     def n_members(self) -> int:
@@ -209,10 +223,12 @@ class WeightFit:
 
     def __repr__(self) -> str:
         status = "converged" if self.converged else "NOT converged"
+        events = (f"N={self.n_events}" if self.n_effective is None
+                  else f"N={self.n_events} weighted, N_eff={self.n_effective:.4g}")
         top = np.argsort(-np.abs(self.weights))[:3]
         top_txt = ", ".join(f"w[{k}]={self.weights[k]:+.4f}±{self.weight_std[k]:.4f}" for k in top)
         lines = [
-            f"WeightFit(M={self.n_members}, N={self.n_events}, {status} in {self.n_iter} "
+            f"WeightFit(M={self.n_members}, {events}, {status} in {self.n_iter} "
             f"Newton iterations, nll={self.nll:.10g}, |grad|={self.grad_norm:.2e},",
             f"          cond(V)={self.hessian_condition:.3g}, "
             f"effective rank={self.effective_rank:.2f}, sum(w)={self.weights.sum():.12f}, "
@@ -225,6 +241,11 @@ class WeightFit:
                             f"leverage {self.leverage:.2f},")
         lines += [f"  warning: {m}" for m in self.messages]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import weight_fit_html
+
+        return weight_fit_html(self)
 
     def to_dict(self) -> dict[str, object]:
         """Every field by name; arrays stay numpy arrays, ``messages`` becomes a list.
@@ -252,7 +273,8 @@ class WeightFit:
                    "cov_prior_reduced": lambda v: (None if v is None
                                                    else np.asarray(v, dtype=np.float64)),
                    "converged": bool, "n_iter": int, "n_events": int, "n_unidentified": int,
-                   "n_regularised": int, "messages": lambda v: tuple(str(m) for m in v)}
+                   "n_regularised": int, "messages": lambda v: tuple(str(m) for m in v),
+                   "n_effective": lambda v: None if v is None else float(v)}
         values = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
@@ -298,19 +320,45 @@ def _truncated_inverse(matrix: NDArray[np.float64], rcond: float
     return (kept / values[keep]) @ kept.T, values, int((~keep).sum())
 
 
-def _hessian_terms(S: NDArray[np.float64], f: NDArray[np.float64]
-                   ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """``A_n = S_n / f_n``, its mean and ``V = mean(A_n A_nᵀ)`` in one pass over the events."""
+@dataclass(frozen=True)
+class _Terms:
+    """The sums of Eq. (2) at ŵ, per unit (normalised) event weight.
+
+    ``A_n = S_n / f_n`` (N, M), ``mean_a = mean(s̃ A)``, ``V = mean(s̃ A Aᵀ)`` (the Hessian of L)
+    and ``W = mean(s̃² A Aᵀ)`` (the second moment of the scores; ``W is V`` for unweighted
+    events).
+    """
+
+    A: NDArray[np.float64]
+    mean_a: NDArray[np.float64]
+    V: NDArray[np.float64]
+    W: NDArray[np.float64]
+
+
+def _hessian_terms(S: NDArray[np.float64], f: NDArray[np.float64],
+                   s: NDArray[np.float64] | None = None) -> _Terms:
+    """``A``, the mean of ``s̃_n A_n``, ``V`` and ``W`` in one pass over the events.
+
+    ``s`` are the event weights normalised to mean one (None: unweighted, ``W = V``).
+    """
     inv_f = 1.0 / f
+    n = S.shape[0]
     A = S * inv_f[:, None]
-    mean_a = (inv_f @ S) / S.shape[0]
-    # A.T is Fortran-ordered: BLAS takes it without a copy.
-    V = (A.T @ A) / S.shape[0]
-    return A, mean_a, V
+    if s is None:
+        # A.T is Fortran-ordered: BLAS takes it without a copy.
+        V = (A.T @ A) / n
+        return _Terms(A, (inv_f @ S) / n, V, V)
+    sA = A * s[:, None]
+    # V = Σ s̃ A Aᵀ / N = (s̃ A)ᵀ A / N; W = Σ s̃² A Aᵀ / N = (s̃ A)ᵀ (s̃ A) / N.
+    V = sA.T @ A / n
+    return _Terms(A, ((s * inv_f) @ S) / n, 0.5 * (V + V.T), (sA.T @ sA) / n)
 
 
-def _objective(f: NDArray[np.float64], w: NDArray[np.float64]) -> float:
-    return float(-np.mean(np.log(f)) + w.sum())
+def _objective(f: NDArray[np.float64], w: NDArray[np.float64],
+               s: NDArray[np.float64] | None = None) -> float:
+    """L of Eq. (1) per unit event weight; ``s`` normalised to mean one (None: unweighted)."""
+    logs = np.log(f)
+    return float(-(np.mean(logs) if s is None else (s @ logs) / len(s)) + w.sum())
 
 
 def _near_duplicates(V_r: NDArray[np.float64], basis: NDArray[np.float64], count: int = 4
@@ -334,18 +382,20 @@ def _starting_weights(S: NDArray[np.float64], w0: ArrayLike | None) -> NDArray[n
 
 
 def _solve_weights(S: NDArray[np.float64], w: NDArray[np.float64], tol: float, max_iter: int,
-                   rcond: float) -> Solution:
-    """Minimise ``N·L(w) = −Σ log(S w) + N 1ᵀw`` (Eq. 1 times N) by exact damped Newton.
+                   rcond: float, s: NDArray[np.float64] | None = None) -> Solution:
+    """Minimise ``N·L(w) = −Σ s̃ log(S w) + N 1ᵀw`` (Eq. 1 times N) by exact damped Newton.
 
-    The per-event ``tol`` becomes ``N·tol`` on the summed objective. The Hessian is float64 and
+    ``s`` are the event weights normalised to mean one (``Σ s̃ = N``; None: all one). The
+    per-event ``tol`` becomes ``N·tol`` on the summed objective. The Hessian is float64 and
     fresh every step; directions below the input's precision floor (``rcond`` times the largest
-    eigenvalue) are left out of a step (the fit then continues with a ridge, see
-    :func:`fit_weights`); once the decrement is below ``tol`` one more full step brings
-    ``Σŵ = 1`` to rounding.
+    eigenvalue) are left out of a step (with negative event weights, also directions of
+    negative curvature: the step is Newton's on the positive part of the Hessian, a descent
+    direction; the fit then continues on the resolved directions, see :func:`fit_weights`);
+    once the decrement is below ``tol`` one more full step brings ``Σŵ = 1`` to rounding.
     """
     n_events, n_members = S.shape
     return minimize_convex(np.zeros(n_events), S, np.full(n_members, float(n_events)),
-                           np.zeros(n_members), w,
+                           np.zeros(n_members), w, row_weights=s,
                            options=NewtonOptions(tol=tol * n_events, max_iter=max_iter,
                                                  hessian_dtype=np.float64, refresh=0.0,
                                                  rcond=rcond, final_step=True))
@@ -361,26 +411,26 @@ class _Sandwich:
     condition: float
 
 
-def _sandwich_covariance(V: NDArray[np.float64], mean_a: NDArray[np.float64], n_events: int,
-                         ident: Identification) -> _Sandwich:
+def _sandwich_covariance(terms: _Terms, n_events: int, ident: Identification) -> _Sandwich:
     """``Cov = B V_r⁻¹ U_r V_r⁻¹ Bᵀ / N`` in the coordinates of ``Σ w = 1``, Eq. (2).
 
-    With a ridge or unresolved directions, the posterior of
-    :func:`genval.identification.ridge_covariance`.
+    The scores are ``g_n = s̃_n (1 − A_n)``, ``Bᵀ g_n = −s̃_n Bᵀ A_n`` (``Bᵀ 1 = 0``), and
+    ``U = Cov_n(g_n) = W − ā āᵀ`` in those coordinates; unweighted, ``W = V``. With a ridge or
+    unresolved directions, the posterior of :func:`genval.identification.ridge_covariance`.
     """
-    n_members = V.shape[0]
+    n_members = terms.V.shape[0]
     basis = sum_to_one_basis(n_members)
-    V_r = basis.T @ V @ basis
+    V_r = basis.T @ terms.V @ basis
     eig_v = np.linalg.eigvalsh(V_r)
     condition = float(eig_v[-1] / eig_v[0]) if eig_v[0] > 0 else float("inf")
     cov_prior = None
     if ident.ridge > 0 or ident.n_unresolved:
-        cov_reduced, cov_prior = ridge_covariance(V, mean_a, ident.directions, ident.ridge,
-                                                  n_events)
+        cov_reduced, cov_prior = ridge_covariance(terms.V, terms.mean_a, ident.directions,
+                                                  ident.ridge, n_events, W=terms.W)
     else:
-        # U = Cov_n(g_n) with g_n = 1 − A_n, i.e. mean(A Aᵀ) − mean(A) mean(A)ᵀ = V − ā āᵀ.
-        projected_mean = basis.T @ mean_a
-        U_r = V_r - np.outer(projected_mean, projected_mean)
+        projected_mean = basis.T @ terms.mean_a
+        W_r = V_r if terms.W is terms.V else basis.T @ terms.W @ basis
+        U_r = W_r - np.outer(projected_mean, projected_mean)
         V_r_inv, _, _ = _truncated_inverse(V_r, ident.floor)
         cov_reduced = V_r_inv @ U_r @ V_r_inv / n_events
         cov_reduced = 0.5 * (cov_reduced + cov_reduced.T)
@@ -426,6 +476,34 @@ def _conditioning_message(V: NDArray[np.float64], condition: float, ident: Ident
     return None
 
 
+def _curvature_hint(S: NDArray[np.float64], f: NDArray[np.float64],
+                    s: NDArray[np.float64] | None, rows: NDArray[np.int64] | None) -> str:
+    """Where the negative curvature comes from: the negative-weight event with the largest
+    ``|s̃_n| ‖A_n‖²`` (its contribution to the Hessian), as a row of the caller's input."""
+    if s is None or rows is None or not (s < 0).any():
+        return ""
+    negative = np.flatnonzero(s < 0)
+    a = S[negative] / f[negative, None]
+    worst = int(np.argmax(-s[negative] * np.einsum("ij,ij->i", a, a)))
+    return (f" (largest negative contribution: event {int(rows[negative[worst]])}, weight "
+            f"{s[negative[worst]]:.3g} of a mean 1, mixture density there "
+            f"{f[negative[worst]] / np.median(f):.3g} of the median)")
+
+
+def _check_curvature(V: NDArray[np.float64], hint: str) -> None:
+    """Raise when the reduced Hessian at ŵ has a negative eigenvalue beyond rounding (negative
+    event weights: ŵ is a saddle of the weighted likelihood, not a minimum)."""
+    basis = sum_to_one_basis(V.shape[0])
+    eig_v = np.linalg.eigvalsh(basis.T @ V @ basis)
+    if eig_v[0] < -LEGACY_RCOND * abs(eig_v[-1]):
+        raise FitError(
+            f"the weighted likelihood of Eq. (1) is not convex at the fitted weights (smallest "
+            f"Hessian eigenvalue {eig_v[0]:.3g}, largest {eig_v[-1]:.3g}), so ŵ is not a "
+            f"minimum{hint}. With negative event weights L need not be convex, and it is "
+            "unbounded below where the mixture vanishes at a negative-weight event; use more "
+            "weight-fit events or fewer (or smaller) negative weights")
+
+
 def _effective_rank(V: NDArray[np.float64]) -> float:
     """exp of the spectral entropy of the singular values of the rescaled F (Hessian factor)."""
     singular_values = np.sqrt(np.clip(np.linalg.eigvalsh(V), 0.0, None))
@@ -452,9 +530,7 @@ class _Rounds:
     """The outcome of :func:`_fit_with_ridge`."""
 
     solution: Solution
-    A: NDArray[np.float64]
-    mean_a: NDArray[np.float64]
-    V: NDArray[np.float64]
+    terms: _Terms
     identification: Identification
     trigger: float
     n_iter: int
@@ -462,7 +538,9 @@ class _Rounds:
 
 
 def _fit_with_ridge(S: NDArray[np.float64], start: NDArray[np.float64], tol: float,
-                    max_iter: int, floor: float, max_leverage: float | None) -> _Rounds:
+                    max_iter: int, floor: float, max_leverage: float | None,
+                    s: NDArray[np.float64] | None = None,
+                    rows: NDArray[np.int64] | None = None) -> _Rounds:
     """Eq. (1) on the resolved directions, with the smallest ridge the leverage asks for.
 
     The equal-weight reference decides which directions are resolved at the input's precision
@@ -471,35 +549,41 @@ def _fit_with_ridge(S: NDArray[np.float64], start: NDArray[np.float64], tol: flo
     Each round's ŵ is checked: τ is raised (never lowered) to what its leverage asks and
     directions found unresolved there are dropped, until nothing changes (τ to 2 %). Ridge
     rounds start from the previous round's ŵ (the first from the reference); their minimum is
-    unique too.
+    unique too. ``s``: normalised event weights (the leverage is then ``s̃_n²`` times that of
+    an unweighted event); with negative ones, a round that ends at a saddle raises.
     """
     n_members = S.shape[1]
     reference = np.full(n_members, 1.0 / n_members)
-    A, _, V = _hessian_terms(S, S @ reference)
-    ident = identify(V, A, floor, max_leverage)
+    terms = _hessian_terms(S, S @ reference, s)
+    ident = identify(terms.V, terms.A, floor, max_leverage, row_weights=s)
     directions, ridge, trigger = ident.directions, ident.ridge, ident.criterion
     plain = ridge == 0.0 and not ident.n_unresolved
     warm = None  # rounds after the first start from the previous round's ŵ
     n_iter = 0
     settled = False
     for _ in range(_MAX_RIDGE_ROUNDS):
-        solution = (_solve_weights(S, start, tol, max_iter, floor) if plain
-                    else solve_with_ridge(S, directions, ridge, tol, max_iter, warm))
+        solution = (_solve_weights(S, start, tol, max_iter, floor, s) if plain
+                    else solve_with_ridge(S, directions, ridge, tol, max_iter, warm,
+                                          row_weights=s))
         n_iter += solution.n_iter + int(solution.line_search_failed)
-        A, mean_a, V = _hessian_terms(S, solution.density)
-        ident = identify(V, A, floor, max_leverage, directions=directions, ridge_at_least=ridge)
+        terms = _hessian_terms(S, solution.density, s)
+        if s is not None and (s < 0).any():
+            _check_curvature(terms.V, _curvature_hint(S, solution.density, s, rows))
+        ident = identify(terms.V, terms.A, floor, max_leverage, directions=directions,
+                         ridge_at_least=ridge, row_weights=s)
         trigger = max(trigger, ident.criterion)
         if ident.ridge <= ridge * 1.02 and ident.directions.shape[1] == directions.shape[1]:
             settled = True
             break
         directions, ridge, plain = ident.directions, ident.ridge, False
         warm = solution.theta
-    return _Rounds(solution, A, mean_a, V, ident, trigger, n_iter, settled)
+    return _Rounds(solution, terms, ident, trigger, n_iter, settled)
 
 
 def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: float = 1e-14,
-                w0: ArrayLike | None = None, max_leverage: float | None = MAX_LEVERAGE,
-                precision: float | None = None) -> WeightFit:
+                w0: ArrayLike | None = None, event_weights: ArrayLike | None = None,
+                max_leverage: float | None = MAX_LEVERAGE, precision: float | None = None
+                ) -> WeightFit:
     """Fit the w_i f_i weights by damped Newton and compute their sandwich covariance.
 
     Minimises paper Eq. (1) with λ = 1 in float64 with the exact solver of
@@ -520,6 +604,11 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
         tol: stop when half the squared Newton decrement ``gᵀ V⁻¹ g / 2`` (the predicted
             decrease of L, per event) falls below ``tol``; one more full step is then taken.
         w0: starting weights (default uniform ``1/M``); must give ``F w0 > 0``.
+        event_weights: optional (N,) per-event weights ``s_n`` (Monte-Carlo weights, finite,
+            possibly negative, with ``Σ s > 0``). The likelihood becomes
+            ``−Σ s_n log f_n / Σ s + Σ w`` and the covariance the general sandwich with
+            ``U = Cov_n(s_n ∇ℓ_n)``; only their ratios matter. Events of weight zero are
+            dropped. None (default): every event counts once.
         max_leverage: largest leverage of an event accepted without ridge (default
             :data:`~genval.identification.MAX_LEVERAGE`); None: the plain maximum-likelihood
             fit wherever the input resolves the Hessian.
@@ -531,9 +620,11 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
         :class:`WeightFit` with ŵ, Cov(ŵ) and diagnostics.
 
     Raises:
-        InputError: malformed F (see :func:`prepare_density_matrix`), fewer than 2 members,
-            fewer events than members, ``max_iter < 1`` or ``max_leverage`` outside (0, 1].
-        FitError: infeasible ``w0``.
+        InputError: malformed F (see :func:`prepare_density_matrix`) or ``event_weights``
+            (wrong length, NaN/inf, ``Σ s ≤ 0``), fewer than 2 members, fewer events than
+            members, ``max_iter < 1`` or ``max_leverage`` outside (0, 1].
+        FitError: infeasible ``w0``; with negative event weights, a fit that ends at a saddle
+            of the (then non-convex) likelihood.
 
     Warns:
         IllConditionedWarning: near-duplicate members (condition number of ``V_r`` above 1e8;
@@ -549,6 +640,14 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     if max_leverage is not None and not 0.0 < max_leverage <= 1.0:
         raise InputError(f"max_leverage must be in (0, 1], got {max_leverage}")
     S, log_scale = prepare_density_matrix(F, log=log)
+    s = rows = None
+    if event_weights is not None:
+        raw = as_event_weights(event_weights, S.shape[0], name="event_weights")
+        # A zero weight removes the event from every sum: drop it (it must not constrain F w > 0).
+        used = raw != 0
+        rows = np.flatnonzero(used)
+        S, log_scale, raw = S[used], log_scale[used], raw[used]
+        s = raw * (raw.size / raw.sum())  # normalised to mean one; sum checked positive above
     n_events, n_members = S.shape
     if n_members < 2:
         raise InputError(f"need at least 2 members for a w_i f_i ensemble, got {n_members}")
@@ -556,8 +655,9 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
         raise InputError(f"need more events than members to fit the weights: N={n_events}, "
                          f"M={n_members}")
     floor = _input_floor(F, log, precision, n_members)
-    rounds = _fit_with_ridge(S, _starting_weights(S, w0), tol, max_iter, floor, max_leverage)
-    solution, ident = rounds.solution, rounds.identification
+    start = _starting_weights(S, w0)
+    rounds = _fit_with_ridge(S, start, tol, max_iter, floor, max_leverage, s, rows)
+    solution, ident, terms = rounds.solution, rounds.identification, rounds.terms
     w, f = solution.theta, solution.density
     n_iter = rounds.n_iter
     decrement = 2.0 * solution.decrement / n_events  # gᵀ V⁻¹ g of the per-event L
@@ -565,7 +665,7 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     if solution.line_search_failed:
         messages.append(f"line search failed at iteration {n_iter} (decrement {decrement:.3g})")
 
-    gradient = 1.0 - rounds.mean_a
+    gradient = 1.0 - terms.mean_a
     if ident.ridge > 0 or ident.n_unresolved:
         # the penalised objective's gradient along the fitted directions (Σ w = 1 exactly)
         gradient = ident.directions.T @ (gradient + ident.ridge * (w - 1.0 / n_members))
@@ -581,18 +681,20 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
                f"τ = {ident.ridge:.3g}")
         messages.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    sandwich = _sandwich_covariance(rounds.V, rounds.mean_a, n_events, ident)
-    warning = _conditioning_message(rounds.V, sandwich.condition, ident, n_events,
+    sandwich = _sandwich_covariance(terms, n_events, ident)
+    warning = _conditioning_message(terms.V, sandwich.condition, ident, n_events,
                                     rounds.trigger, max_leverage)
     if warning is not None:
         messages.append(warning)
         warnings.warn(warning, IllConditionedWarning, stacklevel=2)
     return WeightFit(weights=w, cov=sandwich.cov, cov_reduced=sandwich.cov_reduced,
                      converged=solution.converged, n_iter=n_iter,
-                     nll=_objective(f, w) - float(log_scale.mean()), grad_norm=grad_norm,
-                     hessian_condition=sandwich.condition,
-                     effective_rank=_effective_rank(rounds.V), n_events=n_events,
+                     nll=_objective(f, w, s) - float(log_scale.mean() if s is None
+                                                     else (s @ log_scale) / n_events),
+                     grad_norm=grad_norm, hessian_condition=sandwich.condition,
+                     effective_rank=_effective_rank(terms.V), n_events=n_events,
                      n_unidentified=ident.n_unresolved, messages=tuple(messages),
                      ridge=ident.ridge, cov_prior_reduced=sandwich.cov_prior_reduced,
                      n_regularised=ident.n_regularised, leverage=ident.leverage,
-                     precision_floor=floor)
+                     precision_floor=floor,
+                     n_effective=None if s is None else float(s.sum() ** 2 / (s @ s)))

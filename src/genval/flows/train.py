@@ -14,6 +14,21 @@ with Adam, batch 512 and early stopping after 10 epochs without validation impro
   ``patience`` epochs stops and is removed from the computation (the working ensemble is
   compacted together with its Adam state), so stopped members cost nothing.
 
+**Weighted events** (``event_weights``: Monte-Carlo weights ``s_n``, possibly negative). The
+loss is the weighted NLL ``−Σ s_n log f(x_n) / Σ s_n``, an unbiased estimate of the
+cross-entropy ``−∫ p log f`` of the density p the weighted sample represents, negative weights
+included. A bootstrap replica resamples *events* uniformly with replacement, each drawn event
+keeping its weight: the replica's weighted distribution then fluctuates as the weighted
+sample's does (resampling in proportion to the weights would instead drop the negative ones
+and change the sample's variance). Each batch's loss is divided by the replica's mean weight
+times the batch size, not by the batch's own total weight: the batch loss is then an unbiased
+estimate of the epoch loss, while a batch total near zero (or negative, when negative weights
+dominate it) would blow up or flip the gradient. With negative weights a batch loss can still
+be negative and noisy; the per-member gradient clipping bounds each step, and early stopping
+uses the weighted loss on the whole validation split, whose total weight must be positive.
+The weighted NLL with negative weights is unbounded below (a flow can carve a hole at a
+negative-weight event); the held-out validation loss is what detects such over-fitting.
+
 :func:`train` reads its settings from a :class:`TrainSettings` (or the same names as keywords)
 and runs named steps: split off validation events, build the training tensors and replicas,
 then per epoch train, validate and update the early-stopping record, and finally restore each
@@ -39,7 +54,7 @@ from tqdm import tqdm
 
 from genval._allocator import retain_freed_memory
 from genval._settings import apply_overrides, setting_names
-from genval._validation import as_events
+from genval._validation import MPS_UNSUPPORTED, as_event_weights, as_events
 from genval.errors import InputError
 from genval.flows.ensemble import PRECISIONS, FlowEnsemble
 
@@ -202,7 +217,8 @@ def bootstrap_replicas(n_train: int, member_seeds: list[int], seed: int) -> NDAr
     """Bootstrap indices ``(M, n_train)`` into the training split, one stream per member.
 
     Member m's replica depends only on ``(seed, member_seeds[m])``. The indices refer to the
-    training split only: validation events are removed before resampling.
+    training split only: validation events are removed before resampling. Events are drawn
+    uniformly whether or not they carry weights; a weighted event brings its weight along.
     """
     return np.stack([np.random.default_rng(_stream_seed(seed, s, 0)).integers(0, n_train, n_train)
                      for s in member_seeds])
@@ -248,10 +264,15 @@ def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 @torch.no_grad()
-def _nll(work: FlowEnsemble, y: torch.Tensor, chunk: int) -> torch.Tensor:
+def _nll(work: FlowEnsemble, y: torch.Tensor, chunk: int, weights: torch.Tensor | None = None
+         ) -> torch.Tensor:
+    """Each member's mean NLL on ``y``; weighted by ``weights`` (float64, mean one) if given."""
     total = torch.zeros(work.n_members, dtype=torch.float64, device=y.device)
     for start in range(0, len(y), chunk):
-        total -= work.log_prob_standardised(y[start:start + chunk]).double().sum(dim=1)
+        log_p = work.log_prob_standardised(y[start:start + chunk]).double()
+        if weights is not None:
+            log_p = log_p * weights[start:start + chunk]
+        total -= log_p.sum(dim=1)
     return total / len(y)
 
 
@@ -263,14 +284,29 @@ class _Split:
     train_indices: NDArray[np.int64]
     val_indices: NDArray[np.int64]
     held_out: bool  # validation events taken from x (False: given as x_val)
+    w_train: NDArray[np.float64] | None = None  # event weights (None: unweighted)
+    w_val: NDArray[np.float64] | None = None
 
 
 def _split_validation(events: NDArray[np.float64], x_val: ArrayLike | None,
-                      settings: TrainSettings, n_features: int) -> _Split:
-    """Hold out validation events *before* any bootstrap, so no replica contains one."""
+                      settings: TrainSettings, n_features: int,
+                      weights: NDArray[np.float64] | None = None,
+                      val_weights: ArrayLike | None = None) -> _Split:
+    """Hold out validation events *before* any bootstrap, so no replica contains one.
+
+    Raises:
+        InputError: bad ``val_fraction``; validation weights without validation events, or
+            validation events whose weights do not sum to a positive total.
+    """
     if x_val is not None:
-        return _Split(events, as_events(x_val, n_features=n_features, name="validation events"),
-                      np.arange(len(events)), np.empty(0, dtype=np.int64), held_out=False)
+        val = as_events(x_val, n_features=n_features, name="validation events")
+        w_val = None if val_weights is None else as_event_weights(
+            val_weights, len(val), name="weights of the validation events")
+        return _Split(events, val, np.arange(len(events)), np.empty(0, dtype=np.int64),
+                      held_out=False, w_train=weights, w_val=w_val)
+    if val_weights is not None:
+        raise InputError("val_event_weights needs x_val (the held-out validation events take "
+                         "their weights from event_weights)")
     fraction = settings.val_fraction
     if not 0 < fraction < 1:
         raise InputError(f"val_fraction must be in (0, 1), got {fraction}")
@@ -279,7 +315,16 @@ def _split_validation(events: NDArray[np.float64], x_val: ArrayLike | None,
         raise InputError(f"{len(events)} events leave nothing to train on")
     order = np.random.default_rng(settings.seed).permutation(len(events))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    return _Split(events[train_idx], events[val_idx], train_idx, val_idx, held_out=True)
+    if weights is None:
+        return _Split(events[train_idx], events[val_idx], train_idx, val_idx, held_out=True)
+    w_train, w_val = weights[train_idx], weights[val_idx]
+    for name, w in (("training", w_train), ("validation", w_val)):
+        if not w.sum() > 0:
+            raise InputError(f"the weights of the {name} events (val_fraction={fraction} of "
+                             f"the training split) sum to {w.sum():.6g}: the weighted NLL "
+                             "needs a positive total weight")
+    return _Split(events[train_idx], events[val_idx], train_idx, val_idx, held_out=True,
+                  w_train=w_train, w_val=w_val)
 
 
 # -- step 2: tensors and replicas --------------------------------------------------------------
@@ -291,7 +336,29 @@ class _TrainingData:
     shufflers: list[torch.Generator]  # one batch-order stream per member
     const: float  # NLL in data units = NLL of standardised features - const
     val_chunk: int
+    # Weighted events: (M, n_train) weight of each replica entry, normalised to mean one per
+    # replica, in the ensemble's dtype; the validation weights (float64, mean one). None when
+    # the events are unweighted.
+    weights: torch.Tensor | None = None
+    val_weights: torch.Tensor | None = None
 
+
+def _replica_weights(w_train: NDArray[np.float64], replicas: NDArray[np.int64],
+                     member_seeds: list[int]) -> NDArray[np.float64]:
+    """Each replica entry's event weight, divided by the replica's mean weight.
+
+    Raises:
+        InputError: a replica whose weights sum to zero or less (no weighted NLL defined).
+    """
+    weights = w_train[replicas]
+    totals = weights.sum(axis=1)
+    bad = np.flatnonzero(~(totals > 0))
+    if bad.size:
+        raise InputError(f"the bootstrap replica of member {int(bad[0])} (seed "
+                         f"{member_seeds[int(bad[0])]}) has total weight {totals[bad[0]]:.4g} "
+                         f"<= 0 ({bad.size} replica(s) so): too many negative weights for the "
+                         "number of training events")
+    return weights / (totals / weights.shape[1])[:, None]
 
 def _training_data(ensemble: FlowEnsemble, split: _Split, settings: TrainSettings
                    ) -> _TrainingData:
@@ -302,13 +369,22 @@ def _training_data(ensemble: FlowEnsemble, split: _Split, settings: TrainSetting
     # trains exactly as it would alone, whatever the other members do.
     shufflers = [torch.Generator(device=dev).manual_seed(_stream_seed(settings.seed, s, 1))
                  for s in ensemble.member_seeds]
+    weights = val_weights = None
+    if split.w_train is not None:
+        weights = torch.as_tensor(_replica_weights(split.w_train, replicas,
+                                                   ensemble.member_seeds),
+                                  dtype=dtype, device=dev)
+    if split.w_val is not None:
+        val_weights = torch.as_tensor(split.w_val / split.w_val.mean(), dtype=torch.float64,
+                                      device=dev)
     return _TrainingData(
         y_train=torch.as_tensor((split.x_train - ensemble.loc) / ensemble.scale, dtype=dtype,
                                 device=dev),
         y_val=torch.as_tensor((split.x_val - ensemble.loc) / ensemble.scale, dtype=dtype,
                               device=dev),
         replicas=torch.as_tensor(replicas, device=dev), shufflers=shufflers,
-        const=ensemble.log_det_standardisation, val_chunk=ensemble._chunk(None))
+        const=ensemble.log_det_standardisation, val_chunk=ensemble._chunk(None),
+        weights=weights, val_weights=val_weights)
 
 
 # -- step 3: one epoch -------------------------------------------------------------------------
@@ -316,22 +392,32 @@ def _train_epoch(work: FlowEnsemble, opt: torch.optim.Adam, data: _TrainingData,
                  active: list[int], settings: TrainSettings) -> NDArray[np.float64]:
     """One pass of every active member over its replica, in its own order.
 
+    With event weights each event's NLL counts ``s_n / mean(s over the replica)``, so a batch
+    of b events contributes ``−Σ s̃ log f / b``: an unbiased estimate of the weighted NLL whose
+    normalisation does not depend on the batch (see the module notes).
+
     Returns:
         Each active member's mean training NLL during the epoch, in data units.
     """
     n_tr, dev = len(data.y_train), data.y_train.device
-    rows = torch.stack([data.replicas[g][torch.randperm(n_tr, generator=data.shufflers[g],
-                                                        device=dev)] for g in active])
+    orders = [torch.randperm(n_tr, generator=data.shufflers[g], device=dev) for g in active]
+    rows = torch.stack([data.replicas[g][o] for g, o in zip(active, orders, strict=True)])
+    weights = (None if data.weights is None else
+               torch.stack([data.weights[g][o] for g, o in zip(active, orders, strict=True)]))
     sums = torch.zeros(len(active), dtype=torch.float64, device=dev)
     params = list(work.parameters())
     batch, micro = int(settings.batch_size), int(settings.micro_batch or settings.batch_size)
     with work.compute_precision(settings.precision):
         for start in range(0, n_tr, batch):
             xb = data.y_train[rows[:, start:start + batch]]  # (M', b, D)
+            wb = None if weights is None else weights[:, start:start + batch]  # (M', b)
             opt.zero_grad(set_to_none=True)
             for ms in range(0, xb.shape[1], micro):
                 # Sum of the members' mean NLLs: member m's gradient is its own alone.
-                nll = -work.log_prob_standardised(xb[:, ms:ms + micro]).sum(dim=1)
+                log_p = work.log_prob_standardised(xb[:, ms:ms + micro])
+                if wb is not None:
+                    log_p = log_p * wb[:, ms:ms + micro]
+                nll = -log_p.sum(dim=1)
                 (nll.sum() / xb.shape[1]).backward()
                 sums += nll.detach().double()
             if settings.clip_grad is not None:
@@ -341,9 +427,10 @@ def _train_epoch(work: FlowEnsemble, opt: torch.optim.Adam, data: _TrainingData,
 
 
 def _validation_loss(work: FlowEnsemble, data: _TrainingData) -> NDArray[np.float64]:
-    """Each active member's mean NLL on the validation events, in the ensemble's dtype."""
+    """Each active member's mean NLL (weighted, with event weights) on the validation events."""
     with work.compute_precision("float32"):
-        return _nll(work, data.y_val, data.val_chunk).cpu().numpy() - data.const
+        return (_nll(work, data.y_val, data.val_chunk, data.val_weights).cpu().numpy()
+                - data.const)
 
 
 # -- step 4: early-stopping bookkeeping --------------------------------------------------------
@@ -453,12 +540,13 @@ def _history(record: _EarlyStopping, split: _Split, settings: TrainSettings,
                   "max_epochs": int(settings.max_epochs), "patience": int(settings.patience),
                   "seed": int(settings.seed), "clip_grad": settings.clip_grad,
                   "bootstrap": bool(settings.bootstrap), "precision": settings.precision,
-                  "device": str(device)})
+                  "device": str(device), "weighted": split.w_train is not None})
 
 
 def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = None,
           settings: TrainSettings | None = None, device: str | torch.device | None = None,
-          progress: bool = True, **overrides: Any) -> TrainingHistory:
+          progress: bool = True, event_weights: ArrayLike | None = None,
+          val_event_weights: ArrayLike | None = None, **overrides: Any) -> TrainingHistory:
     """Train every member of ``ensemble`` in place (paper Step 1).
 
     Args:
@@ -470,6 +558,11 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
         device: ``"cpu"``, ``"cuda"``, ... (default: where the ensemble is); the ensemble stays
             there afterwards.
         progress: show a progress bar on stderr.
+        event_weights: optional (N,) per-event weights of ``x`` (Monte-Carlo weights, finite,
+            possibly negative, positive total): the loss becomes the weighted NLL, the held-out
+            validation events keep their weights, and the bootstrap replicas resample events
+            with their weights (module notes). None: unweighted.
+        val_event_weights: weights of ``x_val`` (only with ``x_val``; None: unweighted).
         **overrides: :class:`TrainSettings` fields given by name (``lr=1e-3, patience=5``),
             applied on top of ``settings``.
 
@@ -479,14 +572,20 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
 
     Raises:
         TypeError: a keyword that is not a :class:`TrainSettings` field.
-        InputError: invalid settings or events.
+        InputError: invalid settings, events or weights (NaN/inf, wrong length, a training,
+            validation or replica total weight ≤ 0).
     """
     settings = (settings if settings is not None else TrainSettings()).replace(**overrides)
     events = as_events(x, n_features=ensemble.n_features, min_events=2, name="training events")
-    split = _split_validation(events, x_val, settings, ensemble.n_features)
+    weights = None if event_weights is None else as_event_weights(
+        event_weights, len(events), name="training event weights")
+    split = _split_validation(events, x_val, settings, ensemble.n_features, weights,
+                              val_event_weights)
     if settings.standardise:
         ensemble.set_standardisation(split.x_train)
     dev = torch.device(device) if device is not None else ensemble.device
+    if dev.type == "mps":
+        raise InputError(MPS_UNSUPPORTED)
     if settings.tune_allocator and dev.type == "cpu":
         retain_freed_memory()
     ensemble.to(dev)

@@ -14,9 +14,11 @@ References:
 from __future__ import annotations
 
 from genval.gof.constraint import Constraint
-from genval.gof.kernels import KernelBasis
+from genval.gof.kernels import KernelBasis, kernel_basis_text
 from genval.gof.result import (
+    MAX_FAILED_FRACTION,
     ChiSquareFit,
+    GoFFailure,
     GoFResult,
     ZSummary,
     clopper_pearson,
@@ -41,6 +43,7 @@ from genval.gof.toys import (
     draw_pool,
     goodness_of_fit,
     prepare,
+    require_unweighted,
     run_toys,
 )
 from genval.newton import NewtonOptions, Solution, minimize_convex
@@ -48,14 +51,18 @@ from genval.row_scaling import ScaledRows, scale_rows
 
 __all__ = [
     "KernelBasis",
+    "kernel_basis_text",
     "test_statistic",
     "goodness_of_fit",
     "prepare",
+    "require_unweighted",
     "PreparedGoF",
     "PoolRows",
     "merge_results",
     "summarize_z",
     "GoFResult",
+    "GoFFailure",
+    "MAX_FAILED_FRACTION",
     "LRStatistic",
     "ZSummary",
     "ChiSquareFit",

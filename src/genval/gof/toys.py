@@ -46,12 +46,12 @@ from numpy.typing import ArrayLike, NDArray
 from tqdm.auto import tqdm
 
 from genval._settings import apply_overrides
-from genval._validation import as_events
+from genval._validation import as_event_weights, as_events
 from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
 from genval.gof.constraint import Constraint
 from genval.gof.kernels import KernelBasis
-from genval.gof.result import GoFResult
+from genval.gof.result import MAX_FAILED_FRACTION, TOY_OK, GoFResult
 from genval.gof.statistic import (
     LRStatistic,
     ProfileSettings,
@@ -66,7 +66,7 @@ from genval.sampling import sample_mixture
 
 __all__ = ["goodness_of_fit", "prepare", "PreparedGoF", "GoFSettings", "ToyPool", "PoolRows",
            "draw_pool", "draw_pool_rows", "run_toys", "pool_rng", "POOL_STREAM", "TOY_STREAM",
-           "MIN_POOL_RATIO"]
+           "MIN_POOL_RATIO", "require_unweighted"]
 
 POOL_STREAM = 0x706F6F6C  # "pool": separates the pools' RNG streams from the toys'
 TOY_STREAM = 0x746F7973  # "toys"
@@ -102,13 +102,18 @@ class GoFSettings:
             f < 0, measured by the sampler on each pool) for which the toys, drawn from
             max(f, 0) / ∫max(f, 0), are accepted as its null; above it :class:`FitError`
             (config key ``gof.max_negative_mass``).
+        max_failed_fraction: largest fraction of toys that may fail (a fit stopped before
+            its tolerance, t not finite, an error; each recorded with its reason) for p and
+            Z to be quoted: they are left out of p, and ``GoFResult.p_bounds`` counts them
+            below and above t_obs. Above it the result is a failure (``GoFResult.failure``;
+            config key ``gof.max_failed_fraction``).
         profile: how the observed statistic is profiled (the toys use it with ``toy_tol``);
-            its fields (``lam``, ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``) can be
-            overridden by keyword like the fields above.
+            its fields (``lam``, ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``,
+            ``subsample_rows``) can be overridden by keyword like the fields above.
 
     Raises:
-        InputError: an unknown ``centre`` or ``toy_size``, ``n_pools < 1`` or a negative
-            ``max_negative_mass``.
+        InputError: an unknown ``centre`` or ``toy_size``, ``n_pools < 1``, a negative
+            ``max_negative_mass`` or a ``max_failed_fraction`` outside [0, 1].
     """
 
     centre: Centre = "redrawn"
@@ -121,6 +126,7 @@ class GoFSettings:
     toy_tol: float = 1e-8
     cl: float = 0.6827
     max_negative_mass: float = 1e-3
+    max_failed_fraction: float = MAX_FAILED_FRACTION
     profile: ProfileSettings = field(default_factory=ProfileSettings)
 
     def __post_init__(self) -> None:
@@ -132,6 +138,9 @@ class GoFSettings:
             raise InputError(f"n_pools must be >= 1, got {self.n_pools}")
         if not self.max_negative_mass >= 0:
             raise InputError(f"max_negative_mass must be >= 0, got {self.max_negative_mass}")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise InputError(f"max_failed_fraction must be in [0, 1], got "
+                             f"{self.max_failed_fraction}")
 
     @property
     def toy_profile(self) -> ProfileSettings:
@@ -253,16 +262,12 @@ def draw_pool_rows(members: Members, weights: ArrayLike, basis: KernelBasis, siz
 
 
 def project_pool(pool: PoolRows, constraint: Constraint, check: ScaledRows) -> ToyPool:
-    """The toys' form of a pool for one variant: ``c + A θ`` rows, then the check points.
-
-    Check points (kernel centres) where f(x; ŵ) ≤ 0 already are left out: the null cannot be
-    positive there.
-    """
+    """The toys' form of a pool for one variant: ``c + A θ`` rows, then the check points
+    (:meth:`Constraint.project_checks`, as for the observed statistic)."""
     c, a = constraint.project(pool.rows)
-    c_ref, a_ref = constraint.project(check)
-    ok = c_ref > 0
-    return ToyPool(np.concatenate([c, c_ref[ok]]), np.concatenate([a, a_ref[ok]]),
-                   constraint.rank, pool.acceptance, n_ref=int(ok.sum()),
+    c_ref, a_ref = constraint.project_checks(check)
+    return ToyPool(np.concatenate([c, c_ref]), np.concatenate([a, a_ref]),
+                   constraint.rank, pool.acceptance, n_ref=c_ref.size,
                    negative_mass=pool.negative_mass,
                    negative_mass_error=pool.negative_mass_error, index=pool.index)
 
@@ -277,16 +282,21 @@ def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size
 
 @dataclass(frozen=True)
 class ToyBatch:
-    """Statistics of toys ``index`` (internal)."""
+    """Statistics of toys ``index`` (internal); ``status`` is "ok" or why the toy failed."""
 
     index: NDArray[np.int64]
     t: NDArray[np.float64]
     converged: NDArray[np.bool_]
     size: NDArray[np.int64]
+    status: tuple[str, ...]
+
+
+ToyRow = tuple[float, bool, int, str]
 
 
 def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centre: str,
-             settings: ProfileSettings) -> tuple[float, bool, int]:
+             settings: ProfileSettings) -> ToyRow:
+    """t of toy ``i``, whether it converged, its size, and "ok" or why it failed."""
     rng = np.random.default_rng([seed, TOY_STREAM, i])
     n = int(rng.poisson(n_test)) if poisson else n_test
     if n > pool.size:
@@ -295,9 +305,14 @@ def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centr
     u0 = rng.standard_normal(pool.rank) if centre == "redrawn" else np.zeros(pool.rank)
     if pool.n_ref:
         idx = np.concatenate([idx, np.arange(pool.size, pool.size + pool.n_ref)])
-    pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0, n_ref=pool.n_ref,
-                        settings=settings)
-    return pair.t, pair.converged, n
+    try:
+        pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0, n_ref=pool.n_ref,
+                            settings=settings)
+    except (FitError, np.linalg.LinAlgError) as exc:
+        # One toy that cannot be fitted is a failed toy (recorded, counted against
+        # max_failed_fraction), not the end of the calibration.
+        return float("nan"), False, n, f"error: {type(exc).__name__}: {exc}"
+    return pair.t, pair.converged, n, pair.failure or TOY_OK
 
 
 def _n_jobs(n_jobs: int) -> int:
@@ -314,7 +329,7 @@ def _n_jobs(n_jobs: int) -> int:
 _FORKED_STATE: tuple[Any, ...] | None = None
 
 
-def _forked_chunk(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
+def _forked_chunk(chunk: NDArray[np.int64]) -> list[ToyRow]:
     """Fit toys ``chunk`` in a forked worker: the pool is inherited, never pickled."""
     assert _FORKED_STATE is not None
     pool, seed, n_test, poisson, centre, settings = _FORKED_STATE
@@ -353,7 +368,7 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
     jobs = _n_jobs(n_jobs)
     context = _fork_context() if parallel == "processes" else None
 
-    def work(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
+    def work(chunk: NDArray[np.int64]) -> list[ToyRow]:
         rows = []
         for i in chunk:
             rows.append(_one_toy(pool, int(i), seed, n_test, poisson, centre, fit_settings))
@@ -390,15 +405,16 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
                 out = [row for part in ex.map(work, chunks) for row in part]
         else:
             out = work(indices)
-    t, conv, size = (np.array(col) for col in zip(*out, strict=True)) if out else (
-        np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int64))
-    return ToyBatch(indices.astype(np.int64), t.astype(np.float64), conv.astype(bool),
-                    size.astype(np.int64))
+    t = np.array([row[0] for row in out], dtype=np.float64)
+    conv = np.array([row[1] for row in out], dtype=bool)
+    size = np.array([row[2] for row in out], dtype=np.int64)
+    return ToyBatch(indices.astype(np.int64), t, conv, size, tuple(row[3] for row in out))
 
 
 def _position_message(x: NDArray[np.float64], density: NDArray[np.float64]) -> str:
     bad = np.flatnonzero(~(density > 0))
-    where = "; ".join(f"row {i}: x = {np.array2string(x[i], precision=4)}" for i in bad[:5])
+    where = "; ".join(f"row {i}: x = {np.array2string(x[i], precision=4, max_line_width=10**6)}"
+                      for i in bad[:5])
     return (f"the mixture density f(x; ŵ) is <= 0 on {bad.size} of {density.size} test events "
             f"({where}{' ...' if bad.size > 5 else ''}): signed weights make the null no density "
             "there, so Eq. (5) is undefined; refit the weights with such events in range of the "
@@ -492,6 +508,34 @@ class PreparedGoF:
                              f"asks for {wanted}")
 
 
+def require_unweighted(event_weights: ArrayLike | None, n_events: int, *,
+                       name: str = "test events") -> None:
+    """Refuse weighted test events: the calibration of Eq. (5) holds for unweighted ones only.
+
+    Weights that are all equal (or None) are unweighted events and pass. The toys that
+    calibrate t are unweighted draws from f(x; ŵ), and the statistic's null distribution
+    assumes each test event is one Poisson (multinomial) count of the density being tested;
+    a t built from weighted events (``−Σ s_n log f``) has a different null distribution (its
+    spread grows with ``Σs² / Σs``, and negative weights break the likelihood-ratio form), so
+    comparing it with unweighted toys gives a wrong p-value.
+
+    Raises:
+        InputError: the weights are not all equal (or are malformed), naming how many differ.
+    """
+    if event_weights is None:
+        return
+    s = as_event_weights(event_weights, n_events, name=f"weights of the {name}",
+                         positive_total=False)
+    if s.size and np.any(s != s[0]):
+        raise InputError(
+            f"the {name} are weighted ({np.unique(s).size} distinct weight values in "
+            f"[{s.min():.4g}, {s.max():.4g}]): the goodness-of-"
+            "fit test needs unweighted events. Its toys are unweighted draws from f(x; ŵ) and "
+            "the calibration of t assumes each test event is one Poisson/multinomial count; a "
+            "weighted t has another null distribution, so its p-value would be wrong. Test "
+            "on unweighted events (e.g. data, or unweighted Monte Carlo)")
+
+
 def prepare(members: Members, x_test: ArrayLike, basis: KernelBasis, seed: int = 0, *,
             settings: GoFSettings | None = None, keep_pools: bool = True,
             **overrides: Any) -> PreparedGoF:
@@ -558,6 +602,7 @@ class _ToyTable:
     t: NDArray[np.float64] = field(init=False)
     converged: NDArray[np.bool_] = field(init=False)
     size: NDArray[np.int64] = field(init=False)
+    status: list[str] = field(init=False)
     negative_mass: NDArray[np.float64] = field(init=False)
     negative_mass_error: NDArray[np.float64] = field(init=False)
 
@@ -565,6 +610,7 @@ class _ToyTable:
         self.t = np.zeros(self.index.size)
         self.converged = np.zeros(self.index.size, dtype=bool)
         self.size = np.zeros(self.index.size, dtype=np.int64)
+        self.status = [""] * self.index.size
         self.negative_mass = np.full(self.n_pools, np.nan)
         self.negative_mass_error = np.full(self.n_pools, np.nan)
 
@@ -600,6 +646,8 @@ def _run_pool(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np
                      n_jobs=cfg.n_jobs, settings=cfg.toy_profile, bar=bar)
     table.t[sel], table.converged[sel], table.size[sel] = (batch.t, batch.converged,
                                                            batch.size)
+    for position, status in zip(np.flatnonzero(sel), batch.status, strict=True):
+        table.status[position] = status
     return pool_s + mid - start, toy_s + time.perf_counter() - mid
 
 
@@ -607,7 +655,7 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
                     n_toys: int = 1000, seed: int = 0, *, variant: Variant = "ensemble",
                     member: int | None = None, settings: GoFSettings | None = None,
                     prepared: PreparedGoF | None = None, progress: bool = False,
-                    **overrides: Any) -> GoFResult:
+                    event_weights: ArrayLike | None = None, **overrides: Any) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
 
     Computes t on ``x_test`` and its null distribution from ``n_toys`` toys drawn from
@@ -630,19 +678,27 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
             are not evaluated again, and pools drawn for an earlier variant with the same
             null (frozen and ensemble) are reused. The result is the one without it.
         progress: show a progress bar of the toys on stderr.
+        event_weights: per-event weights of ``x_test``, accepted only when all equal: the
+            test needs unweighted events (:func:`require_unweighted` says why).
         **overrides: any field of :class:`GoFSettings` (``centre``, ``toy_size``,
             ``n_pools``, ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``,
-            ``cl``, ``max_negative_mass``, ``profile``) or of its
+            ``cl``, ``max_negative_mass``, ``max_failed_fraction``, ``profile``) or of its
             :class:`~genval.gof.statistic.ProfileSettings` (``lam``, ``barrier``, ``tol``,
-            ``max_iter``, ``hessian_dtype``), replacing the one in ``settings``.
+            ``max_iter``, ``hessian_dtype``, ``subsample_rows``), replacing the one in
+            ``settings``.
 
     Returns:
-        :class:`~genval.gof.result.GoFResult`.
+        :class:`~genval.gof.result.GoFResult`. It can carry a failure
+        (``GoFResult.failure``, its step and cause in one line) instead of a p-value: the
+        observed statistic is not finite or its fit stopped before its tolerance, or more
+        than ``max_failed_fraction`` of the toys failed. p, Z and the χ² extrapolation of
+        such a result raise :class:`FitError`; every toy keeps its reason
+        (``GoFResult.toy_status``).
 
     Raises:
         InputError: bad input (non-finite events, shapes, settings, a pool below
-            ``MIN_POOL_RATIO`` x N), too few toys for ``target_z``, or a ``prepared`` of other
-            inputs.
+            ``MIN_POOL_RATIO`` x N), too few toys for ``target_z``, a ``prepared`` of other
+            inputs, or weighted test events (``event_weights`` not all equal).
         FitError: f(x; ŵ) ≤ 0 at some test events (the message lists where) and no weights
             near ŵ fix it (always so for the frozen and single variants); or the negative
             mass of f(x; ŵ) measured on a pool exceeds ``max_negative_mass``.
@@ -657,6 +713,8 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     """
     t_start = time.perf_counter()
     cfg = apply_overrides(settings or GoFSettings(), overrides, "goodness_of_fit")
+    if event_weights is not None:
+        require_unweighted(event_weights, np.shape(x_test)[0])
     _check_toy_count(n_toys, cfg.target_z)
     if prepared is None:
         prepared = prepare(members, x_test, basis, seed, settings=cfg, keep_pools=False)
@@ -678,4 +736,6 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         timings={"observed": t_obs_done - t_start, "pool": pool_s, "toys": toy_s,
                  "total": end - t_start}, cl=cfg.cl, n_pools=prepared.n_pools,
         pool_negative_mass=toys.negative_mass,
-        pool_negative_mass_error=toys.negative_mass_error)
+        pool_negative_mass_error=toys.negative_mass_error, kernel_basis=basis.describe(),
+        toy_status=tuple(toys.status), observed_failure=observed.failure,
+        max_failed_fraction=cfg.max_failed_fraction)

@@ -37,11 +37,17 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class EventTable:
-    """Events read from a file: ``x`` (N, D) float64 and the D feature names."""
+    """Events read from a file: ``x`` (N, D) float64 and the D feature names.
+
+    ``weights`` holds the per-event weights (N,) when a weight column was read (finite,
+    possibly negative), ``weight_name`` that column's name; both None for unweighted events.
+    """
 
     x: NDArray[np.float64]
     names: list[str]
     source: str
+    weights: NDArray[np.float64] | None = None
+    weight_name: str | None = None
 
     @property
     def n_events(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from genval._optional import require
-from genval._validation import as_events
+from genval._validation import as_event_weights, as_events
 from genval.errors import InputError
 from genval.io._spec import (
     DataSpec,
@@ -33,7 +33,8 @@ Columns = tuple[list[str], Any]  # names, and a callable name-list -> list of 1D
 
 
 def read_events(spec: str | Path, features: Sequence[str] | None = None, *,
-                n_features: int | None = None, min_events: int = 1) -> EventTable:
+                n_features: int | None = None, min_events: int = 1,
+                weight: str | None = None, weight_required: bool = True) -> EventTable:
     """Read events from ``spec`` = ``file.ext[:key]``.
 
     Args:
@@ -43,13 +44,18 @@ def read_events(spec: str | Path, features: Sequence[str] | None = None, *,
         features: names to read, in this order; ``None`` reads every column.
         n_features: if given, the number of features the caller expects.
         min_events: the fewest events accepted.
+        weight: the column (branch) holding per-event weights, read with the features and
+            never one of them (``features=None`` then reads every other column).
+        weight_required: a missing ``weight`` column is an error; False reads the file as
+            unweighted instead (``EventTable.weights`` is None).
 
     Returns:
-        :class:`EventTable` with float64 ``x`` (N, D) and its feature names.
+        :class:`EventTable` with float64 ``x`` (N, D), its feature names and the weights.
 
     Raises:
-        InputError: missing file, unknown key or feature (with a did-you-mean), non-numeric or
-            jagged columns, NaN/inf rows, a feature count other than ``n_features``.
+        InputError: missing file, unknown key, feature or weight column (with a
+            did-you-mean), non-numeric or jagged columns, NaN/inf rows or weights, a feature
+            count other than ``n_features``, a weight column that is also a feature.
         MissingDependencyError: if the format's optional library is not installed.
     """
     ds = parse_spec(spec)
@@ -58,14 +64,29 @@ def read_events(spec: str | Path, features: Sequence[str] | None = None, *,
     reader = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv,
               ".parquet": _read_parquet, ".h5": _read_h5, ".root": _read_root}[ds.fmt]
     names, load = reader(ds)
-    positions = select_columns(names, features, str(ds))
-    chosen = [names[i] for i in positions]
-    cols = load(chosen)
-    if not cols:
+    if weight is not None and weight not in names:
+        if weight_required:
+            raise InputError(missing_feature_message(weight, list(names), str(ds))
+                             .replace("feature", "weight column", 1))
+        weight = None
+    if weight is not None and features is not None and weight in features:
+        raise InputError(f"{ds}: {weight!r} is both a feature and the weight column")
+    candidates = [n for n in names if n != weight]
+    chosen = [candidates[i] for i in select_columns(candidates, features, str(ds))]
+    # The weight column comes in the same read as the features (one pass over the file).
+    cols = load(chosen if weight is None else [*chosen, weight])
+    if not chosen:
         raise InputError(f"{ds}: no columns to read")
+    weights = None
+    if weight is not None:
+        weights = _stack(cols[-1:], [weight], str(ds))[:, 0]
+        cols = cols[:-1]
     x = as_events(_stack(cols, chosen, str(ds)), n_features=n_features, min_events=min_events,
                   name=f"events in {ds}")
-    return EventTable(x=x, names=chosen, source=str(ds))
+    if weights is not None:
+        weights = as_event_weights(weights, x.shape[0], name=f"weights {weight!r} in {ds}",
+                                   positive_total=False)
+    return EventTable(x=x, names=chosen, source=str(ds), weights=weights, weight_name=weight)
 
 
 def _stack(cols: list[NDArray[Any]], names: list[str], source: str) -> NDArray[np.float64]:

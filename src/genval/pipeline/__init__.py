@@ -13,13 +13,21 @@ not lost: a long unattended run should say what went wrong in its artifacts.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from genval.config import Config
-from genval.pipeline.artifacts import load_fit, load_members, split_events
+import numpy as np
+from numpy.typing import NDArray
+
+from genval._validation import as_events
+from genval.config import Config, with_overrides
+from genval.errors import InputError
+from genval.io import read_events
+from genval.pipeline import artifacts
+from genval.pipeline.artifacts import load_fit, load_members, split_events, split_weights
 from genval.pipeline.coverage_stage import stage_coverage
 from genval.pipeline.fit_stage import stage_fit
 from genval.pipeline.gof_stage import stage_gof
@@ -37,6 +45,7 @@ __all__ = [
     "run_pipeline",
     "stage_seed",
     "split_events",
+    "split_weights",
     "load_members",
     "load_fit",
     "stage_split",
@@ -72,14 +81,85 @@ def run_stage(run: RunDir, stage: str, *, force: bool = False, log: Log | None =
 
 
 def run_pipeline(config: Config, *, run_dir: str | Path | None = None, force: bool = False,
-                 stages: Sequence[str] = STAGES, log: Log | None = None) -> RunDir:
+                 stages: Sequence[str] = STAGES, log: Log | None = None,
+                 events: Any = None, test_events: Any = None,
+                 features: Sequence[str] | None = None) -> RunDir:
     """Run ``stages`` (default all) of ``config`` in ``run_dir`` (default ``config.run_dir``).
 
     Finished stages are skipped, so calling it again after a crash resumes; ``force`` re-runs
     every stage and lets a run directory of another configuration be overwritten.
+
+    Args:
+        config: the run's configuration.
+        run_dir: the run directory (default ``config.run_dir``).
+        force: re-run finished stages; replace a run of another config or other events.
+        stages: the stages to run, in order.
+        log: receives one-line stage messages.
+        events: the events instead of ``data.path``: an event file (``FILE[:KEY]``, as
+            ``data.path``) or an array (N, D) (or a table with ``columns``, e.g. a pandas
+            DataFrame), kept in the run directory (:func:`artifacts.input_path`) with
+            ``data.path`` pointing at it, so the run resumes from the same events.
+        test_events: held-out test events in the same forms (as ``data.test_path``; the test
+            split is then not cut from ``events``: ``splits.test`` becomes null). An array's
+            columns are the events' features in order, named as they are.
+        features: names of the arrays' features (default: a table's ``columns``, else
+            ``data.features`` when it names D features, else ``x0, x1, ...``).
+
+    Raises:
+        RunDirError: the run directory holds a run of another config, or other in-memory
+            events, and ``force`` is false.
     """
-    run = RunDir.create(run_dir if run_dir is not None else config.run_dir, config, force=force)
+    root = Path(run_dir if run_dir is not None else config.run_dir)
+    arrays: dict[str, tuple[Any, list[str]]] = {}
+    overrides: dict[str, Any] = {}
+    if isinstance(events, (str, os.PathLike)):
+        overrides["data.path"] = os.fspath(events)
+    elif events is not None:
+        arrays["events"] = _event_array(events, features, config.data.features, "events")
+        overrides["data.path"] = str(artifacts.input_path(root, "events").resolve())
+        overrides["data.features"] = None  # the kept file holds exactly these features
+    if test_events is not None:
+        overrides["splits.test"] = None
+        if isinstance(test_events, (str, os.PathLike)):
+            overrides["data.test_path"] = os.fspath(test_events)
+        else:
+            # Columns in the events' order: named as the events are, unless named here.
+            names = arrays["events"][1] if "events" in arrays else _source_names(
+                with_overrides(config, overrides))
+            arrays["test_events"] = _event_array(test_events, features, names, "test_events")
+            overrides["data.test_path"] = str(artifacts.input_path(root, "test_events")
+                                              .resolve())
+    if overrides:
+        config = with_overrides(config, overrides, skip_none=False)
+    run = RunDir.create(root, config, force=force)
     with run.lock():
+        for which, (x, names) in arrays.items():
+            artifacts.save_input_events(run, which, x, names, replace=force)
         for stage in stages:
             run_stage(run, stage, force=force, log=log)
     return run
+
+
+def _event_array(given: Any, features: Sequence[str] | None, fallback: Sequence[str] | None,
+                 which: str) -> tuple[NDArray[np.float64], list[str]]:
+    """In-memory events as a checked (N, D) array and D feature names: ``features``, else the
+    table's ``columns``, else ``fallback`` when it names D features, else ``x0, x1, ...``."""
+    columns = getattr(given, "columns", None)
+    x = as_events(given, min_events=1, name=which.replace("_", " "))
+    d = x.shape[1]
+    if features is not None:
+        if len(features) != d:
+            raise InputError(f"features names {len(features)} features but the {which} have {d}")
+        return x, [str(f) for f in features]
+    for names in (columns, fallback):
+        if names is not None and len(names) == d:
+            return x, [str(n) for n in names]
+    return x, [f"x{i}" for i in range(d)]
+
+
+def _source_names(config: Config) -> list[str]:
+    """The feature names of the events ``config`` reads (the file is read once for them)."""
+    if config.data.path is not None:
+        return read_events(config.data.path, config.data.features).names
+    return list(config.data.features or
+                [f"x{i}" for i in range(len(config.data.generate.mean))])

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from genval import plots
-from genval.identification import input_precision
+from genval.identification import members_precision
 from genval.members import log_density_matrix
-from genval.pipeline.artifacts import load_members, save_fit, split_events
+from genval.pipeline.artifacts import load_members, save_fit, split_events, split_weights
 from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
@@ -24,23 +22,27 @@ NEGATIVE_MASS_PROPOSALS = 8192
 
 
 def stage_fit(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
-    """Fit ŵ and Cov(ŵ) (Eqs. 1–2) on the weight-fit split; save ``fit/fit.npz`` and JSON."""
+    """Fit ŵ and Cov(ŵ) (Eqs. 1–2) on the weight-fit split; save ``fit/fit.npz`` and JSON.
+
+    Weighted events give the weighted likelihood and the general sandwich covariance.
+    """
     cfg = run.config()
     members = load_members(run)
     x_fit, _ = split_events(run, "weight_fit")
     log_f = log_density_matrix(members, x_fit)
     # Flows compute log-densities in their own dtype (float32): the Hessian's precision floor.
-    precision = input_precision(getattr(members, "dtype", np.float64))
+    precision = members_precision(members)
     fit = fit_weights(log_f, log=True, max_iter=cfg.wifi.max_iter, tol=cfg.wifi.tol,
-                      precision=precision)
+                      event_weights=split_weights(run, "weight_fit"), precision=precision)
     save_fit(run, fit)
     draw(run, "weights", plots.plot_weights, weights=fit.weights, cov=fit.cov)
     # A quick look at where f(x; ŵ) < 0 (the sample stage measures it on all its proposals).
     negative, negative_err = estimate_negative_mass(members, fit.weights,
                                                     NEGATIVE_MASS_PROPOSALS,
                                                     stage_seed(cfg, "fit-negative-mass"))
+    weighted = "" if fit.n_effective is None else f" (weighted, N_eff {fit.n_effective:.4g})"
     log(f"[fit] {'converged' if fit.converged else 'NOT converged'} in {fit.n_iter} Newton "
-        f"iterations on {len(x_fit)} events; cond(V) = {fit.hessian_condition:.3g}, "
+        f"iterations on {len(x_fit)} events{weighted}; cond(V) = {fit.hessian_condition:.3g}, "
         f"effective rank {fit.effective_rank:.2f} of {fit.n_members}, "
         f"sum|w| = {fit.abs_weight_sum:.3g}, negative mass {negative:.2g} ± {negative_err:.1g}"
         + (f"; ridge toward equal weights (prior sd {fit.prior_std:.3g}) on "

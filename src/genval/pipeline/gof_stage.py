@@ -9,49 +9,72 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from genval import gof, plots
+from genval import gof
 from genval.config import Config
 from genval.errors import FitError, GenvalWarning
-from genval.gof import VARIANT_LABELS
 from genval.members import Members
 from genval.pipeline.artifacts import (
     load_fit,
     load_members,
+    load_transform,
     save_gof,
     save_gof_error,
     split_events,
+    split_weights,
 )
-from genval.pipeline.figures import draw
+from genval.pipeline.gof_figures import alternative_figures, null_figure
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
-from genval.products.binned import bin_integrals, binned_reference, histogram_counts
-from genval.row_scaling import scale_rows
 from genval.rundir import RunDir
-from genval.sampling import sample_mixture
 from genval.wifi import WeightFit
 
-__all__ = ["stage_gof", "GofVariantWarning"]
+__all__ = ["stage_gof", "GofVariantWarning", "one_line", "failed_toys_line"]
 
 
 class GofVariantWarning(GenvalWarning):
     """A GoF variant could not be computed; the stage records why and runs the others."""
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line (numpy prints long arrays over several)."""
+    return " ".join(message.split())
+
+
+def failed_toys_line(res: gof.GoFResult) -> str:
+    """How many toys failed and why, e.g. "3 of 200 toys failed (3 alternative fit hit the
+    iteration cap)"."""
+    why = ", ".join(f"{n} {reason}" for reason, n in res.failure_reasons.items())
+    return f"{res.n_failed} of {res.n_toys} toys failed ({why})"
+
+
 def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     """The learned likelihood-ratio test (Eq. 5) for every configured variant.
 
     Writes ``gof/VARIANT.json`` (t_obs, p, Z, χ² extrapolation, t_null), the null figure of
-    each variant (Fig. 2) and the marginals of REF / DATA / LRT RECO (Fig. 1).
+    each variant (Fig. 2) and the marginals of REF / DATA / LRT RECO (Fig. 1). A variant that
+    is undefined (FitError) or failed (``GoFResult.failure``: t_obs not finite or its fit
+    stopped, too many failed toys) is recorded with its cause in one line, warned about
+    (:class:`GofVariantWarning`) and logged; the other variants and the figures go on.
+
+    Raises:
+        InputError: the test events are weighted (:func:`genval.gof.require_unweighted`).
     """
     cfg = run.config()
     if not cfg.gof.enabled:
         return {"skipped": "gof.enabled is false"}
+    x_test, names = split_events(run, "test")
+    # Before anything is evaluated: the calibration holds for unweighted test events only.
+    gof.require_unweighted(split_weights(run, "test"), len(x_test),
+                           name=f"test events (data.weight {cfg.data.weight!r})")
     seed = stage_seed(cfg, "gof")
     members, fit = load_members(run), load_fit(run)
-    x_test, names = split_events(run, "test")
     x_centres, _ = split_events(run, "centres")
-    basis = gof.KernelBasis.from_events(x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
-                                        standardize=cfg.gof.standardize, seed=seed)
+    # The kernels are Gaussian in the members' (transformed) coordinates: docs/method.md.
+    basis = gof.KernelBasis.from_events(
+        x_centres, cfg.gof.n_kernels, cfg.gof.sigma,
+        standardize=cfg.gof.kernel_units == "standardised", transform=load_transform(run),
+        seed=seed)
+    log(f"[gof] kernels: K = {basis.n_kernels}, {gof.kernel_basis_text(basis.describe())}")
     # Several test sets: disjoint chunks of the test split, one result each (median Z, band).
     chunks = np.array_split(x_test, cfg.gof.n_test_sets)
     summary: dict[str, Any] = {}
@@ -64,27 +87,47 @@ def stage_gof(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         if isinstance(results, FitError):
             # One variant undefined (e.g. a signed mixture <= 0 at test events) must not cost
             # the others: record why, warn, and go on.
-            save_gof_error(run, variant, str(results))
-            warnings.warn(f"GoF variant {variant!r} undefined: {results}", GofVariantWarning,
+            message = one_line(str(results))
+            save_gof_error(run, variant, message)
+            warnings.warn(f"GoF variant {variant!r} undefined: {message}", GofVariantWarning,
                           stacklevel=2)
-            summary[variant] = {"error": str(results)}
+            log(f"[gof] {variant}: UNDEFINED: {message}")
+            summary[variant] = {"error": message}
+            continue
+        failed = [(i, r) for i, r in enumerate(results) if not r.ok]
+        if failed:
+            # A failed t (observed or too many toys) has no p and no Z: record the result with
+            # its cause, warn, and go on with the other variants.
+            i, res = failed[0]
+            where = f" (test set {i + 1} of {len(results)})" if len(results) > 1 else ""
+            message = one_line(f"{res.failure}{where}")
+            save_gof(run, [res], None)
+            warnings.warn(f"GoF variant {variant!r} failed: {message}", GofVariantWarning,
+                          stacklevel=2)
+            log(f"[gof] {variant}: FAILED: {message}")
+            summary[variant] = {"error": message}
             continue
         z_summary = gof.summarize_z(results) if len(results) > 1 else None
         save_gof(run, results, z_summary)
-        _null_figure(run, variant, results, z_summary)
+        null_figure(run, variant, results, z_summary)
         res = results[0]
         summary[variant] = {"t_obs": float(res.t_obs), "z": float(res.z),
-                            "z_chi2": float(res.z_chi2), "n_sets": len(results)}
+                            "z_chi2": float(res.z_chi2), "n_sets": len(results),
+                            "n_failed_toys": res.n_failed}
         observed[variant] = res.observed
         bound = "≥ " if res.z_is_bound else ""
         lo, hi = res.p_interval_total
         log(f"[gof] {variant}: t_obs = {res.t_obs:.4g}, p = {res.p_value:.3g} "
             f"[{lo:.3g}, {hi:.3g} with the pools' share], Z = {bound}{res.z:.2f} "
-            f"({res.n_toys} toys), Z(χ² extrapolation) = {res.z_chi2:.2f}")
+            f"({res.n_used} toys), Z(χ² extrapolation) = {res.z_chi2:.2f}")
+        if res.n_failed:
+            blo, bhi = res.p_bounds
+            log(f"[gof] {variant}: {failed_toys_line(res)}; p in [{blo:.3g}, {bhi:.3g}] "
+                "counting them below or above t_obs")
     # LRT RECO of Fig. 1 is the alternative profiled for the ensemble with uncertainty.
     reco_stat = observed.get("ensemble", next(iter(observed.values()), None))
-    _marginals_figure(run, members, fit, basis, x_test, names, reco_stat,
-                      stage_seed(cfg, "figures"))
+    alternative_figures(run, members, fit, basis, x_test, names, reco_stat,
+                        stage_seed(cfg, "figures"))
     run.update_metadata(seeds={"gof": seed})
     return summary
 
@@ -103,6 +146,7 @@ def _run_variants(cfg: Config, members: Members, fit: WeightFit,
         centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size, n_pools=cfg.gof.n_pools,
         pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs,
         max_negative_mass=cfg.gof.max_negative_mass,
+        max_failed_fraction=cfg.gof.max_failed_fraction,
         profile=gof.ProfileSettings(lam=cfg.gof.lambda_net))
     for i, chunk in enumerate(chunks):
         prepared = gof.prepare(members, chunk, basis, seed + i, settings=settings)
@@ -120,52 +164,3 @@ def _run_variants(cfg: Config, members: Members, fit: WeightFit,
                 out[variant] = exc
         prepared.clear()
     return out
-
-
-def _null_figure(run: RunDir, variant: str, results: Sequence[gof.GoFResult],
-                 z_summary: gof.ZSummary | None) -> None:
-    """Paper Fig. 2; with several test sets, their median t and Z, and every t_obs."""
-    res = results[0]
-    several = z_summary is not None
-    draw(run, f"null_{variant}", plots.plot_null, t_null=res.t_null,
-         t_obs=float(np.median([r.t_obs for r in results])) if several else res.t_obs,
-         z=z_summary.median if z_summary is not None else res.z,
-         p_value=None if several else res.p_value, chi2_scale=res.chi2_fit.scale,
-         chi2_dof=res.chi2_fit.dof, z_chi2=None if several else res.z_chi2,
-         label=VARIANT_LABELS.get(variant, variant),
-         t_obs_sets=[r.t_obs for r in results] if several else None)
-
-
-def _marginals_figure(run: RunDir, members: Members, fit: WeightFit, basis: gof.KernelBasis,
-                      x_test: NDArray[np.float64], names: Sequence[str], stat: Any,
-                      seed: int) -> None:
-    """Paper Fig. 1 from one pool drawn from f(x; ŵ) (see :mod:`genval.products.binned`).
-
-    Every curve is a bin integral of ``h / f`` over the pool, a ratio, so the member and
-    kernel densities enter with their rows scaled by one common factor per pool event (the
-    scaling of :func:`genval.row_scaling.scale_rows`): nothing underflows in the tails.
-    """
-    cfg = run.config()
-    # A pool independent of the GoF toys' pool; 20x the test size, within [5e4, 2e5].
-    size = cfg.report.pool_size or int(np.clip(20 * len(x_test), 50_000, 200_000))
-    pool = sample_mixture(members, fit.weights, size, seed)
-    rows = scale_rows(pool.log_f, basis.log_pdf(pool.x), log=True)  # F = exp(log_s) · S
-    S = rows.f
-    f = S @ fit.weights
-    reco_density = None
-    phi, a = getattr(stat, "phi1", None), getattr(stat, "a", None)
-    if phi is not None and a is not None and np.shape(phi) == fit.weights.shape:
-        # H_{φ,a} is the density F·φ + G·a: the GoF profiles scale each row of F and G by the
-        # same factor, so φ and a come back in density units; G takes the rows' scale too.
-        reco_density = S @ np.asarray(phi) + rows.g @ np.asarray(a)
-    hists = []
-    for j, name in enumerate(names):
-        lo, hi = np.quantile(x_test[:, j], [0.001, 0.999])
-        edges = np.linspace(lo, hi, cfg.report.bins + 1)
-        ref = binned_reference(pool.x[:, j], edges, S, fit.weights, fit.cov)
-        reco = None
-        if reco_density is not None:
-            reco = bin_integrals(pool.x[:, j], edges, reco_density, f)[0][:, 0]
-        hists.append(plots.MarginalHistogram(name, edges, ref.fraction, ref.std,
-                                             histogram_counts(x_test[:, j], edges), reco))
-    draw(run, "marginals", plots.plot_marginals, hists=hists)
