@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from genval._validation import as_events
 from genval.errors import InputError
+from genval.identification import members_precision
 from genval.members import Members, log_density_matrix
 from genval.products import (
     MemberIntegrals,
@@ -232,7 +233,8 @@ def _one_dataset(members: Members, data: NDArray[np.float64],
     per data set."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit = fit_weights(log_density_matrix(members, data), log=True)
+        fit = fit_weights(log_density_matrix(members, data), log=True,
+                          precision=members_precision(members))
         if integrals is None:
             drawn = sample_mixture(members, fit.weights, n_generated, rng)
             integrals = common_sample_integrals(drawn.x, drawn.log_f, fit.weights, g)
