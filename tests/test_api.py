@@ -15,6 +15,7 @@ TOP_LEVEL = [
     "coverage", "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
     "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "transforms",
     "identification", "goodness_of_fit", "adapters", "display", "runs", "run", "load_run", "Run",
+    "compute",
 ]
 
 # Names each public module must export (it may export more).
@@ -28,7 +29,7 @@ EXPORTS = {
             "GoFResult", "GoFFailure", "MAX_FAILED_FRACTION", "LRStatistic", "ZSummary",
             "fit_scaled_chi2", "clopper_pearson",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
-            "VARIANT_LABELS", "require_unweighted", "kernel_basis_text"],
+            "VARIANT_LABELS", "require_unweighted", "kernel_basis_text", "observed_statistic"],
     "flows": ["FlowEnsemble", "TrainSettings", "TrainingHistory", "train", "save", "load",
               "read_metadata", "PAPER_ARCHITECTURE", "PAPER_TRAINING", "PRECISIONS"],
     "members": ["Members", "KDEMembers", "GaussianMembers", "CallableMembers",
@@ -36,7 +37,12 @@ EXPORTS = {
     "products": ["observable", "oversample", "member_integrals", "estimate_observable",
                  "binned_reference", "bin_integrals", "histogram_counts"],
     "coverage": ["run_coverage", "CoverageResult", "coverage_interval"],
-    "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS", "split_events", "split_weights"],
+    "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS", "split_events", "split_weights",
+                 "PARALLEL_STAGES", "stage_executor", "run_gof_part", "merge_gof"],
+    "compute": ["ComputeSettings", "SlurmSettings", "Executor", "open_executor",
+                "available_cores", "check_scheduler", "slurm_job_script", "SCHEDULERS"],
+    "io": ["FORMATS", "DataSpec", "EventTable", "Expression", "parse_spec", "expand_specs",
+           "read_events", "write_events"],
     "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD",
               "PAPER_KERNEL_BASIS", "is_paper_toy"],
     "transforms": ["FeatureMap", "Identity", "Log", "Bounded", "FeatureTransform",

@@ -39,7 +39,8 @@ def test_run_on_arrays_returns_typed_results_and_loads_back(tmp_path, rng):
     assert {s: st.state for s, st in run.status.items()} == {
         "split": "done", "train": "done", "fit": "done", "sample": "done",
         "coverage": "skipped", "gof": "done", "report": "done"}
-    assert run.status["coverage"].skipped.startswith("the truth is unknown for data read from a file")
+    assert run.status["coverage"].skipped.startswith(
+        "the truth is unknown for data read from a file")
     assert isinstance(run.fit, WeightFit) and run.fit.converged
     assert set(run.gof) == {"single", "frozen", "ensemble"}
     assert all(isinstance(r, GoFResult) for r in run.gof.values())

@@ -15,9 +15,13 @@ References:
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from genval._version import __version__
+
+# A library logs and lets the application decide what to show (genval._logging).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",
@@ -52,12 +56,13 @@ __all__ = [
     "run",
     "load_run",
     "Run",
+    "compute",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
                "html_report", "paper", "cli", "pipeline", "newton", "row_scaling",
-               "transforms", "adapters", "display", "runs", "identification"}
+               "transforms", "adapters", "display", "runs", "identification", "compute"}
 _RUNS = {"run", "load_run", "Run"}
 
 

@@ -16,6 +16,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from genval._validation import as_events
+from genval.compute import Executor, SchedulerLike, open_executor
 from genval.errors import InputError
 from genval.identification import members_precision
 from genval.members import Members, log_density_matrix
@@ -242,6 +244,52 @@ def _one_dataset(members: Members, data: NDArray[np.float64],
     return fit, estimate, [(w.category, str(w.message)) for w in caught]
 
 
+@dataclass(frozen=True)
+class _DatasetTask:
+    """Data set ``r`` of a study: its events (given, or drawn from the stream
+    ``default_rng([seed, r])``), the weight fit and ``Ô ± σ`` (a picklable callable, so ranges
+    of ``r`` can run anywhere)."""
+
+    members: Members
+    sample_truth: Callable[[int, np.random.Generator], ArrayLike] | None
+    datasets: Sequence[ArrayLike] | None
+    g: Callable[[NDArray[np.float64]], ArrayLike] | None
+    integrals: MemberIntegrals | None
+    n_events: int
+    n_generated: int
+    seed: int
+
+    def __call__(self, r: int) -> tuple[WeightFit, ObservableEstimate,
+                                        list[tuple[type[Warning], str]]]:
+        rng = np.random.default_rng([self.seed, r])
+        drawn = (self.datasets[r] if self.datasets is not None
+                 else self.sample_truth(self.n_events, rng))
+        data = as_events(drawn, n_features=self.members.n_features, name=f"data set {r}")
+        return _one_dataset(self.members, data, self.g, self.integrals, self.n_generated, rng)
+
+
+def _dataset_range(task: _DatasetTask, first: int, stop: int) -> list[Any]:
+    """Data sets ``first .. stop - 1`` on a Dask worker."""
+    return [task(r) for r in range(first, stop)]
+
+
+#: Data-set tasks per worker thread: balance without scheduling overhead.
+_TASKS_PER_THREAD = 4
+
+
+def _datasets_on(executor: Executor, task: _DatasetTask, n_datasets: int, progress: bool
+                 ) -> list[Any]:
+    """Every data set as ranges of tasks on a Dask cluster, in data-set order."""
+    shared = executor.share(task)
+    size = max(1, math.ceil(n_datasets / (_TASKS_PER_THREAD * executor.n_threads)))
+    starts = range(0, n_datasets, size)
+    futures = [executor.submit(_dataset_range, shared, a, min(a + size, n_datasets))
+               for a in starts]
+    with tqdm(total=n_datasets, desc="coverage", disable=not progress, leave=False) as bar:
+        ranges = executor.gather(futures, on_done=lambda _i, out: bar.update(len(out)))
+    return [outcome for block in ranges for outcome in block]
+
+
 def run_coverage(members: Members,
                  sample_truth: Callable[[int, np.random.Generator], ArrayLike] | None,
                  truth: ArrayLike, *, n_datasets: int, n_events: int,
@@ -249,7 +297,8 @@ def run_coverage(members: Members,
                  oversampling: float | None = 2.0, integrals: MemberIntegrals | None = None,
                  levels: ArrayLike = (0.6827, 0.9545), seed: int = 0, progress: bool = True,
                  datasets: Sequence[ArrayLike] | None = None,
-                 truth_stds: ArrayLike | None = None) -> CoverageResult:
+                 truth_stds: ArrayLike | None = None, scheduler: SchedulerLike = None
+                 ) -> CoverageResult:
     """Run the coverage study of paper Step 3 with fixed members and fresh weight-fit data.
 
     Args:
@@ -272,6 +321,10 @@ def run_coverage(members: Members,
             subsets of independent events that trained no member); ``n_datasets`` of them.
         truth_stds: the statistical error of each O* (P,), when the truth is an estimate from
             an independent sample (:attr:`CoverageResult.truth_stds`).
+        scheduler: where the data sets run (:mod:`genval.compute`): None or ``"local"``
+            (this process), ``"processes"``, ``"tcp://HOST:PORT"``, ``"slurm"`` or an open
+            :class:`~genval.compute.Executor`; ranges of data sets become tasks (the members
+            and ``sample_truth`` are sent once per worker), with the same result.
     """
     if (sample_truth is None) == (datasets is None):
         raise InputError("give exactly one of sample_truth (a generator of data sets) and "
@@ -287,15 +340,18 @@ def run_coverage(members: Members,
     n_generated = 0
     if integrals is None:
         n_generated = max(2, int(round(float(oversampling) * n_events)))
+    task = _DatasetTask(members, sample_truth, datasets, g, integrals, int(n_events),
+                        n_generated, seed)
+    with open_executor(scheduler) as executor:
+        # in this process lazily, so that a bad observable stops the study at data set 0
+        outcomes = (_datasets_on(executor, task, n_datasets, progress) if executor is not None
+                    else (task(r) for r in tqdm(range(n_datasets), desc="coverage",
+                                                disable=not progress, leave=False)))
     estimates, stds, stds_weights, weights, covs, converged = [], [], [], [], [], []
     ridges, prior_shares = [], []
     messages: list[str] = []
     categories: dict[type[Warning], str] = {}
-    for r in tqdm(range(n_datasets), desc="coverage", disable=not progress, leave=False):
-        rng = np.random.default_rng([seed, r])
-        drawn = datasets[r] if datasets is not None else sample_truth(n_events, rng)
-        data = as_events(drawn, n_features=members.n_features, name=f"data set {r}")
-        fit, estimate, caught = _one_dataset(members, data, g, integrals, n_generated, rng)
+    for r, (fit, estimate, caught) in enumerate(outcomes):
         for category, message in caught:
             text = f"data set {r}: {message}"
             messages.append(text)

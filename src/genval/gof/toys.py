@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import sys
 import time
 import warnings
@@ -47,6 +46,13 @@ from tqdm.auto import tqdm
 
 from genval._settings import apply_overrides
 from genval._validation import as_event_weights, as_events
+from genval.compute import (
+    Executor,
+    SchedulerLike,
+    available_cores,
+    can_fork_workers,
+    open_executor,
+)
 from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
 from genval.gof.constraint import Constraint
@@ -64,9 +70,9 @@ from genval.members import Members, log_density_matrix
 from genval.row_scaling import ScaledRows, scale_rows
 from genval.sampling import sample_mixture
 
-__all__ = ["goodness_of_fit", "prepare", "PreparedGoF", "GoFSettings", "ToyPool", "PoolRows",
-           "draw_pool", "draw_pool_rows", "run_toys", "pool_rng", "POOL_STREAM", "TOY_STREAM",
-           "MIN_POOL_RATIO", "require_unweighted"]
+__all__ = ["goodness_of_fit", "observed_statistic", "prepare", "PreparedGoF", "GoFSettings",
+           "ToyPool", "PoolRows", "draw_pool", "draw_pool_rows", "run_toys", "pool_rng",
+           "POOL_STREAM", "TOY_STREAM", "MIN_POOL_RATIO", "require_unweighted"]
 
 POOL_STREAM = 0x706F6F6C  # "pool": separates the pools' RNG streams from the toys'
 TOY_STREAM = 0x746F7973  # "toys"
@@ -317,10 +323,8 @@ def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centr
 
 def _n_jobs(n_jobs: int) -> int:
     if n_jobs == -1:
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            return os.cpu_count() or 1
+        # the cores this process gets (a Dask worker's threads, a cgroup quota), never more
+        return available_cores()
     if n_jobs < 1:
         raise InputError(f"n_jobs must be >= 1 or -1 (all cores), got {n_jobs}")
     return n_jobs
@@ -339,6 +343,8 @@ def _forked_chunk(chunk: NDArray[np.int64]) -> list[ToyRow]:
 
 def _fork_context() -> multiprocessing.context.BaseContext | None:
     if sys.platform != "linux":  # fork is unsafe on macOS and absent on Windows
+        return None
+    if not can_fork_workers():  # a Dask worker (a daemon process) may not have children
         return None
     try:
         return multiprocessing.get_context("fork")
@@ -651,11 +657,87 @@ def _run_pool(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np
     return pool_s + mid - start, toy_s + time.perf_counter() - mid
 
 
+#: Toy tasks per worker thread and pool: enough to balance uneven fits and to lose little when
+#: a worker dies, few enough that scheduling (milliseconds a task) costs nothing next to them.
+_TASKS_PER_THREAD = 8
+
+
+def _toy_task(pool: ToyPool, chunk: NDArray[np.int64], seed: int, n_test: int, poisson: bool,
+              centre: str, settings: ProfileSettings) -> list[ToyRow]:
+    """Fit toys ``chunk`` on a Dask worker (one thread each, like the fork pool's workers)."""
+    with limit_blas_threads(1):
+        return [_one_toy(pool, int(i), seed, n_test, poisson, centre, settings) for i in chunk]
+
+
+def _run_pools_on(executor: Executor, prepared: PreparedGoF, constraint: Constraint,
+                  indices: NDArray[np.int64], cfg: GoFSettings, progress: bool
+                  ) -> tuple[_ToyTable, float, float]:
+    """:func:`_run_pools` on a Dask cluster: the same toys, bit for bit.
+
+    Each pool is drawn here and sent once to every worker; its toys go out as ranges of
+    indices (each toy's stream is keyed by its index and the seed, both arguments) while the
+    next pool is drawn. A task whose worker dies is rerun elsewhere by the scheduler.
+    """
+    table = _ToyTable(indices, prepared.n_pools)
+    which = indices % prepared.n_pools
+    pools = np.unique(which)
+    per_pool = _TASKS_PER_THREAD * executor.n_threads
+    start = time.perf_counter()
+    pool_s = 0.0
+    futures, parts = [], []
+    with tqdm(total=int(indices.size), desc="toys", unit="toy", disable=not progress,
+              leave=False) as bar:
+        for j in pools:
+            drawn = time.perf_counter()
+            rows = prepared.pool_rows(constraint.weights, int(j))
+            _check_negative_mass(rows, cfg.max_negative_mass)
+            pool = project_pool(rows, constraint, prepared.check_rows)
+            table.negative_mass[j] = pool.negative_mass
+            table.negative_mass_error[j] = pool.negative_mass_error
+            pool_s += time.perf_counter() - drawn
+            shared = executor.share(pool)
+            sel = np.flatnonzero(which == j)
+            for part in np.array_split(sel, min(sel.size, per_pool)):
+                futures.append(executor.submit(
+                    _toy_task, shared, indices[part], prepared.seed, prepared.x.shape[0],
+                    cfg.toy_size == "poisson", cfg.centre, cfg.toy_profile))
+                parts.append(part)
+        results = executor.gather(futures, on_done=lambda _i, rows: bar.update(len(rows)))
+    for part, rows in zip(parts, results, strict=True):
+        t, conv, size, status = zip(*rows, strict=True)
+        table.t[part], table.converged[part], table.size[part] = t, conv, size
+        for position, reason in zip(part, status, strict=True):
+            table.status[position] = reason
+    return table, pool_s, time.perf_counter() - start - pool_s
+
+
+def observed_statistic(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,
+                       seed: int = 0, *, variant: Variant = "ensemble", member: int | None = None,
+                       settings: GoFSettings | None = None, prepared: PreparedGoF | None = None,
+                       **overrides: Any) -> LRStatistic:
+    """t of Eq. (5) on ``x_test`` exactly as :func:`goodness_of_fit` computes it, without toys.
+
+    What completing a test from toy ranges run elsewhere needs (``genval merge``): the
+    observed fits, bit for bit those of a full run. Arguments as for :func:`goodness_of_fit`.
+
+    Raises:
+        FitError: f(x; ŵ) ≤ 0 at test events and no weights near ŵ fix it.
+    """
+    cfg = apply_overrides(settings or GoFSettings(), overrides, "observed_statistic")
+    if prepared is None:
+        prepared = prepare(members, x_test, basis, seed, settings=cfg, keep_pools=False)
+    else:
+        prepared.check(members, x_test, basis, seed, cfg)
+    constraint = make_constraint(fit, members.n_members, variant, member)
+    return _observed_statistic(prepared, constraint, variant, cfg.profile)
+
+
 def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,
                     n_toys: int = 1000, seed: int = 0, *, variant: Variant = "ensemble",
                     member: int | None = None, settings: GoFSettings | None = None,
                     prepared: PreparedGoF | None = None, progress: bool = False,
-                    event_weights: ArrayLike | None = None, **overrides: Any) -> GoFResult:
+                    event_weights: ArrayLike | None = None, scheduler: SchedulerLike = None,
+                    **overrides: Any) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
 
     Computes t on ``x_test`` and its null distribution from ``n_toys`` toys drawn from
@@ -680,6 +762,10 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         progress: show a progress bar of the toys on stderr.
         event_weights: per-event weights of ``x_test``, accepted only when all equal: the
             test needs unweighted events (:func:`require_unweighted` says why).
+        scheduler: where the toys run (:mod:`genval.compute`): None or ``"local"`` (this
+            process, ``n_jobs`` forked workers), ``"processes"``, ``"tcp://HOST:PORT"``,
+            ``"slurm"``, or an open :class:`~genval.compute.Executor`. Every choice gives the
+            same toys, bit for bit.
         **overrides: any field of :class:`GoFSettings` (``centre``, ``toy_size``,
             ``n_pools``, ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``,
             ``cl``, ``max_negative_mass``, ``max_failed_fraction``, ``profile``) or of its
@@ -726,7 +812,12 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     t_obs_done = time.perf_counter()
 
     indices = np.arange(cfg.first_toy, cfg.first_toy + n_toys, dtype=np.int64)
-    toys, pool_s, toy_s = _run_pools(prepared, constraint, indices, cfg, progress)
+    with open_executor(scheduler) as executor:
+        if executor is None:
+            toys, pool_s, toy_s = _run_pools(prepared, constraint, indices, cfg, progress)
+        else:
+            toys, pool_s, toy_s = _run_pools_on(executor, prepared, constraint, indices, cfg,
+                                                progress)
     end = time.perf_counter()
     return GoFResult(
         t_obs=float(observed), t_null=toys.t, toy_index=toys.index,

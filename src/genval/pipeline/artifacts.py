@@ -28,6 +28,8 @@ samples/sampler.json        the sampler's diagnostics, negative mass      sample
 coverage/coverage.npz|json  :class:`~genval.coverage.CoverageResult`      coverage
 gof/VARIANT.json            :class:`GofRecord` (GoFResult, Z band)        gof
 gof/deviations.json         where the alternative departs from REF        gof
+gof/parts/toys-A-B.json     :class:`GofPart`: toys A..B-1 of every        gof --toys A:B
+                            variant and test set
 ==========================  ============================================  ===============
 
 References:
@@ -36,6 +38,7 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -47,10 +50,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from genval._atomic import atomic_write_bytes, atomic_write_json
+from genval._paths import resolve_inside
 from genval.coverage import CoverageResult
 from genval.errors import ArtifactError, InputError
 from genval.gof import GoFResult, ZSummary
-from genval.io import EventTable, read_events, write_events
+from genval.io import EventTable, parse_spec, read_events, write_events
 from genval.members import KDEMembers, Members
 from genval.pipeline.device import resolve_device
 from genval.rundir import RunDir, RunDirError, to_jsonable
@@ -71,6 +75,7 @@ __all__ = [
     "CoverageRecord", "save_coverage", "load_coverage",
     "GofRecord", "save_gof", "save_gof_error", "load_gof", "load_gof_json",
     "save_deviations", "load_deviations",
+    "GofPart", "save_gof_part", "load_gof_parts", "fit_digest",
 ]
 
 
@@ -377,14 +382,15 @@ def load_transform(run: RunDir) -> FeatureTransform:
         raise ArtifactError(f"{path}: {exc}") from None
 
 
-def load_members(run: RunDir) -> Members:
+def load_members(run: RunDir, *, device: str | None = None) -> Members:
     """The members saved by the train stage, in physical units.
 
     KDE members are rebuilt from the transformed train split, factory members (``kind:
     python``) rebuilt from it and checked, flows loaded on the device of the run's current
     config; with a feature transform they come wrapped in
     :class:`~genval.transforms.TransformedMembers`, so every density carries the Jacobian and
-    every sample is in the features' own units.
+    every sample is in the features' own units. ``device`` overrides the config's device for
+    this process alone, without recording it in the run (a toy range of an array job).
     """
     transform = load_transform(run)
     kind = run.config().members.kind
@@ -394,17 +400,23 @@ def load_members(run: RunDir) -> Members:
     if kind == "kde":
         base: Members = load_kde(run).build(x_train, split_weights(run, "train"))
     elif kind == "python":
-        device = resolve_device(run.config().device)
-        run.update_metadata(device={"resolved": device})
-        base = load_python_members(run).build(x_train, device, split_weights(run, "train"))
+        where = _member_device(run, device)
+        base = load_python_members(run).build(x_train, where, split_weights(run, "train"))
     else:
         from genval.flows import FlowEnsemble  # torch loads only for flow members
 
-        # The device of this process's config (--device overrides it on every run and resume).
-        device = resolve_device(run.config().device)
-        run.update_metadata(device={"resolved": device})
-        base = FlowEnsemble.load(_ensemble_path(run), device=device)
+        base = FlowEnsemble.load(_ensemble_path(run), device=_member_device(run, device))
     return base if transform.is_identity else TransformedMembers(base, transform)
+
+
+def _member_device(run: RunDir, device: str | None) -> str:
+    """``device`` resolved, or the device of this process's config (``--device`` overrides it
+    on every run and resume), which is then recorded in the run's metadata."""
+    if device is not None:
+        return resolve_device(device)
+    resolved = resolve_device(run.config().device)
+    run.update_metadata(device={"resolved": resolved})
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -480,13 +492,25 @@ def load_fit(run: RunDir) -> WeightFit:
 
 # --- oversampled events (sample stage) -------------------------------------------------------
 
+def _samples_spec(run: RunDir, output: str) -> str:
+    """``samples/OUTPUT[:key]``, its file checked to resolve inside the run directory."""
+    spec = parse_spec(output)
+    path = resolve_inside(run.root, Path("samples") / spec.path, "sample.output")
+    return f"{path}:{spec.key}" if spec.key else str(path)
+
+
 def save_samples(run: RunDir, output: str, x: NDArray[np.float64], names: Sequence[str],
                  density: NDArray[np.float64], density_std: NDArray[np.float64],
                  prior_share: NDArray[np.float64] | None = None) -> Path:
     """Events drawn from f(x; ŵ) in ``samples/OUTPUT`` and their f̂, σ_f̂ (Eq. 3), with the
-    share of σ_f̂² from the weight fit's ridge prior when given (:func:`load_prior_share`)."""
+    share of σ_f̂² from the weight fit's ridge prior when given (:func:`load_prior_share`).
+
+    Raises:
+        OutputPathError: if ``OUTPUT`` would leave the run directory (through ``..`` or a
+            symbolic link); the configuration refuses the first, this the second.
+    """
     out = run.dir("samples")
-    path = write_events(out / output, x, names)
+    path = write_events(_samples_spec(run, output), x, names)
     extra = {} if prior_share is None else {"prior_share": prior_share}
     save_npz(out / "density.npz", density=density, density_std=density_std, **extra)
     return path
@@ -501,7 +525,7 @@ def load_prior_share(run: RunDir) -> NDArray[np.float64] | None:
 def load_samples(run: RunDir) -> tuple[EventTable, NDArray[np.float64], NDArray[np.float64]]:
     """The oversampled events with their f̂ and σ_f̂."""
     out = run.root / "samples"
-    table = read_events(out / run.config().sample.output)
+    table = read_events(_samples_spec(run, run.config().sample.output))
     arrays = _load_npz(out / "density.npz")
     return table, arrays["density"], arrays["density_std"]
 
@@ -647,3 +671,86 @@ def load_deviations(run: RunDir) -> dict[str, Any] | None:
     """The record :func:`save_deviations` wrote, or None when there is none."""
     path = _deviations_path(run)
     return load_json(path) if path.is_file() else None
+
+
+# --- toy ranges of the gof stage (array jobs) -----------------------------------------------
+
+@dataclass(frozen=True)
+class GofPart:
+    """Toys ``first .. stop - 1`` of every GoF variant and test set, computed apart from the
+    stage (``genval gof RUN --toys A:B``, an array job) and merged by ``genval merge RUN``.
+
+    Attributes:
+        first, stop: the toy range.
+        config_hash: the run's configuration (a part of another config is refused).
+        fit_digest: :func:`fit_digest` of the weight fit the toys calibrate.
+        results: per variant, the :class:`~genval.gof.GoFResult` of each test set over the
+            range, or the message of the error that made the variant undefined.
+        path: the file it was read from (None before it is saved).
+    """
+
+    first: int
+    stop: int
+    config_hash: str
+    fit_digest: str
+    results: dict[str, list[GoFResult] | str]
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """The range as ``A:B``."""
+        return f"{self.first}:{self.stop}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "genval.gof.part", "toys": [self.first, self.stop],
+                "config_hash": self.config_hash, "fit_digest": self.fit_digest,
+                "variants": {v: ({"error": r} if isinstance(r, str)
+                                 else [to_jsonable(x.to_dict()) for x in r])
+                             for v, r in self.results.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> GofPart:
+        if data.get("format") != "genval.gof.part":
+            raise ArtifactError(f"{path}: not a genval GoF part file")
+        try:
+            results: dict[str, list[GoFResult] | str] = {
+                str(v): (str(r["error"]) if isinstance(r, dict)
+                         else [GoFResult.from_dict(x) for x in r])
+                for v, r in dict(data["variants"]).items()}
+            first, stop = (int(t) for t in data["toys"])
+            return cls(first, stop, str(data["config_hash"]), str(data["fit_digest"]),
+                       results, path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path}: corrupted GoF part file: {exc}") from exc
+
+
+def _parts_dir(run: RunDir) -> Path:
+    return run.root / "gof" / "parts"
+
+
+def save_gof_part(run: RunDir, part: GofPart) -> Path:
+    """Write a toy range (one file per range: parallel jobs never write the same file)."""
+    path = _parts_dir(run) / f"toys-{part.first:07d}-{part.stop:07d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, part.to_dict())
+
+
+def load_gof_parts(run: RunDir) -> list[GofPart]:
+    """Every saved toy range of the run, in file-name (toy) order.
+
+    Raises:
+        ArtifactError: a part file that cannot be read.
+    """
+    folder = _parts_dir(run)
+    if not folder.is_dir():
+        return []
+    return [GofPart.from_dict(load_json(path), path)
+            for path in sorted(folder.glob("toys-*.json"))]
+
+
+def fit_digest(fit: WeightFit) -> str:
+    """SHA-256 of ŵ and Cov(ŵ): which weight fit a set of toys calibrates."""
+    h = hashlib.sha256()
+    for array in (fit.weights, fit.cov):
+        h.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return h.hexdigest()

@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 from scipy import stats
 
 from genval import plots
+from genval.compute import Executor
 from genval.config import Config, ConfigError
 from genval.coverage import run_coverage
 from genval.paper import PAPER_COVERAGE, is_paper_toy
@@ -34,7 +35,8 @@ def _levels(config: Config) -> tuple[float, ...]:
     return (level, 0.9545) if abs(level - 0.9545) > 1e-3 else (level,)
 
 
-def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
+def stage_coverage(run: RunDir, *, log: Log = quiet, executor: Executor | None = None
+                   ) -> dict[str, Any]:
     """The coverage study (Eq. 4): do the error bars cover a known truth?
 
     Generated data: synthetic data sets from the generator, first moments of every feature.
@@ -42,7 +44,8 @@ def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     trained no member, against ``coverage.truth`` from an independent sample
     (:func:`file_datasets`). Per data set ``coverage.n_generated`` events are generated from
     the refitted f(x; ŵ) and every member integral is an importance estimate from that one
-    sample (App. A, :func:`genval.coverage.run_coverage`).
+    sample (App. A, :func:`genval.coverage.run_coverage`); the data sets run on the workers
+    of ``executor`` when given (``compute.scheduler``), with the same result.
     """
     cfg = run.config()
     cov = cfg.coverage
@@ -70,7 +73,7 @@ def stage_coverage(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     result = run_coverage(members, sample_truth, truth, n_datasets=cov.n_datasets,
                           n_events=n_events, g=g, oversampling=cov.n_generated / n_events,
                           seed=seed, levels=levels, progress=not cfg.quiet, datasets=datasets,
-                          truth_stds=truth_stds)
+                          truth_stds=truth_stds, scheduler=executor)
     save_coverage(run, result, names)
     sigmas = result.stds if truth_stds is None else np.hypot(result.stds, result.truth_stds)
     draw(run, "coverage", plots.plot_coverage, estimates=result.estimates, sigmas=sigmas,
