@@ -250,6 +250,9 @@ def weight_fit_html(fit: Any) -> str:
     if getattr(fit, "ridge", 0.0) > 0:
         flags.append(flag(None, f"ridge toward equal weights on {fit.n_regularised} weakly "
                                 f"identified direction(s), prior sd {fit.prior_std:.3g}"))
+    if getattr(fit, "unsupported", ()):
+        flags.append(flag(None, f"member(s) {list(fit.unsupported)} without support in the "
+                                "weight-fit events: weight fixed at 0"))
     if fit.messages:
         flags.append(flag(None, f"{len(fit.messages)} warning(s)"))
     diagnostics = {"members M": fit.n_members, "events N": fit.n_events,

@@ -110,6 +110,9 @@ class WeightFit:
             (:func:`genval.identification.precision_floor`).
         n_effective: with event weights, the effective number of events ``(Σs)² / Σs²`` (the
             size of an unweighted sample as informative for a mean); None when unweighted.
+        unsupported: members the weight-fit events do not support (the likelihood of Eq. (1)
+            has no maximum with them: it grows without bound as their weight goes negative);
+            their weights are fixed at 0 with no variance and the fit warns.
     """
 
     weights: NDArray[np.float64]
@@ -130,6 +133,7 @@ class WeightFit:
     leverage: float = float("nan")
     precision_floor: float = LEGACY_RCOND
     n_effective: float | None = None
+    unsupported: tuple[int, ...] = field(default=())
 
     @property
     def n_members(self) -> int:
@@ -239,6 +243,9 @@ class WeightFit:
             lines.insert(2, f"          ridge τ={self.ridge:.3g} toward equal weights (prior sd "
                             f"{self.prior_std:.3g}) on {self.n_regularised} direction(s), "
                             f"leverage {self.leverage:.2f},")
+        if self.unsupported:
+            lines.insert(2, f"          members {list(self.unsupported)} without support in "
+                            "the data: weight fixed at 0,")
         lines += [f"  warning: {m}" for m in self.messages]
         return "\n".join(lines)
 
@@ -255,7 +262,8 @@ class WeightFit:
         """
         import dataclasses
 
-        return {f.name: (list(self.messages) if f.name == "messages" else getattr(self, f.name))
+        return {f.name: (list(getattr(self, f.name)) if f.name in ("messages", "unsupported")
+                         else getattr(self, f.name))
                 for f in dataclasses.fields(self)}
 
     @classmethod
@@ -274,7 +282,8 @@ class WeightFit:
                                                    else np.asarray(v, dtype=np.float64)),
                    "converged": bool, "n_iter": int, "n_events": int, "n_unidentified": int,
                    "n_regularised": int, "messages": lambda v: tuple(str(m) for m in v),
-                   "n_effective": lambda v: None if v is None else float(v)}
+                   "n_effective": lambda v: None if v is None else float(v),
+                   "unsupported": lambda v: tuple(int(k) for k in np.atleast_1d(v))}
         values = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
@@ -439,18 +448,22 @@ def _sandwich_covariance(terms: _Terms, n_events: int, ident: Identification) ->
 
 
 def _conditioning_message(V: NDArray[np.float64], condition: float, ident: Identification,
-                          n_events: int, trigger: float, max_leverage: float | None
-                          ) -> str | None:
-    """The IllConditionedWarning text for near-duplicate members or weak directions, or None."""
+                          n_events: int, trigger: float, max_leverage: float | None,
+                          labels: NDArray[np.int64] | None = None) -> str | None:
+    """The IllConditionedWarning text for near-duplicate members or weak directions, or None.
+    ``labels``: the caller's index of each column of V (members left out of the fit)."""
     basis = sum_to_one_basis(V.shape[0])
     V_r = basis.T @ V @ basis
+    names = (lambda members: members) if labels is None else (
+        lambda members: [int(labels[k]) for k in members])
     parts = []
     if ident.n_unresolved:
         prior = (1.0 / np.sqrt(n_events * ident.ridge)) if ident.ridge > 0 else PRIOR_STD
         parts.append(
             f"the Hessian of the weight fit is not resolved at the input's precision (condition "
             f"number {condition:.3g}, floor {ident.floor:.2g}) along {ident.n_unresolved} "
-            f"direction(s): members {_near_duplicates(V_r, basis)} are (near-)duplicates. Weight "
+            f"direction(s): members {names(_near_duplicates(V_r, basis))} are "
+            "(near-)duplicates. Weight "
             "differences along those directions do not change the likelihood: they are held at "
             f"the equal-weight mixture with the prior's variance (sd {prior:.3g}); consider "
             "removing duplicated members")
@@ -471,7 +484,8 @@ def _conditioning_message(V: NDArray[np.float64], condition: float, ident: Ident
         return " ".join(parts)
     if condition > ILL_CONDITIONED:
         return (f"ill-conditioned weight fit (condition number of the Hessian {condition:.3g}): "
-                f"members {_near_duplicates(V_r, basis)} are nearly linearly dependent, so their "
+                f"members {names(_near_duplicates(V_r, basis))} are nearly linearly dependent, "
+                "so their "
                 "weights are poorly determined and their errors large")
     return None
 
@@ -654,9 +668,26 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     if n_events <= n_members:
         raise InputError(f"need more events than members to fit the weights: N={n_events}, "
                          f"M={n_members}")
-    floor = _input_floor(F, log, precision, n_members)
-    start = _starting_weights(S, w0)
-    rounds = _fit_with_ridge(S, start, tol, max_iter, floor, max_leverage, s, rows)
+    full_members = n_members
+    keep = np.arange(n_members)
+    unsupported: list[int] = []
+    while True:
+        # Members without support in the data (the likelihood grows without bound along a
+        # direction that gives them a negative weight) are taken out one by one and the fit
+        # repeated on the others (_recession_direction).
+        S_kept = S if not unsupported else S[:, keep]
+        floor = _input_floor(F, log, precision, keep.size)
+        start = _starting_weights(S_kept, w0 if not unsupported else None)
+        rounds = _fit_with_ridge(S_kept, start, tol, max_iter, floor, max_leverage, s, rows)
+        if _stationary(rounds) or keep.size <= 2:
+            break
+        direction = _recession_direction(S_kept, s)
+        if direction is None:
+            break
+        dropped = int(keep[int(np.argmin(direction))])
+        unsupported.append(dropped)
+        keep = keep[keep != dropped]
+    S, n_members = S_kept, keep.size
     solution, ident, terms = rounds.solution, rounds.identification, rounds.terms
     w, f = solution.theta, solution.density
     n_iter = rounds.n_iter
@@ -664,6 +695,25 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
     messages: list[str] = []
     if solution.line_search_failed:
         messages.append(f"line search failed at iteration {n_iter} (decrement {decrement:.3g})")
+    converged = solution.converged
+    if converged and not _stationary(rounds):
+        # Σŵ = 1 holds at every stationary point of Eq. (1): a fit that ended elsewhere did not
+        # find the maximum (there may be none), whatever its decrement said.
+        converged = False
+        msg = (f"the weight fit stopped away from a maximum of the likelihood of Eq. (1): "
+               f"Σŵ = {float(w.sum()):.6g} (1 at any maximum), Σ|ŵ| = "
+               f"{float(np.abs(w).sum()):.3g}; the weights are not an estimate")
+        messages.append(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    if unsupported:
+        msg = (f"member(s) {sorted(unsupported)} have no support among the {n_events} weight-fit "
+               "events: the likelihood of Eq. (1) grows without bound when they get a negative "
+               "weight (the mixture's density rises at every event and turns negative where "
+               "they have mass and no event lies), so it has no maximum with them. Their "
+               "weights are fixed at 0 (no variance) and the others are fitted without them; "
+               "check that these members describe the data at all, or fit on more events")
+        messages.append(msg)
+        warnings.warn(msg, IllConditionedWarning, stacklevel=2)
 
     gradient = 1.0 - terms.mean_a
     if ident.ridge > 0 or ident.n_unresolved:
@@ -683,18 +733,87 @@ def fit_weights(F: ArrayLike, *, log: bool = False, max_iter: int = 100, tol: fl
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
     sandwich = _sandwich_covariance(terms, n_events, ident)
     warning = _conditioning_message(terms.V, sandwich.condition, ident, n_events,
-                                    rounds.trigger, max_leverage)
+                                    rounds.trigger, max_leverage, labels=keep)
     if warning is not None:
         messages.append(warning)
         warnings.warn(warning, IllConditionedWarning, stacklevel=2)
-    return WeightFit(weights=w, cov=sandwich.cov, cov_reduced=sandwich.cov_reduced,
-                     converged=solution.converged, n_iter=n_iter,
+    cov, cov_reduced, cov_prior_reduced = (sandwich.cov, sandwich.cov_reduced,
+                                           sandwich.cov_prior_reduced)
+    if unsupported:
+        w, cov, cov_reduced, cov_prior_reduced = _embed(keep, full_members, w, sandwich)
+    return WeightFit(weights=w, cov=cov, cov_reduced=cov_reduced,
+                     converged=converged, n_iter=n_iter,
                      nll=_objective(f, w, s) - float(log_scale.mean() if s is None
                                                      else (s @ log_scale) / n_events),
                      grad_norm=grad_norm, hessian_condition=sandwich.condition,
                      effective_rank=_effective_rank(terms.V), n_events=n_events,
                      n_unidentified=ident.n_unresolved, messages=tuple(messages),
-                     ridge=ident.ridge, cov_prior_reduced=sandwich.cov_prior_reduced,
+                     ridge=ident.ridge, cov_prior_reduced=cov_prior_reduced,
                      n_regularised=ident.n_regularised, leverage=ident.leverage,
                      precision_floor=floor,
-                     n_effective=None if s is None else float(s.sum() ** 2 / (s @ s)))
+                     n_effective=None if s is None else float(s.sum() ** 2 / (s @ s)),
+                     unsupported=tuple(sorted(unsupported)))
+
+
+def _stationary(rounds: _Rounds) -> bool:
+    """Whether the fit ended at a stationary point of its objective.
+
+    With a ridge or unresolved directions the weights are parametrised on ``Σ w = 1`` and the
+    penalised objective is bounded below: Newton's decrement is the certificate. The plain fit
+    of Eq. (1) has ``Σŵ = ŵ · mean(A) = 1`` at every stationary point (module docstring); where
+    the likelihood has no maximum its iterates run off along a direction of growth with
+    ``Σ w ≠ 1``, and a decrement computed on the directions the Hessian still resolves there
+    can look converged.
+    """
+    w = rounds.solution.theta
+    if rounds.identification.ridge > 0 or rounds.identification.n_unresolved:
+        return True
+    scale = max(1.0, float(np.abs(w).sum()))
+    return bool(np.isfinite(w).all() and abs(float(w.sum()) - 1.0) <= 1e-8 * scale)
+
+
+def _recession_direction(S: NDArray[np.float64], s: NDArray[np.float64] | None
+                         ) -> NDArray[np.float64] | None:
+    """A direction along which the likelihood of Eq. (1) grows without bound, or None.
+
+    A direction ``d`` with ``Σ d = 0`` and ``S d ≥ 0`` at every event, ``> 0`` at some, raises
+    the mixture's density at every event while keeping ``Σ w`` (the extended term) fixed: the
+    likelihood has no maximum (Farkas: it has one exactly when ``1`` is a non-negative
+    combination of the rows ``S_n``). Such a direction gives a negative weight to a member the
+    events do not support (its density is below a sub-probability mixture of the others at
+    every event), and the density turns negative where that member has mass. Found by a linear
+    programme (HiGHS): maximise ``mean(S d)`` over ``|d_k| ≤ 1``; gains below 1e-9 (the
+    solver's feasibility tolerance times the scale of S) count as none. Events of negative
+    weight (a non-convex likelihood) are left to the curvature check: None.
+    """
+    from scipy.optimize import linprog
+
+    if s is not None and (s < 0).any():
+        return None
+    n_events, n_members = S.shape
+    rates = (S.sum(axis=0) if s is None else s @ S) / n_events
+    result = linprog(-rates, A_ub=-S, b_ub=np.zeros(n_events), A_eq=np.ones((1, n_members)),
+                     b_eq=np.zeros(1), bounds=(-1.0, 1.0), method="highs")
+    if result.status != 0 or not -result.fun > 1e-6:
+        return None
+    return np.asarray(result.x, dtype=np.float64)
+
+
+def _embed(keep: NDArray[np.int64], n_members: int, w: NDArray[np.float64], sandwich: _Sandwich
+           ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                      NDArray[np.float64] | None]:
+    """ŵ and its covariances of a fit on the members ``keep``, as those of all ``n_members``
+    (the others at weight 0 with no variance); reduced covariances in the full basis."""
+    embedding = np.zeros((n_members, keep.size))
+    embedding[keep, np.arange(keep.size)] = 1.0
+    basis = sum_to_one_basis(n_members)
+    kept_basis = sum_to_one_basis(keep.size)
+
+    def lift(reduced: NDArray[np.float64]) -> NDArray[np.float64]:
+        full = embedding @ (kept_basis @ reduced @ kept_basis.T) @ embedding.T
+        return 0.5 * (full + full.T)
+
+    cov = lift(sandwich.cov_reduced)
+    prior = (None if sandwich.cov_prior_reduced is None
+             else basis.T @ lift(sandwich.cov_prior_reduced) @ basis)
+    return embedding @ w, cov, basis.T @ cov @ basis, prior

@@ -46,8 +46,10 @@ def stage_fit(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         f"effective rank {fit.effective_rank:.2f} of {fit.n_members}, "
         f"sum|w| = {fit.abs_weight_sum:.3g}, negative mass {negative:.2g} ± {negative_err:.1g}"
         + (f"; ridge toward equal weights (prior sd {fit.prior_std:.3g}) on "
-           f"{fit.n_regularised} weakly identified direction(s)" if fit.n_regularised else ""))
+           f"{fit.n_regularised} weakly identified direction(s)" if fit.n_regularised else "")
+        + (f"; members {list(fit.unsupported)} without support in the events (weight 0)"
+           if fit.unsupported else ""))
     return {"converged": bool(fit.converged), "n_iter": int(fit.n_iter), "nll": float(fit.nll),
             "abs_weight_sum": fit.abs_weight_sum, "negative_mass": negative,
             "negative_mass_error": negative_err, "ridge": float(fit.ridge),
-            "n_regularised": int(fit.n_regularised)}
+            "n_regularised": int(fit.n_regularised), "unsupported": list(fit.unsupported)}
