@@ -148,18 +148,47 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _lscpu() -> dict[str, str]:
+    """``lscpu``'s model name and vendor (from /proc/cpuinfo where lscpu is missing)."""
+    info: dict[str, str] = {}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("Model name", "Vendor ID"):
+                info.setdefault(key.strip(), value.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if len(info) < 2:
+        try:
+            with open("/proc/cpuinfo") as handle:
+                for line in handle:
+                    key, _, value = line.partition(":")
+                    name = {"model name": "Model name", "vendor_id": "Vendor ID"}.get(key.strip())
+                    if name:
+                        info.setdefault(name, value.strip())
+        except OSError:
+            pass
+    return info
+
+
+def _blas() -> list[str]:
+    """The BLAS libraries this process loaded (threadpoolctl): library, version, kernel,
+    threads."""
+    from threadpoolctl import threadpool_info
+
+    return [f"{entry.get('internal_api')} {entry.get('version')} "
+            f"({entry.get('architecture')}, {entry.get('num_threads')} threads)"
+            for entry in threadpool_info() if entry.get("user_api") == "blas"]
+
+
 def machine() -> dict[str, Any]:
     """Where and when the study ran (timings on a shared machine are not comparable)."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = _lscpu()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "host": platform.node(), "cpu": cpu.get("Model name", platform.processor()),
+            "vendor": cpu.get("Vendor ID", "unknown"), "blas": _blas(), "cores": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__,
             "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
             "load_average_start": list(load), "commit": _git_commit()}
@@ -481,14 +510,18 @@ def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"# Validation study (`studies/validate.py{' --quick' if results['quick'] else ''}`)",
              "",
-             f"Run {m['date']} on {m['host']} ({m['cpu']}, {m['cores']} cores, OMP threads "
+             f"Run {m['date']} on {m['host']} ({m['cpu']}, {m.get('vendor', '?')}, "
+             f"{m['cores']} cores, BLAS {'; '.join(m.get('blas', [])) or '?'}, OMP threads "
              f"{m['omp_threads']}, load average at start {m['load_average_start'][0]:.1f}), "
              f"commit {m['commit']}, wall time {results['seconds']:.0f} s. The machine is "
              "shared: timings are indicative only.",
              "",
              *([f"Run as {len(results['parts'])} processes side by side (wall times "
                 + ", ".join(f"{part['seconds']:.0f} s" for part in results["parts"])
-                + "); the header is the first one's.", ""] if results.get("parts") else []),
+                + "); the header is the first one's. Commands: "
+                + "; ".join(f"`{part['command']}`" for part in results["parts"]
+                            if part.get("command")) + ".", ""] if results.get("parts") else []),
+             *([f"Command: `{results['command']}`.", ""] if results.get("command") else []),
              "Truth inside each ensemble's span (a Dirichlet(1) mixture of its members); every "
              "experiment refits ŵ on fresh events. Coverage cells: 68.3 % / 95.4 %, ✗ where "
              f"outside ±{int(100 * TOLERANCE_POINTS)} points (binomial sd at n experiments: "
@@ -565,13 +598,27 @@ def merge(paths: list[Path], out: Path, name: str) -> dict[str, Any]:
         for part in parts:
             if part.get(key):
                 results[key] = part[key]
-    results["parts"] = [{"machine": part["machine"], "seconds": part["seconds"]} for part in parts]
+    results["parts"] = [{"machine": part["machine"], "seconds": part["seconds"],
+                         "command": part.get("command")} for part in parts]
+    results.pop("command", None)
     results["seconds"] = max(part["seconds"] for part in parts)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{name}.json", json.dumps(_finite(results), indent=1,
                                                       allow_nan=False))
     atomic_write_text(out / f"{name}.md", markdown(results))
     return results
+
+
+def _override(sizes: Sizes, assignments: list[str]) -> Sizes:
+    """``sizes`` with ``FIELD=VALUE`` assignments applied (each value of the field's type)."""
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep or name not in Sizes.__dataclass_fields__:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(Sizes.__dataclass_fields__)}")
+        changes[name] = type(getattr(sizes, name))(value)
+    return replace(sizes, **changes)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -585,12 +632,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", default=None,
                         help="file stem of the results (default validate / validate_quick)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override sizes (fields of Sizes, e.g. experiments=100 n_toys=50); "
+                             "recorded in the results")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="combine result files of parts run separately into --name")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out, args.name or "validate")
-    sizes = QUICK if args.quick else FULL
+    sizes = _override(QUICK if args.quick else FULL, args.set)
     chosen = [c for c in args.cases.split(",") if c and c != "none"]
     accept = [a for a in args.acceptance.split(",") if a and a != "none"]
     tests_dir = Path(__file__).resolve().parent.parent / "tests"
@@ -601,6 +651,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     start = time.perf_counter()
     results: dict[str, Any] = {"quick": args.quick, "sizes": asdict(sizes), "seed": args.seed,
+                               "command": "python studies/validate.py " + " ".join(
+                                   sys.argv[1:] if argv is None else argv),
                                "machine": machine(), "cases": []}
     toy_case = None
     for index, key in enumerate(chosen):
