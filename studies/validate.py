@@ -82,6 +82,7 @@ class Sizes:
     n_fit: int = 20_000
     oversampling: float = 2.0
     experiments: int = 150
+    first_experiment: int = 0  # run experiments first_experiment..experiments-1 (split runs)
     gof_experiments: int = 100
     n_test: int = 3000
     n_kernels: int = 50
@@ -92,6 +93,7 @@ class Sizes:
     flow_train: int = 20_000
     jitter_refits: int = 120
     jitter_events: int = 50_000
+    jitter_plain: int = 1  # 0: skip the plain fit beside the ridge's (half the time)
     ten_datasets: int = 100
     ten_events: int = 20_000
     timing_toys: int = 200
@@ -362,8 +364,9 @@ def summarise_case(case: Case, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run_case(case: Case, sizes: Sizes, seed: int, log: Any) -> dict[str, Any]:
     rows = []
     start = time.perf_counter()
-    for r in range(sizes.experiments):
-        rows.append(experiment(case, sizes, seed, r, with_gof=r < sizes.gof_experiments))
+    for r in range(sizes.first_experiment, sizes.experiments):
+        rows.append({"index": r,
+                     **experiment(case, sizes, seed, r, with_gof=r < sizes.gof_experiments)})
         if (r + 1) % 10 == 0:
             log(f"  {case.name}: {r + 1}/{sizes.experiments} experiments "
                 f"({time.perf_counter() - start:.0f} s)")
@@ -384,13 +387,16 @@ def jittered_acceptance(sizes: Sizes, seed: int, log: Any) -> dict[str, Any]:
     points = np.stack([mu[0] + along * sd[0], np.full(along.size, mu[1])], axis=1)
     F = np.exp(log_density_matrix(members, points))
     exact = F @ truth
-    results: dict[str, list[Any]] = {"ridge": [], "plain": []}
+    results: dict[str, list[Any]] = {"ridge": [], "plain": []} if sizes.jitter_plain else {
+        "ridge": []}
     start = time.perf_counter()
     for r in range(sizes.jitter_refits):
         rng = np.random.default_rng([seed, 200, r])
         counts = rng.multinomial(sizes.jitter_events, truth)
         x = np.concatenate([members.sample(int(c), k, rng) for k, c in enumerate(counts)])
-        for name, kwargs in (("ridge", {}), ("plain", {"max_leverage": None})):
+        variants = (("ridge", {}), ("plain", {"max_leverage": None}))[
+            :2 if sizes.jitter_plain else 1]
+        for name, kwargs in variants:
             fit = _fit(members, x, **kwargs)
             band = fit.density_band(F)
             results[name].append({"error": (F @ fit.weights - exact).tolist(),
@@ -398,7 +404,7 @@ def jittered_acceptance(sizes: Sizes, seed: int, log: Any) -> dict[str, Any]:
                                   "prior_share": band.prior_share.tolist(),
                                   "ridge": fit.ridge, "abs_weight_sum": fit.abs_weight_sum,
                                   "condition": fit.hessian_condition})
-        if (r + 1) % 20 == 0:
+        if (r + 1) % 5 == 0:
             log(f"  jittered: {r + 1}/{sizes.jitter_refits} refits "
                 f"({time.perf_counter() - start:.0f} s)")
     out: dict[str, Any] = {"along_sd": along.tolist(), "n_events": sizes.jitter_events,
@@ -560,6 +566,8 @@ def markdown(results: dict[str, Any]) -> str:
                   + " | rms rel. error at 4 / 6 sd | Σ\\|ŵ\\| median | ridge |",
                   "|---|" + "---|" * len(jit["along_sd"]) + "---|---|---|"]
         for name in ("ridge", "plain"):
+            if name not in jit:
+                continue
             j = jit[name]
             lines.append(f"| {name} | " + " | ".join(_cov_cell(f) for f in j["coverage"])
                          + f" | {j['rms_relative_error'][2]:.2f} / "
@@ -588,12 +596,37 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _merge_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cases of the same name (experiments of one ensemble split over processes with
+    ``first_experiment``) as one, summarised again over all their experiments."""
+    from types import SimpleNamespace
+
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for case in cases:
+        grouped.setdefault(case["summary"]["case"], []).append(case)
+    merged = []
+    for name, group in grouped.items():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        rows = sorted((row for case in group for row in case["experiments"]),
+                      key=lambda row: row.get("index", 0))
+        first = group[0]["summary"]
+        stub = SimpleNamespace(name=name, target=SimpleNamespace(name=first["target"]),
+                               members=SimpleNamespace(n_members=first["n_members"]),
+                               build_seconds=first["build_seconds"])
+        summary = summarise_case(stub, rows)  # type: ignore[arg-type]
+        summary["seconds"] = max(case["summary"]["seconds"] for case in group)
+        merged.append({"summary": summary, "experiments": rows})
+    return merged
+
+
 def merge(paths: list[Path], out: Path, name: str) -> dict[str, Any]:
     """One result from parts run in separate processes (the cases and the acceptance studies
     of each, the first part's machine record with every part's date and wall time)."""
     parts = [json.loads(path.read_text()) for path in paths]
     results = dict(parts[0])
-    results["cases"] = [case for part in parts for case in part["cases"]]
+    results["cases"] = _merge_cases([case for part in parts for case in part["cases"]])
     for key in ("jittered", "ten_gaussians", "gof_timing"):
         for part in parts:
             if part.get(key):
