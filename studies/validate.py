@@ -361,24 +361,38 @@ def summarise_case(case: Case, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def run_case(case: Case, sizes: Sizes, seed: int, log: Any) -> dict[str, Any]:
-    rows = []
+def run_case(case: Case, sizes: Sizes, seed: int, log: Any,
+             checkpoint: Any = None) -> dict[str, Any]:
+    """Every experiment of one case; ``checkpoint(result)`` gets the summary so far every 5
+    experiments (a run stopped early keeps them)."""
+    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
+
+    def result() -> dict[str, Any]:
+        summary = summarise_case(case, rows)
+        summary["seconds"] = time.perf_counter() - start
+        return {"summary": summary, "experiments": rows}
+
     for r in range(sizes.first_experiment, sizes.experiments):
         rows.append({"index": r,
                      **experiment(case, sizes, seed, r, with_gof=r < sizes.gof_experiments)})
         if (r + 1) % 10 == 0:
             log(f"  {case.name}: {r + 1}/{sizes.experiments} experiments "
                 f"({time.perf_counter() - start:.0f} s)")
-    summary = summarise_case(case, rows)
-    summary["seconds"] = time.perf_counter() - start
-    return {"summary": summary, "experiments": rows}
+        if checkpoint is not None and len(rows) % 5 == 0 and len(rows) >= 5:
+            checkpoint(result())
+    done = result()
+    if checkpoint is not None:
+        checkpoint(done)
+    return done
 
 
 # --- acceptance measurements -----------------------------------------------------------------
 
-def jittered_acceptance(sizes: Sizes, seed: int, log: Any) -> dict[str, Any]:
-    """60 Gaussians jittered by 5 %, truth a Dirichlet mixture: pointwise band coverage."""
+def jittered_acceptance(sizes: Sizes, seed: int, log: Any,
+                        checkpoint: Any = None) -> dict[str, Any]:
+    """60 Gaussians jittered by 5 %, truth a Dirichlet mixture: pointwise band coverage.
+    ``checkpoint(result)`` gets the result so far every 5 refits."""
     from realistic_support import jittered_members
 
     members, truth = jittered_members(60, 0.05, seed=1)
@@ -390,6 +404,28 @@ def jittered_acceptance(sizes: Sizes, seed: int, log: Any) -> dict[str, Any]:
     results: dict[str, list[Any]] = {"ridge": [], "plain": []} if sizes.jitter_plain else {
         "ridge": []}
     start = time.perf_counter()
+
+    def summary() -> dict[str, Any]:
+        out: dict[str, Any] = {"along_sd": along.tolist(), "n_events": sizes.jitter_events,
+                               "refits": len(results["ridge"]),
+                               "refits_planned": sizes.jitter_refits, "truth": exact.tolist(),
+                               "seconds": time.perf_counter() - start, "rows": results}
+        for name, rows in results.items():
+            covered = _covered(np.array([x["error"] for x in rows]),
+                               np.array([x["std"] for x in rows]))
+            rel = np.array([x["error"] for x in rows]) / exact
+            out[name] = {
+                "coverage": [_fractions(covered[:, i]) for i in range(along.size)],
+                "rms_relative_error": np.sqrt((rel ** 2).mean(axis=0)).tolist(),
+                "median_relative_band": (np.median([x["std"] for x in rows], axis=0)
+                                         / exact).tolist(),
+                "median_prior_share": np.median([x["prior_share"] for x in rows],
+                                                axis=0).tolist(),
+                "median_abs_weight_sum": float(np.median([x["abs_weight_sum"] for x in rows])),
+                "median_condition": float(np.median([x["condition"] for x in rows])),
+                "regularised_fraction": float(np.mean([x["ridge"] > 0 for x in rows]))}
+        return out
+
     for r in range(sizes.jitter_refits):
         rng = np.random.default_rng([seed, 200, r])
         counts = rng.multinomial(sizes.jitter_events, truth)
@@ -407,22 +443,9 @@ def jittered_acceptance(sizes: Sizes, seed: int, log: Any) -> dict[str, Any]:
         if (r + 1) % 5 == 0:
             log(f"  jittered: {r + 1}/{sizes.jitter_refits} refits "
                 f"({time.perf_counter() - start:.0f} s)")
-    out: dict[str, Any] = {"along_sd": along.tolist(), "n_events": sizes.jitter_events,
-                           "refits": sizes.jitter_refits, "truth": exact.tolist(),
-                           "seconds": time.perf_counter() - start}
-    for name, rows in results.items():
-        covered = _covered(np.array([x["error"] for x in rows]), np.array([x["std"] for x in rows]))
-        rel = np.array([x["error"] for x in rows]) / exact
-        out[name] = {
-            "coverage": [_fractions(covered[:, i]) for i in range(along.size)],
-            "rms_relative_error": np.sqrt((rel ** 2).mean(axis=0)).tolist(),
-            "median_relative_band": (np.median([x["std"] for x in rows], axis=0)
-                                     / exact).tolist(),
-            "median_prior_share": np.median([x["prior_share"] for x in rows], axis=0).tolist(),
-            "median_abs_weight_sum": float(np.median([x["abs_weight_sum"] for x in rows])),
-            "median_condition": float(np.median([x["condition"] for x in rows])),
-            "regularised_fraction": float(np.mean([x["ridge"] > 0 for x in rows]))}
-    return out
+            if checkpoint is not None:
+                checkpoint(summary())
+    return summary()
 
 
 def ten_gaussian_members() -> GaussianMembers:
@@ -687,6 +710,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "command": "python studies/validate.py " + " ".join(
                                    sys.argv[1:] if argv is None else argv),
                                "machine": machine(), "cases": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or ("validate_quick" if args.quick else "validate")
+
+    def save() -> None:
+        """The results so far (a study stopped early keeps what it finished)."""
+        results["seconds"] = time.perf_counter() - start
+        done = {**results, "cases": [case for case in results["cases"] if case is not None]}
+        atomic_write_text(args.out / f"{stem}.json", json.dumps(_finite(done), indent=1,
+                                                              allow_nan=False))
+        atomic_write_text(args.out / f"{stem}.md", markdown(done))
+
     toy_case = None
     for index, key in enumerate(chosen):
         seed = args.seed + 17 * index
@@ -695,22 +729,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 else mixture_case(f"gmm-{key}", key, sizes, seed))
         if key == "toy":
             toy_case = case
-        results["cases"].append(run_case(case, sizes, seed, log))
+        results["cases"].append(None)
+
+        def checkpoint(done: dict[str, Any]) -> None:
+            results["cases"][-1] = done
+            save()
+
+        run_case(case, sizes, seed, log, checkpoint)
     if "jittered" in accept:
         log("acceptance: 60 jittered Gaussians")
-        results["jittered"] = jittered_acceptance(sizes, args.seed, log)
+
+        def jittered_checkpoint(done: dict[str, Any]) -> None:
+            results["jittered"] = done
+            save()
+
+        results["jittered"] = jittered_acceptance(sizes, args.seed, log, jittered_checkpoint)
+        save()
     if "ten" in accept:
         log("acceptance: 10 bootstrap Gaussians")
         results["ten_gaussians"] = ten_gaussians_acceptance(sizes, 7)
+        save()
     if "timing" in accept and sizes.timing_toys:
         log("acceptance: GoF time")
         results["gof_timing"] = gof_timing_acceptance(sizes, args.seed, toy_case)
-    results["seconds"] = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or ("validate_quick" if args.quick else "validate")
-    atomic_write_text(args.out / f"{stem}.json", json.dumps(_finite(results), indent=1,
-                                                          allow_nan=False))
-    atomic_write_text(args.out / f"{stem}.md", markdown(results))
+    save()
+    results["cases"] = [case for case in results["cases"] if case is not None]
     log(markdown(results))
     return results
 
