@@ -14,12 +14,17 @@ TOP_LEVEL = [
     "__version__", "errors", "members", "linalg", "sampling", "stats", "wifi", "products",
     "coverage", "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
     "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "transforms",
-    "goodness_of_fit", "adapters", "display", "runs", "run", "load_run", "Run", "compute",
+    "identification", "goodness_of_fit", "adapters", "display", "runs", "run", "load_run", "Run",
+    "compute",
 ]
 
 # Names each public module must export (it may export more).
 EXPORTS = {
-    "wifi": ["WeightFit", "fit_weights", "prepare_density_matrix"],
+    "wifi": ["WeightFit", "DensityBand", "fit_weights", "prepare_density_matrix"],
+    "identification": ["MAX_LEVERAGE", "PRIOR_STD", "PRIOR_SHARE_FLAG", "Identification",
+                       "identify", "input_precision", "leverages", "members_precision",
+                       "precision_floor",
+                       "ridge_cap", "ridge_covariance", "solve_with_ridge"],
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
             "GoFResult", "GoFFailure", "MAX_FAILED_FRACTION", "LRStatistic", "ZSummary",
             "fit_scaled_chi2", "clopper_pearson", "kernel_effective_events", "MIN_KERNEL_EVENTS",

@@ -166,8 +166,10 @@ def test_common_sample_integrals_are_unbiased_with_the_full_covariance():
     member integrals (ratio in [0.75, 1.3]) where its diagonal alone is off by > 10³; the
     binned band's weight part likewise (4 standard errors per bin)."""
     members = bootstrap_members()
+    # The plain maximum-likelihood fit (no ridge on its weak directions): the Monte-Carlo
+    # machinery is tested at the largest Σ|ŵ|.
     fit = fit_weights(log_density_matrix(members, toy_sampler(2000, np.random.default_rng(5))),
-                      log=True)
+                      log=True, max_leverage=None)
     assert fit.abs_weight_sum > 500
     sampler = EnvelopeSampler(members)
     exact, cov = members.means, fit.cov
@@ -234,14 +236,16 @@ def collinear_study(monkeypatch, n_datasets, n_events, *, envelope: bool):
 def test_collinear_coverage_with_a_common_sample(monkeypatch):
     """Reduced acceptance: 120 data sets of 2000 toy events, 2x oversampling from f̂.
 
-    Σ|ŵ| is in the thousands; the spread of Ô is < 2x its spread with exact member integrals
-    (expected √1.5 ≈ 1.22: the mean of 2N events from f̂ adds Var(g)/2N to the weight error
-    ≈ Var(g)/N), and the 68.3 % coverage over both features (240 intervals, sd 0.03) lies in
-    [0.60, 0.77]. Per-member samples of the same total size would have a Monte-Carlo error
-    > 100x larger (measured: ~4700x) (Σ ŵ_k² σ_k² / n_k, computed, not drawn)."""
+    Σ|ŵ| is in the hundreds (thousands without the ridge on weakly identified directions,
+    which every one of these 2000-event fits gets); the spread of Ô is < 2x its spread with
+    exact member integrals (expected √1.5 ≈ 1.22: the mean of 2N events from f̂ adds Var(g)/2N
+    to the weight error ≈ Var(g)/N), and the 68.3 % coverage over both features (240
+    intervals, sd 0.03) lies in [0.60, 0.77]. Per-member samples of the same total size would
+    have a Monte-Carlo error > 100x larger (~4700x without the ridge) (Σ ŵ_k² σ_k² / n_k,
+    computed, not drawn)."""
     members, result, spread_ratio = collinear_study(monkeypatch, 120, 2000, envelope=True)
     assert result.integrals == "common sample" and result.n_generated == 4000
-    assert np.median(np.abs(result.weights).sum(axis=1)) > 500
+    assert np.median(np.abs(result.weights).sum(axis=1)) > 200
     assert np.all(spread_ratio < 2.0), spread_ratio
     coverage = result.covered[..., 0].mean()
     assert 0.60 <= coverage <= 0.77, result

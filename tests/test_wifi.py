@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from genval.errors import ConvergenceWarning, FitError, IllConditionedWarning, InputError
+from genval.identification import PRIOR_STD
 from genval.linalg import sum_to_one_basis
 from genval.members import GaussianMembers, log_density_matrix
 from genval.sampling import sample_mixture
@@ -235,7 +236,11 @@ def _previous_fit_weights(S, tol=1e-14, max_iter=100, w0=None):
 @pytest.mark.parametrize("seed,m,duplicate", [(0, 3, False), (1, 6, False), (2, 10, False),
                                               (3, 4, True), (4, 8, False)])
 def test_matches_the_previous_newton_loop(seed, m, duplicate):
-    """fit_weights now calls genval.newton.minimize_convex: same ŵ and Cov(ŵ) as before."""
+    """fit_weights now calls genval.newton.minimize_convex: same ŵ and Cov(ŵ) as before.
+
+    Except along an exactly duplicated member (issue 10): the old loop gave that direction zero
+    variance; now it has the prior's (sd ``PRIOR_STD``) and the same weights (held at the
+    equal-weight mixture, where the old loop's uniform start also left it)."""
     rng = np.random.default_rng(seed)
     _, _, log_f = instance(rng, m=m, n=3000)
     if duplicate:
@@ -248,4 +253,78 @@ def test_matches_the_previous_newton_loop(seed, m, duplicate):
     w_ref, cov_ref, converged_ref = _previous_fit_weights(S, w0=w0)
     assert fit.converged and converged_ref
     np.testing.assert_allclose(fit.weights, w_ref, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(fit.cov, cov_ref, rtol=0, atol=1e-8 * np.abs(cov_ref).max())
+    expected = cov_ref
+    if duplicate:
+        assert fit.n_unidentified == 1 and fit.ridge == 0.0
+        twin = np.zeros(m + 1)
+        twin[[0, m]] = [1 / np.sqrt(2), -1 / np.sqrt(2)]
+        expected = cov_ref + PRIOR_STD ** 2 * np.outer(twin, twin)
+    np.testing.assert_allclose(fit.cov, expected, rtol=0, atol=1e-8 * np.abs(cov_ref).max())
+
+
+def _collinear_members():
+    """Three Gaussians of one covariance with means on a line: f₂/f₁ grows along it faster than
+    f₁/f₀, so events of member 0 never reach where member 2 is the larger of the two."""
+    cov = np.array([[1.0, 0.3], [0.3, 0.5]])
+    return GaussianMembers(np.array([[0.0, 0.0], [2.0, -1.0], [4.0, -2.0]]),
+                           np.repeat(cov[None], 3, axis=0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_member_without_support_gets_weight_zero_not_a_cancelling_weight(seed):
+    """Regression (issue 10): with 3000 events of member 0 the likelihood of Eq. (1) has no
+    maximum (it grows without bound as member 2's weight goes negative); the fit used to stop
+    there and report Σŵ = −20480 as converged. Now member 2 is named, held at 0, and the others
+    are the maximum-likelihood fit: member 0's weight within 5σ of 1."""
+    members = _collinear_members()
+    log_f = log_density_matrix(members, members.sample(3000, 0, np.random.default_rng(seed)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_weights(log_f, log=True)
+    assert fit.unsupported == (2,)
+    assert any(issubclass(w.category, IllConditionedWarning) and "no support" in str(w.message)
+               for w in caught)
+    assert not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    assert fit.converged
+    assert abs(fit.weights.sum() - 1.0) < 1e-9 and fit.weights[2] == 0.0
+    assert fit.abs_weight_sum < 1.5, fit.weights
+    assert abs(fit.weights[0] - 1.0) < 5 * fit.weight_std[0] + 1e-12, (fit.weights, fit.weight_std)
+    assert fit.weight_std[2] == 0.0 and abs(fit.cov.sum()) < 1e-12
+    # the two kept members are the plain maximum-likelihood fit on their columns
+    alone = fit_weights(log_f[:, :2], log=True)
+    np.testing.assert_allclose(fit.weights[:2], alone.weights, atol=1e-9)
+    np.testing.assert_allclose(fit.cov[:2, :2], alone.cov, rtol=1e-8, atol=1e-14)
+    assert "without support" in repr(fit)
+
+
+def test_recession_direction_only_where_the_likelihood_is_unbounded():
+    """The linear programme finds the direction of unbounded growth when member 2 has no
+    events, and none when the events come from the mixture of all three."""
+    from genval.row_scaling import prepare_density_matrix
+    from genval.wifi import _recession_direction
+
+    members = _collinear_members()
+    rng = np.random.default_rng(5)
+    S, _ = prepare_density_matrix(log_density_matrix(members, members.sample(3000, 0, rng)),
+                                  log=True)
+    direction = _recession_direction(S, None)
+    assert direction is not None and int(np.argmin(direction)) == 2
+    assert abs(direction.sum()) < 1e-9 and (S @ direction).min() > -1e-7
+    x = sample_mixture(members, np.full(3, 1 / 3), 3000, rng).x
+    S, _ = prepare_density_matrix(log_density_matrix(members, x), log=True)
+    assert _recession_direction(S, None) is None
+
+
+def test_saved_fit_keeps_the_unsupported_members():
+    members = _collinear_members()
+    log_f = log_density_matrix(members, members.sample(3000, 0, np.random.default_rng(0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_weights(log_f, log=True)
+    import json
+
+    data = json.loads(json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                  for k, v in fit.to_dict().items()}))
+    back = type(fit).from_dict(data)
+    assert back.unsupported == (2,)
+    np.testing.assert_array_equal(back.weights, fit.weights)

@@ -48,6 +48,7 @@ __all__ = [
     "newton",
     "row_scaling",
     "transforms",
+    "identification",
     "goodness_of_fit",
     "adapters",
     "display",
@@ -61,7 +62,7 @@ __all__ = [
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
                "html_report", "paper", "cli", "pipeline", "newton", "row_scaling",
-               "transforms", "adapters", "display", "runs", "compute"}
+               "transforms", "adapters", "display", "runs", "identification", "compute"}
 _RUNS = {"run", "load_run", "Run"}
 
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from genval._validation import as_events
 from genval.compute import Executor, SchedulerLike, open_executor
 from genval.errors import InputError
+from genval.identification import members_precision
 from genval.members import Members, log_density_matrix
 from genval.products import (
     MemberIntegrals,
@@ -89,6 +90,10 @@ class CoverageResult:
         truth_stds: the statistical error of each O* (P,), when the truth is itself an
             estimate (a larger independent sample); added in quadrature to σ in
             :attr:`pulls`. ``None``: exact.
+        ridges: the weight fit's ridge τ per data set (R,) (0: plain fit; None in studies
+            saved before the ridge existed), :mod:`genval.identification`.
+        prior_shares: share of σ² from the ridge's prior per data set and observable (R, P),
+            or None.
     """
 
     truth: NDArray[np.float64]
@@ -104,10 +109,17 @@ class CoverageResult:
     messages: tuple[str, ...] = field(default=())
     integrals: str = "common sample"
     truth_stds: NDArray[np.float64] | None = None
+    ridges: NDArray[np.float64] | None = None
+    prior_shares: NDArray[np.float64] | None = None
 
     @property
     def n_datasets(self) -> int:
         return int(self.estimates.shape[0])
+
+    @property
+    def n_regularised(self) -> int:
+        """Data sets whose weight fit needed a ridge (weakly identified directions)."""
+        return 0 if self.ridges is None else int((self.ridges > 0).sum())
 
     @property
     def z_values(self) -> NDArray[np.float64]:
@@ -159,9 +171,11 @@ class CoverageResult:
 
     def __repr__(self) -> str:
         bounds = self.intervals()
+        ridge = (f", {self.n_regularised} with a ridge on weakly identified weights"
+                 if self.n_regularised else "")
         lines = [f"CoverageResult({self.n_datasets} data sets of {self.n_events} events, "
                  f"{self.n_generated} generated per set ({self.integrals}), "
-                 f"{int((~self.converged).sum())} non-converged fits)"]
+                 f"{int((~self.converged).sum())} non-converged fits{ridge})"]
         for p, truth in enumerate(self.truth):
             cells = ", ".join(
                 f"{100 * lvl:.1f}%: {100 * self.fractions[p, i]:.1f}% "
@@ -199,13 +213,16 @@ class CoverageResult:
         """
         arrays = {name: np.asarray(data[name], dtype=np.float64) for name in
                   ("truth", "levels", "estimates", "stds", "stds_weights", "weights", "covs")}
+        optional = {name: np.asarray(data[name], dtype=np.float64)
+                    for name in ("ridges", "prior_shares") if data.get(name) is not None}
         return cls(**arrays, converged=np.asarray(data["converged"], dtype=np.bool_),
                    n_events=int(data["n_events"]), n_generated=int(data["n_generated"]),
                    messages=tuple(str(m) for m in data.get("messages", ())),
                    integrals=str(data.get("integrals", "member samples"
                                           if int(data["n_generated"]) else "exact")),
                    truth_stds=(np.asarray(data["truth_stds"], dtype=np.float64)
-                               if data.get("truth_stds") is not None else None))
+                               if data.get("truth_stds") is not None else None),
+                   **optional)
 
 
 def _one_dataset(members: Members, data: NDArray[np.float64],
@@ -218,7 +235,8 @@ def _one_dataset(members: Members, data: NDArray[np.float64],
     per data set."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit = fit_weights(log_density_matrix(members, data), log=True)
+        fit = fit_weights(log_density_matrix(members, data), log=True,
+                          precision=members_precision(members))
         if integrals is None:
             drawn = sample_mixture(members, fit.weights, n_generated, rng)
             integrals = common_sample_integrals(drawn.x, drawn.log_f, fit.weights, g)
@@ -330,6 +348,7 @@ def run_coverage(members: Members,
                     else (task(r) for r in tqdm(range(n_datasets), desc="coverage",
                                                 disable=not progress, leave=False)))
     estimates, stds, stds_weights, weights, covs, converged = [], [], [], [], [], []
+    ridges, prior_shares = [], []
     messages: list[str] = []
     categories: dict[type[Warning], str] = {}
     for r, (fit, estimate, caught) in enumerate(outcomes):
@@ -346,6 +365,9 @@ def run_coverage(members: Members,
         weights.append(fit.weights)
         covs.append(fit.cov)
         converged.append(fit.converged)
+        ridges.append(fit.ridge)
+        prior_shares.append(estimate.prior_share if estimate.prior_share is not None
+                            else np.zeros_like(estimate.value))
     result = CoverageResult(truth=target, levels=np.asarray(levels, dtype=np.float64),
                             estimates=np.array(estimates), stds=np.array(stds),
                             stds_weights=np.array(stds_weights),
@@ -354,7 +376,8 @@ def run_coverage(members: Members,
                             n_generated=n_generated, messages=tuple(messages),
                             integrals="exact" if integrals is not None else "common sample",
                             truth_stds=(None if truth_stds is None else np.broadcast_to(
-                                np.asarray(truth_stds, dtype=np.float64), target.shape).copy()))
+                                np.asarray(truth_stds, dtype=np.float64), target.shape).copy()),
+                            ridges=np.array(ridges), prior_shares=np.array(prior_shares))
     for category, first in categories.items():
         warnings.warn(f"coverage study: weight fits and samplers issued {len(messages)} "
                       f"warnings (all kept in result.messages); first {category.__name__}: "

@@ -245,7 +245,14 @@ def weight_fit_html(fit: Any) -> str:
     flags = [flag(bool(fit.converged), f"converged in {fit.n_iter} Newton iterations"
                   if fit.converged else f"NOT converged after {fit.n_iter} iterations")]
     if fit.n_unidentified:
-        flags.append(flag(None, f"{fit.n_unidentified} weight direction(s) not identified"))
+        flags.append(flag(None, f"{fit.n_unidentified} weight direction(s) not resolved at the "
+                                "input's precision (held at equal weights, prior variance)"))
+    if getattr(fit, "ridge", 0.0) > 0:
+        flags.append(flag(None, f"ridge toward equal weights on {fit.n_regularised} weakly "
+                                f"identified direction(s), prior sd {fit.prior_std:.3g}"))
+    if getattr(fit, "unsupported", ()):
+        flags.append(flag(None, f"member(s) {list(fit.unsupported)} without support in the "
+                                "weight-fit events: weight fixed at 0"))
     if fit.messages:
         flags.append(flag(None, f"{len(fit.messages)} warning(s)"))
     diagnostics = {"members M": fit.n_members, "events N": fit.n_events,
@@ -254,6 +261,8 @@ def weight_fit_html(fit: Any) -> str:
                    "effective rank": float(fit.effective_rank),
                    "Σŵ": f"{float(np.sum(fit.weights)):.12f}",
                    "Σ|ŵ|": float(fit.abs_weight_sum)}
+    if np.isfinite(getattr(fit, "leverage", float("nan"))):
+        diagnostics["largest leverage"] = float(fit.leverage)
     order = np.argsort(-np.abs(fit.weights), kind="stable")[:WEIGHTS_SHOWN]
     std = fit.weight_std
     rows = [(str(k), format_measurement(float(fit.weights[k]), float(std[k]), html=True))

@@ -70,7 +70,7 @@ __all__ = [
     "save_transform", "load_transform",
     "PythonSpec", "save_python_members", "load_python_members",
     "LearningCurves", "save_history", "load_history",
-    "save_fit", "has_fit", "load_fit", "save_samples", "load_samples",
+    "save_fit", "has_fit", "load_fit", "save_samples", "load_samples", "load_prior_share",
     "save_sampler", "load_sampler",
     "CoverageRecord", "save_coverage", "load_coverage",
     "GofRecord", "save_gof", "save_gof_error", "load_gof", "load_gof_json",
@@ -500,8 +500,10 @@ def _samples_spec(run: RunDir, output: str) -> str:
 
 
 def save_samples(run: RunDir, output: str, x: NDArray[np.float64], names: Sequence[str],
-                 density: NDArray[np.float64], density_std: NDArray[np.float64]) -> Path:
-    """Events drawn from f(x; ŵ) in ``samples/OUTPUT`` and their f̂, σ_f̂ (Eq. 3).
+                 density: NDArray[np.float64], density_std: NDArray[np.float64],
+                 prior_share: NDArray[np.float64] | None = None) -> Path:
+    """Events drawn from f(x; ŵ) in ``samples/OUTPUT`` and their f̂, σ_f̂ (Eq. 3), with the
+    share of σ_f̂² from the weight fit's ridge prior when given (:func:`load_prior_share`).
 
     Raises:
         OutputPathError: if ``OUTPUT`` would leave the run directory (through ``..`` or a
@@ -509,8 +511,15 @@ def save_samples(run: RunDir, output: str, x: NDArray[np.float64], names: Sequen
     """
     out = run.dir("samples")
     path = write_events(_samples_spec(run, output), x, names)
-    save_npz(out / "density.npz", density=density, density_std=density_std)
+    extra = {} if prior_share is None else {"prior_share": prior_share}
+    save_npz(out / "density.npz", density=density, density_std=density_std, **extra)
     return path
+
+
+def load_prior_share(run: RunDir) -> NDArray[np.float64] | None:
+    """The share of σ_f̂² that the ridge prior carries at each oversampled event
+    (:meth:`genval.wifi.WeightFit.density_band`), or None in runs saved without it."""
+    return _load_npz(run.root / "samples" / "density.npz").get("prior_share")
 
 
 def load_samples(run: RunDir) -> tuple[EventTable, NDArray[np.float64], NDArray[np.float64]]:

@@ -65,6 +65,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval._validation import as_rng
 from genval.errors import InputError
+from genval.identification import PRIOR_SHARE_FLAG
 from genval.members import Members
 from genval.row_scaling import scale_log_rows
 from genval.sampling import sample_mixture
@@ -128,12 +129,26 @@ class MemberIntegrals:
 
 @dataclass(frozen=True)
 class ObservableEstimate:
-    """``Ô ± σ`` for P observables, with the two parts of the variance kept apart."""
+    """``Ô ± σ`` for P observables, with the two parts of the variance kept apart.
+
+    ``prior_share`` (P,) is the share of σ² that comes from the weight fit's ridge prior
+    (directions the data do not identify, :mod:`genval.identification`); 0 for a plain fit.
+    Above :data:`~genval.identification.PRIOR_SHARE_FLAG` the error is mostly the prior's and
+    :attr:`flagged` is set.
+    """
 
     value: NDArray[np.float64]
     std: NDArray[np.float64]
     std_weights: NDArray[np.float64]
     std_mc: NDArray[np.float64]
+    prior_share: NDArray[np.float64] | None = None
+
+    @property
+    def flagged(self) -> NDArray[np.bool_]:
+        """Observables whose σ is mostly the ridge prior's."""
+        if self.prior_share is None:
+            return np.zeros(self.value.shape, dtype=bool)
+        return self.prior_share > PRIOR_SHARE_FLAG
 
     def covers(self, truth: ArrayLike, z: float = 1.0) -> NDArray[np.bool_]:
         """Whether ``|Ô − O*| < z σ`` for each observable, paper Eq. (4)."""
@@ -252,13 +267,23 @@ def estimate_observable(fit: WeightFit, integrals: MemberIntegrals) -> Observabl
     centred = values - values.mean(axis=0)
     sigma_c = sigma - sigma.mean(axis=1, keepdims=True)
     sigma_c = sigma_c - sigma_c.mean(axis=2, keepdims=True)
-    noise_in_weight_part = np.einsum("kl,plk->p", fit.cov, sigma_c)
-    var_weights = np.einsum("kp,kl,lp->p", centred, fit.cov, centred) - noise_in_weight_part
+
+    def debiased(cov: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``Ôᵀ C Ô − tr(C Σ̂)`` per observable (module docstring)."""
+        return (np.einsum("kp,kl,lp->p", centred, cov, centred)
+                - np.einsum("kl,plk->p", cov, sigma_c))
+
+    var_weights = debiased(fit.cov)
     var_mc = np.einsum("k,pkl,l->p", fit.weights, sigma, fit.weights)
     std_weights = np.sqrt(np.clip(var_weights, 0.0, None))
     std_mc = np.sqrt(np.clip(var_mc, 0.0, None))
-    return ObservableEstimate(value=estimate, std=np.hypot(std_weights, std_mc),
-                              std_weights=std_weights, std_mc=std_mc)
+    std = np.hypot(std_weights, std_mc)
+    prior_share = np.zeros_like(std)
+    if getattr(fit, "cov_prior_reduced", None) is not None:
+        prior_share = np.clip(np.divide(debiased(fit.cov_prior), std ** 2,
+                                        out=np.zeros_like(std), where=std > 0), 0.0, 1.0)
+    return ObservableEstimate(value=estimate, std=std, std_weights=std_weights, std_mc=std_mc,
+                              prior_share=prior_share)
 
 
 def observable(members: Members, fit: WeightFit, g: ObservableFunction | None = None, *,

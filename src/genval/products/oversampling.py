@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from genval.identification import PRIOR_SHARE_FLAG
 from genval.members import Members
 from genval.row_scaling import scale_log_rows
 from genval.sampling import sample_mixture
@@ -32,6 +33,8 @@ class OversampledEvents:
         negative_mass: fraction of ``∫|f̂|`` where ``f̂ < 0`` (events there follow ``max(f̂, 0)``).
         negative_mass_error: its Monte-Carlo standard error.
         sampler: :meth:`genval.sampling.MixtureSample.diagnostics` (envelope, violations, ...).
+        prior_share: share of σ_f̂² that comes from the weight fit's ridge prior at each event
+            (:meth:`genval.wifi.WeightFit.density_band`; 0 for a plain fit).
     """
 
     x: NDArray[np.float64]
@@ -41,6 +44,12 @@ class OversampledEvents:
     negative_mass: float = 0.0
     negative_mass_error: float = 0.0
     sampler: dict[str, Any] = field(default_factory=dict)
+    prior_share: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def flagged(self) -> NDArray[np.bool_]:
+        """Events whose band is mostly the ridge prior's."""
+        return self.prior_share > PRIOR_SHARE_FLAG
 
 
 def oversample(members: Members, fit: WeightFit, n: int,
@@ -56,9 +65,10 @@ def oversample(members: Members, fit: WeightFit, n: int,
     # Row-scaled member densities avoid underflow; f̂ and σ are linear in the row scale.
     scaled, log_scale = scale_log_rows(drawn.log_f)
     scale = np.exp(log_scale)
+    band = fit.density_band(scaled)
     return OversampledEvents(x=drawn.x, density=fit.density(scaled) * scale,
-                             density_std=fit.density_std(scaled) * scale,
+                             density_std=band.std * scale,
                              acceptance_rate=drawn.acceptance_rate,
                              negative_mass=drawn.negative_mass,
                              negative_mass_error=drawn.negative_mass_error,
-                             sampler=drawn.diagnostics())
+                             sampler=drawn.diagnostics(), prior_share=band.prior_share)
