@@ -47,7 +47,8 @@ the prior's variance s², never zero. The prior part's share of σ²(x) is repor
 is mostly the prior's, not the data's, and is flagged. Well-identified fits (no weak direction
 with leverage above :data:`MAX_LEVERAGE`, every direction resolved) have τ = 0 and are the
 plain maximum-likelihood fit. On the jittered ensemble a threshold of 0.5 instead of 0.2 left
-the band covering 53 % at 4 and 6 sd (30 data sets; 80 % and 57 % with 0.2).
+the band covering 53 % at 4 and 6 sd (30 data sets); with 0.2, a first study gave 80 % and
+57 %, the validation study (studies/results/validate.md, 30 refits) 67 % and 67 %.
 
 **Input precision.** Independently of the leverage, directions whose eigenvalue is below
 :func:`precision_floor` times the largest are not resolved by the input (float64 Gram rounding,
