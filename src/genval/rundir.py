@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from genval._atomic import atomic_write_json, atomic_write_text
+from genval._atomic import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from genval._logging import to_logger
 from genval._paths import resolve_inside
 from genval._version import __version__
@@ -95,6 +95,10 @@ def dependents(stage: str) -> tuple[str, ...]:
 
 _PACKAGES = ("numpy", "scipy", "torch", "safetensors", "pydantic", "PyYAML", "click", "tqdm",
              "matplotlib", "mplhep", "h5py", "pyarrow", "uproot", "awkward", "dask")
+
+
+_UNLOCKED = "gof/parts"
+"""The folder written without the lock (``genval gof RUN --toys A:B``, array jobs)."""
 
 
 class RunDirError(ArtifactError):
@@ -298,6 +302,14 @@ class RunDir:
             raise RunDirError(f"stage {stage!r} needs {missing} to have finished first; run "
                               f"`genval {missing[0]} {self.root}` (or `genval run`)")
 
+    def require_done(self, stage: str) -> None:
+        """Raise :class:`RunDirError` unless ``stage`` itself has finished (its results are
+        asked for)."""
+        if not self.is_done(stage):
+            raise RunDirError(f"stage {stage!r} of {self.root} has not finished (never run, "
+                              f"killed, or stale); run `genval {stage} {self.root}` (or "
+                              "`genval run`)")
+
     def invalidate(self, stage: str) -> list[str]:
         """Remove the markers of ``stage`` and of the stages that depend on it.
 
@@ -356,7 +368,10 @@ class RunDir:
         """Hold ``RUN/.lock`` while stages run, so two processes never write one run at once.
 
         A lock left by a process that was killed is taken over when that process no longer
-        exists on this host; a lock from another host must be removed by hand.
+        exists on this host; a lock from another host must be removed by hand. Once held,
+        the temporaries of atomic writes that killed processes left behind are deleted
+        (:func:`genval._atomic.remove_stale_temporaries`; not in ``gof/parts``, which array
+        jobs write without the lock), so a resumed run holds the files of a run never killed.
 
         Raises:
             RunDirError: if another live process holds the lock.
@@ -380,6 +395,7 @@ class RunDir:
                 json.dump(me, handle)
             break
         try:
+            remove_stale_temporaries(self.root, skip=(_UNLOCKED,))
             yield
         finally:
             path.unlink(missing_ok=True)
