@@ -670,6 +670,15 @@ class Config(_Section):
     def _known_device(cls, value: str) -> str:
         return check_device(value)
 
+    @field_validator("run_dir")
+    @classmethod
+    def _a_folder_name(cls, value: str) -> str:
+        # Any folder may hold a run (it is the user's own choice, unlike sample.output), but
+        # the name must be one the file system can create.
+        if not value.strip() or "\x00" in value:
+            raise ValueError(f"run_dir must name a folder, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
         if self.data.test_path is not None and self.splits.test is not None:

@@ -379,17 +379,26 @@ class RunDir:
         path = self.root / ".lock"
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
         self.root.mkdir(parents=True, exist_ok=True)
+        # Bounded even when the file server's clock runs ahead of ours (ages below zero).
+        patience = time.monotonic() + 2 * _LOCK_WRITE_SECONDS
         while True:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_lock(path)
+                if holder is None and _age(path) < _LOCK_WRITE_SECONDS \
+                        and time.monotonic() < patience:
+                    time.sleep(0.05)  # just created, its holder is writing it: read it again
+                    continue
                 if holder is not None and _alive(holder):
                     raise RunDirError(
                         f"{self.root} is in use by process {holder.get('pid')} on "
                         f"{holder.get('host')} since {holder.get('since')}; if that run is "
                         f"gone, delete {path}") from None
-                path.unlink(missing_ok=True)  # stale: its owner was killed
+                # Stale: its owner was killed. Removed only if it is still the lock just
+                # judged (another process may have taken over in the meantime).
+                if _read_lock(path) == holder:
+                    path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)
@@ -432,6 +441,18 @@ def _device_record(previous: Any, requested: str) -> dict[str, str]:
             and "resolved" in previous:
         record["resolved"] = str(previous["resolved"])
     return record
+
+
+_LOCK_WRITE_SECONDS = 2.0
+"""A lock file younger than this that cannot be read is being written, not stale."""
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last written (infinite when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return math.inf
 
 
 def _read_lock(path: Path) -> dict[str, Any] | None:
