@@ -22,14 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
 import genval
-from genval.cli import register
 from genval.rundir import STAGES
 
 CONFIG = {
@@ -51,14 +48,19 @@ _REPORT_TIMING = re.compile(r"<tr><th>(created|stage seconds)</th><td>[^<]*</td>
 """The report's provenance rows holding clock readings."""
 
 
-def _cli() -> click.Group:
-    return register(click.Group("genval"))
+ENV = {**os.environ, "PYTHONPATH": str(Path(genval.__file__).parents[1]), "OMP_NUM_THREADS": "1",
+       "MPLBACKEND": "Agg"}
+"""Every run in a fresh process of this genval, as a user runs it (no state of the tests)."""
+
+
+def _command(config: Path, root: Path) -> list[str]:
+    return [sys.executable, "-m", "genval", "run", str(config), "--run-dir", str(root)]
 
 
 def _resume(config: Path, root: Path) -> None:
-    """``genval run CONFIG --run-dir ROOT`` (in this process), which must succeed."""
-    result = CliRunner().invoke(_cli(), ["run", str(config), "--run-dir", str(root)])
-    assert result.exit_code == 0, (result.output, result.exc_info)
+    """``genval run CONFIG --run-dir ROOT``, which must succeed."""
+    done = subprocess.run(_command(config, root), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def _without_timings(value: Any) -> Any:
@@ -118,26 +120,23 @@ def kill_during(config: Path, root: Path, stage: str, fraction: float,
     """Run ``genval run`` in a subprocess and SIGKILL it ``fraction`` of ``stage``'s
     reference duration after the stage started. Returns whether it was killed (False: it
     finished first)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(genval.__file__).parents[1]),
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.Popen([sys.executable, "-m", "genval", "run", str(config), "--run-dir",
-                             str(root)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    log = root.parent / f"{root.name}.stderr"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(_command(config, root), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    killed = False
     try:
         deadline = time.monotonic() + 300
         while not _started(root, stage) and proc.poll() is None:
             assert time.monotonic() < deadline, "the run never reached the stage"
             time.sleep(0.005)
         time.sleep(fraction * seconds[stage])
-        killed = proc.poll() is None
-        if killed:
-            os.kill(proc.pid, signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
         proc.wait()  # reaped: its pid no longer counts as a live holder of the lock
-        stderr = proc.stderr.read().decode() if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
-    assert killed or proc.returncode == 0, stderr
+    assert killed or proc.returncode == 0, log.read_text(errors="replace")
     return killed
 
 

@@ -548,3 +548,76 @@ test_fuzz_pipeline_config, test_fuzz_pipeline_config_slow = _twins(
 
 
 # --- regressions: each crash the fuzzers found, as the example that found it ------------
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _huge_npy_header() -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False,
+                                                "shape": (10**12, 3)})
+    return buf.getvalue() + b"\0" * 24
+
+
+GOOD = np.random.default_rng(1).normal(size=(40, 2))
+
+
+@pytest.mark.parametrize("suffix, data, message", [
+    (".csv", "a,b\n1,2\n\xe9,3\n".encode("latin-1"), "cannot read it as a .csv"),
+    (".csv", b"a,b\n1,\x002\n3,4\n", "a,b"),
+    (".npy", _npz(x=GOOD), "not a .npy file"),
+    (".npy", _huge_npy_header(), "truncated"),
+    (".npy", _npy(GOOD)[:100], "truncated"),
+    (".npy", _npy(GOOD.astype(np.complex128)), "complex numbers"),
+    (".npz", _npy(GOOD), "not a .npz archive"),
+    (".npz", _npz(x=GOOD)[:300], "cannot read it as a .npz"),
+    (".npz", _npz(x=GOOD, features=np.str_("a")), "must be a list"),
+    (".h5", b"\x89HDF\r\n\x1a\n" + bytes(40), "cannot read it as a .h5"),
+    (".root", b"root\x00\x00\xf4\x1d" + bytes(60), "cannot read it as a .root"),
+    (".parquet", b"PAR1" + bytes(30) + b"PAR1", "cannot read it as a .parquet"),
+], ids=["csv-latin1", "csv-nul", "npy-zip", "npy-huge-header", "npy-truncated", "npy-complex",
+        "npz-npy", "npz-truncated", "npz-scalar-names", "h5-header-only", "root-header-only",
+        "parquet-empty"])
+def test_damaged_files_found_by_the_fuzzers(tmp_path, suffix, data, message):
+    path = tmp_path / f"events{suffix}"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=message):
+        read_events(path)
+
+
+def test_repeated_column_names_are_refused_not_collapsed(tmp_path):
+    (tmp_path / "events.csv").write_text("a,a,b\n1,2,3\n4,5,6\n")
+    with pytest.raises(InputError, match="the column name 'a' appears 2 times"):
+        read_events(tmp_path / "events.csv")
+    assert read_events(tmp_path / "events.csv", ["b"]).x.tolist() == [[3.0], [6.0]]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    (tmp_path / "events.csv").write_bytes("a,b\n1,2\n".encode("utf-8-sig"))
+    assert read_events(tmp_path / "events.csv").names == ["a", "b"]
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"seed: 1\n\xff\n", "not a UTF-8 text file"),
+    (b"? [a]\n: 1\n", "a key that is a list"),
+    (b"seed: -1\n", "seed: Input should be greater than or equal to 0"),
+    (b"run_dir: \"a\\0b\"\n", "run_dir must name a folder"),
+    (("data: {path: x.csv, selection: '" + "+".join(["a"] * 5000) + " > 0'}\n").encode(),
+     "nested too deeply"),
+    (b"data: {path: x.csv, selection: \"a > \\0\"}\n", "data.selection"),
+], ids=["latin1", "list-key", "negative-seed", "nul-run-dir", "deep-selection", "nul-selection"])
+def test_configs_found_by_the_fuzzers(tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
