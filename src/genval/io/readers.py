@@ -295,11 +295,13 @@ def _read_tables(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
         if missing:
             raise InputError(missing_feature_message(missing[0], names, str(ds)))
         with _damaged(str(ds), ds.fmt):
-            cols = load(needed) if needed else []
+            loaded = load(needed) if needed else []
+        # Checked before their lengths are compared: a 0-d "column" has no length.
+        cols = [_column(c, n, str(ds)) for n, c in zip(needed, loaded, strict=True)]
         lengths = {len(c) for c in cols}
         if len(lengths) > 1:
             raise InputError(f"{ds}: columns have different lengths {sorted(lengths)}")
-        parts.append({n: _column(c, n, str(ds)) for n, c in zip(needed, cols, strict=True)})
+        parts.append(dict(zip(needed, cols, strict=True)))
     columns = {n: np.concatenate([p[n] for p in parts]) for n in needed}
     return chosen, weight, *_derive(_outputs(chosen, weight), columns, cut, derived)
 
@@ -365,6 +367,9 @@ def _check_finite(x: NDArray[np.float64], names: list[str], source: str) -> None
 def _from_array(arr: NDArray[Any], source: str, names: list[str] | None = None) -> Columns:
     """Columns of a structured, 2D or 1D array."""
     if arr.dtype.names:
+        if arr.ndim != 1:  # one record per event; a 0-d record has no length to count
+            raise InputError(f"{source}: expected a 1D array of records (one per event), got "
+                             f"shape {arr.shape}")
         return list(arr.dtype.names), lambda chosen: [arr[n] for n in chosen]
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -396,12 +401,14 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 
 def _read_npz(ds: DataSpec) -> Columns:
-    loaded = np.load(ds.path, allow_pickle=False)
-    if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load also reads a .npy file
-        raise InputError(f"{ds.path}: not a .npz archive (a single .npy array inside a file "
-                         "named .npz); rename it to .npy")
-    with loaded as z:
-        arrays = {k: z[k] for k in z.files}
+    # Our own handle: np.load leaves the file it opened open when the archive is damaged.
+    with open(ds.path, "rb") as handle:
+        loaded = np.load(handle, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load also reads a .npy file
+            raise InputError(f"{ds.path}: not a .npz archive (a single .npy array inside a "
+                             "file named .npz); rename it to .npy")
+        with loaded as z:
+            arrays = {k: z[k] for k in z.files}
     if ds.key is not None:
         if ds.key not in arrays:
             raise InputError(missing_feature_message(ds.key, list(arrays), str(ds.path))
