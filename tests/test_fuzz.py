@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
