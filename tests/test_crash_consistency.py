@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 import genval
-from genval.rundir import STAGES
+from genval.rundir import STAGES, RunDirError
 
 CONFIG = {
     "seed": 11, "quiet": True,
@@ -167,6 +167,33 @@ def test_killed_in_every_stage_resumes_to_the_same_artifacts(reference, tmp_path
     killed = [_trial(reference, tmp_path / f"run{i}", stage, fraction)
               for i, (stage, fraction) in enumerate(trials)]
     assert len(trials) >= 20 and sum(killed) >= len(trials) // 2, killed
+
+
+def test_files_of_an_unfinished_stage_are_not_presented_as_results(tmp_path):
+    """A gof stage killed after writing one variant (no marker), and a fit whose marker is
+    gone: neither reaches `genval results`, `load_run` or the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from genval.config import parse_config
+    from genval.pipeline import artifacts, run_pipeline, run_stage
+    from genval.runs import load_run
+
+    config = parse_config({**CONFIG, "coverage": {"enabled": False}})
+    run = run_pipeline(config, run_dir=tmp_path / "run", stages=["split", "train", "fit"])
+    artifacts.save_gof_error(run, "ensemble", "left by a killed gof stage")
+    run_stage(run, "report")
+    report = run.report_path.read_text(encoding="utf-8")
+    assert "left by a killed gof stage" not in report and "Goodness of fit" not in report
+    assert "f<sub>i</sub> fit (Eqs. 1–2)" in report
+    loaded = load_run(run.root)
+    assert loaded.gof_records == {} and "gof" not in loaded.summary()
+    assert loaded.fit is not None
+    run.invalidate("fit")  # as if killed between the fit's files and its marker
+    loaded = load_run(run.root)
+    assert artifacts.has_fit(run) and loaded.fit is None and "fit" not in loaded.summary()
+    with pytest.raises(RunDirError, match="'sample' of .* has not finished"):
+        loaded.samples()
 
 
 def test_a_stale_temporary_is_removed_and_a_live_ones_kept(tmp_path):
