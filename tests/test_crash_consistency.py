@@ -189,6 +189,11 @@ def test_files_of_an_unfinished_stage_are_not_presented_as_results(tmp_path):
     loaded = load_run(run.root)
     assert loaded.gof_records == {} and "gof" not in loaded.summary()
     assert loaded.fit is not None
+    # A gof stage that finished by skipping (gof.enabled: false in a --force run) does not
+    # adopt the files an earlier configuration's GoF left.
+    run.run_once("gof", lambda: {"skipped": "gof.enabled is false"})
+    assert run.is_done("gof") and not run.has_results("gof")
+    assert load_run(run.root).gof_records == {}
     run.invalidate("fit")  # as if killed between the fit's files and its marker
     loaded = load_run(run.root)
     assert artifacts.has_fit(run) and loaded.fit is None and "fit" not in loaded.summary()

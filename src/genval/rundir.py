@@ -302,6 +302,14 @@ class RunDir:
             raise RunDirError(f"stage {stage!r} needs {missing} to have finished first; run "
                               f"`genval {missing[0]} {self.root}` (or `genval run`)")
 
+    def has_results(self, stage: str) -> bool:
+        """Whether ``stage`` finished and made results: not skipped (``gof.enabled: false``,
+        coverage on file data without a truth), so files of an earlier configuration that
+        it left in place are not taken for this run's."""
+        record = self._marker_record(stage) or {}
+        info = record.get("info")
+        return self.is_done(stage) and not (isinstance(info, dict) and "skipped" in info)
+
     def require_done(self, stage: str) -> None:
         """Raise :class:`RunDirError` unless ``stage`` itself has finished (its results are
         asked for)."""

@@ -153,7 +153,7 @@ class Run:
         (the result, the Z band over several test sets, or why it is undefined)."""
         from genval.pipeline import artifacts
 
-        if not self._run.is_done("gof"):
+        if not self._run.has_results("gof"):
             return {}
         records = {v: artifacts.load_gof(self._run, v) for v in self.config.gof.variants}
         return {v: r for v, r in records.items() if r is not None}
@@ -169,7 +169,7 @@ class Run:
     def _coverage_record(self) -> Any:
         from genval.pipeline import artifacts
 
-        return artifacts.load_coverage(self._run) if self._run.is_done("coverage") else None
+        return artifacts.load_coverage(self._run) if self._run.has_results("coverage") else None
 
     @property
     def coverage(self) -> Any:

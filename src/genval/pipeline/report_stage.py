@@ -105,7 +105,7 @@ def _gof_section(run: RunDir, cfg: Config) -> tuple[list[GofRow], dict[str, Any]
     settings: dict[str, Any] = {}
     notes: list[str] = []
     bases: list[dict[str, Any]] = []
-    if not run.is_done("gof"):
+    if not run.has_results("gof"):
         return rows, settings, notes
     for variant in cfg.gof.variants:
         try:
@@ -182,12 +182,12 @@ def _raw_gof_row(run: RunDir, variant: str, exc: Exception) -> GofRow:
 
 def _deviations(run: RunDir) -> dict[str, Any] | None:
     """Where the alternative departs from REF, when the gof stage recorded it."""
-    return _get(lambda: load_deviations(run)) if run.is_done("gof") else None
+    return _get(lambda: load_deviations(run)) if run.has_results("gof") else None
 
 
 def _coverage_rows(run: RunDir) -> list[CoverageRow]:
     """Coverage at the judged (first) level per feature (Eq. 4), when the study ran."""
-    record = load_coverage(run) if run.is_done("coverage") else None
+    record = load_coverage(run) if run.has_results("coverage") else None
     if record is None:
         return []
     res = record.result
@@ -249,7 +249,7 @@ def _figures(run: RunDir, paper: bool) -> dict[str, Path]:
     """Caption to PNG of every figure that was drawn, in the report's order (the paper's
     figure number cited for the paper's toy study only)."""
     figures = {}
-    done = run.status()
+    done = {stage: run.has_results(stage) for stage in STAGES}
     for stem, caption, paper_figure, stage in _FIGURES:
         png = run.root / "figures" / f"{stem}.png"
         if png.is_file() and done[stage]:
