@@ -133,6 +133,8 @@ def _echo_gof_failures(run: RunDir) -> None:
     a failure is not progress)."""
     from genval.pipeline.artifacts import load_gof
 
+    if not run.has_results("gof"):
+        return  # no finished results: files of a killed or stale gof stage say nothing
     for variant in run.config().gof.variants:
         record = load_gof(run, variant)
         if record is not None and record.error is not None:

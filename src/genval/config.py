@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -647,7 +648,8 @@ class ComputeConfig(_Section):
 class Config(_Section):
     """A complete run configuration; every field has a default."""
 
-    seed: int = Field(0, description="master seed; every stage derives its own from it")
+    seed: int = Field(0, ge=0, description="master seed (>= 0); every stage derives its own "
+                                           "from it")
     device: str = Field(
         "cpu", description="cpu | cuda | cuda:N | auto (does not change the config hash)",
         json_schema_extra={"pattern": r"^(cpu|cuda(:\d+)?|auto)$"})
@@ -667,6 +669,15 @@ class Config(_Section):
     @classmethod
     def _known_device(cls, value: str) -> str:
         return check_device(value)
+
+    @field_validator("run_dir")
+    @classmethod
+    def _a_folder_name(cls, value: str) -> str:
+        # Any folder may hold a run (it is the user's own choice, unlike sample.output), but
+        # the name must be one the file system can create.
+        if not value.strip() or "\x00" in value:
+            raise ValueError(f"run_dir must name a folder, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
@@ -732,6 +743,9 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, Hashable):  # "? [a, b]": a list or mapping as a key
+            raise ConfigError(f"a key that is a {type(key).__name__}, not a name (line "
+                              f"{key_node.start_mark.line + 1})")
         if key in seen:
             raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
         seen.add(key)
@@ -802,7 +816,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        obj = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file ({exc})") from None
+    try:
+        obj = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     except ConfigError as exc:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from genval._atomic import atomic_write_json, atomic_write_text
+from genval._atomic import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from genval._logging import to_logger
 from genval._paths import resolve_inside
 from genval._version import __version__
@@ -95,6 +95,10 @@ def dependents(stage: str) -> tuple[str, ...]:
 
 _PACKAGES = ("numpy", "scipy", "torch", "safetensors", "pydantic", "PyYAML", "click", "tqdm",
              "matplotlib", "mplhep", "h5py", "pyarrow", "uproot", "awkward", "dask")
+
+
+_UNLOCKED = "gof/parts"
+"""The folder written without the lock (``genval gof RUN --toys A:B``, array jobs)."""
 
 
 class RunDirError(ArtifactError):
@@ -298,6 +302,22 @@ class RunDir:
             raise RunDirError(f"stage {stage!r} needs {missing} to have finished first; run "
                               f"`genval {missing[0]} {self.root}` (or `genval run`)")
 
+    def has_results(self, stage: str) -> bool:
+        """Whether ``stage`` finished and made results: not skipped (``gof.enabled: false``,
+        coverage on file data without a truth), so files of an earlier configuration that
+        it left in place are not taken for this run's."""
+        record = self._marker_record(stage) or {}
+        info = record.get("info")
+        return self.is_done(stage) and not (isinstance(info, dict) and "skipped" in info)
+
+    def require_done(self, stage: str) -> None:
+        """Raise :class:`RunDirError` unless ``stage`` itself has finished (its results are
+        asked for)."""
+        if not self.is_done(stage):
+            raise RunDirError(f"stage {stage!r} of {self.root} has not finished (never run, "
+                              f"killed, or stale); run `genval {stage} {self.root}` (or "
+                              "`genval run`)")
+
     def invalidate(self, stage: str) -> list[str]:
         """Remove the markers of ``stage`` and of the stages that depend on it.
 
@@ -356,7 +376,10 @@ class RunDir:
         """Hold ``RUN/.lock`` while stages run, so two processes never write one run at once.
 
         A lock left by a process that was killed is taken over when that process no longer
-        exists on this host; a lock from another host must be removed by hand.
+        exists on this host; a lock from another host must be removed by hand. Once held,
+        the temporaries of atomic writes that killed processes left behind are deleted
+        (:func:`genval._atomic.remove_stale_temporaries`; not in ``gof/parts``, which array
+        jobs write without the lock), so a resumed run holds the files of a run never killed.
 
         Raises:
             RunDirError: if another live process holds the lock.
@@ -364,22 +387,32 @@ class RunDir:
         path = self.root / ".lock"
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
         self.root.mkdir(parents=True, exist_ok=True)
+        # Bounded even when the file server's clock runs ahead of ours (ages below zero).
+        patience = time.monotonic() + 2 * _LOCK_WRITE_SECONDS
         while True:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_lock(path)
+                if holder is None and _age(path) < _LOCK_WRITE_SECONDS \
+                        and time.monotonic() < patience:
+                    time.sleep(0.05)  # just created, its holder is writing it: read it again
+                    continue
                 if holder is not None and _alive(holder):
                     raise RunDirError(
                         f"{self.root} is in use by process {holder.get('pid')} on "
                         f"{holder.get('host')} since {holder.get('since')}; if that run is "
                         f"gone, delete {path}") from None
-                path.unlink(missing_ok=True)  # stale: its owner was killed
+                # Stale: its owner was killed. Removed only if it is still the lock just
+                # judged (another process may have taken over in the meantime).
+                if _read_lock(path) == holder:
+                    path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)
             break
         try:
+            remove_stale_temporaries(self.root, skip=(_UNLOCKED,))
             yield
         finally:
             path.unlink(missing_ok=True)
@@ -416,6 +449,18 @@ def _device_record(previous: Any, requested: str) -> dict[str, str]:
             and "resolved" in previous:
         record["resolved"] = str(previous["resolved"])
     return record
+
+
+_LOCK_WRITE_SECONDS = 2.0
+"""A lock file younger than this that cannot be read is being written, not stale."""
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last written (infinite when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return math.inf
 
 
 def _read_lock(path: Path) -> dict[str, Any] | None:

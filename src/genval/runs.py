@@ -77,6 +77,10 @@ class StageStatus:
 class Run:
     """A run directory's results as genval's result objects (read when first asked for).
 
+    Only the results of stages that finished under the run's configuration are given (their
+    marker, :meth:`RunDir.is_done`): files left by a killed stage, or by one made stale by
+    re-running a stage it reads, are not results.
+
     Args:
         root: the run directory.
 
@@ -136,10 +140,12 @@ class Run:
 
     @cached_property
     def fit(self) -> Any:
-        """The :class:`~genval.wifi.WeightFit` of the fit stage, or None before it ran."""
+        """The :class:`~genval.wifi.WeightFit` of the fit stage, or None until it finished."""
         from genval.pipeline import artifacts
 
-        return artifacts.load_fit(self._run) if artifacts.has_fit(self._run) else None
+        # Files of a fit that is not finished (killed, or stale after a re-run) are no result.
+        done = self._run.is_done("fit") and artifacts.has_fit(self._run)
+        return artifacts.load_fit(self._run) if done else None
 
     @cached_property
     def gof_records(self) -> dict[str, Any]:
@@ -147,6 +153,8 @@ class Run:
         (the result, the Z band over several test sets, or why it is undefined)."""
         from genval.pipeline import artifacts
 
+        if not self._run.has_results("gof"):
+            return {}
         records = {v: artifacts.load_gof(self._run, v) for v in self.config.gof.variants}
         return {v: r for v, r in records.items() if r is not None}
 
@@ -161,7 +169,7 @@ class Run:
     def _coverage_record(self) -> Any:
         from genval.pipeline import artifacts
 
-        return artifacts.load_coverage(self._run)
+        return artifacts.load_coverage(self._run) if self._run.has_results("coverage") else None
 
     @property
     def coverage(self) -> Any:
@@ -182,8 +190,14 @@ class Run:
         return artifacts.load_members(self._run)
 
     def samples(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """The oversampled events with f̂ and σ_f̂ (Eq. 3): ``(x, density, density_std)``."""
+        """The oversampled events with f̂ and σ_f̂ (Eq. 3): ``(x, density, density_std)``.
+
+        Raises:
+            RunDirError: the sample stage has not finished.
+        """
         from genval.pipeline import artifacts
+
+        self._run.require_done("sample")
 
         table, density, density_std = artifacts.load_samples(self._run)
         return table.x, density, density_std

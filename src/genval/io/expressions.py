@@ -118,11 +118,20 @@ class Expression:
             raise InputError(f"{self.what} is empty")
         try:
             tree = ast.parse(source.strip(), mode="eval")
+            names: set[str] = set()
+            self._check(tree.body, names)
+        except InputError:
+            raise  # a construct outside the grammar, already named
         except SyntaxError as exc:
             raise InputError(f"{self.what} {self.text!r} is not a valid expression: "
                              f"{exc.msg}") from None
-        names: set[str] = set()
-        self._check(tree.body, names)
+        except ValueError as exc:  # a NUL character (Python 3.11 and older)
+            raise InputError(f"{self.what} {self.text!r} is not a valid expression: "
+                             f"{exc}") from None
+        except (RecursionError, MemoryError):
+            # Python's parser and the walk below recurse once per level of nesting.
+            raise InputError(f"{self.what} is nested too deeply ({len(self.text)} "
+                             "characters); split it into aliases") from None
         object.__setattr__(self, "_tree", tree)
         object.__setattr__(self, "names", frozenset(names))
 
@@ -186,6 +195,9 @@ class Expression:
         with np.errstate(all="ignore"):  # inf and NaN are values here, as in numpy
             try:
                 return self._eval(self._tree.body, columns)
+            except RecursionError:
+                raise InputError(f"{self.what} is nested too deeply to evaluate; split it "
+                                 "into aliases") from None
             except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
                 raise InputError(f"{self.what} {self.text!r} cannot be evaluated: {exc} ('&', "
                                  "'|', '~' need booleans or integers: use 'and', 'or', 'not' "

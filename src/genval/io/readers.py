@@ -3,14 +3,22 @@
 Every reader returns named columns; formats without names (a plain 2D ``.npy``) call their
 columns ``x0, x1, ...``. Heavy readers import their library only when used and fail with the
 extra to install (``pip install 'genval[root]'``).
+
+A damaged file (truncated, overwritten, not of its extension's format) is an
+:class:`~genval.errors.InputError` naming the file and what its library reported, whatever
+that library raises (:func:`_damaged`); the fuzz tests (tests/test_fuzz.py) hold every format
+to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import os
-from collections.abc import Mapping, Sequence
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +134,7 @@ class _Wanted:
                 a weight column that is also a feature, or nothing to read.
         """
         available = list(names) + [n for n in derived if n not in names]
+        _check_unique_names(names, self.features, self.weight, source)
         weight = self.weight
         if weight is not None and weight not in available:
             if self.weight_required:
@@ -141,6 +150,51 @@ class _Wanted:
         if not chosen:
             raise InputError(f"{source}: no columns to read")
         return chosen, weight
+
+
+def _check_unique_names(names: Sequence[str], features: Sequence[str] | None,
+                        weight: str | None, source: str) -> None:
+    """Refuse a repeated column name among those read: a name picks one column, so the other
+    would be lost silently (or read twice)."""
+    wanted = set(names) if features is None else {*features, *([weight] if weight else [])}
+    repeated = sorted({n for n in names if n in wanted and names.count(n) > 1})
+    if repeated:
+        raise InputError(f"{source}: the column name {repeated[0]!r} appears "
+                         f"{list(names).count(repeated[0])} times; rename the columns so "
+                         "that each name is one column")
+
+
+def _damage_errors(fmt: str) -> tuple[type[BaseException], ...]:
+    """What the format's library raises on a damaged or foreign file (never a genval bug:
+    those are not caught)."""
+    if fmt == ".csv":
+        return (UnicodeDecodeError, csv.Error)
+    if fmt in (".npy", ".npz"):
+        # np.load on a damaged file: the zip layer, the npy header parser and a header that
+        # claims more data than the file (or the memory) holds.
+        return (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                NotImplementedError, MemoryError)
+    if fmt == ".parquet":
+        pa = require("pyarrow", "io", purpose="reading .parquet files")
+        return (pa.ArrowException, OSError, ValueError)
+    if fmt == ".h5":
+        return (OSError, TypeError, ValueError, KeyError, RuntimeError)
+    # uproot parses ROOT's own serialisation: a damaged file fails anywhere from struct and
+    # zlib to its deserialisation classes, so every exception means "cannot read this file".
+    return (Exception,)
+
+
+@contextlib.contextmanager
+def _damaged(source: str, fmt: str) -> Iterator[None]:
+    """Turn what a reading library raises on a damaged file into an InputError naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except _damage_errors(fmt) as exc:
+        detail = " ".join(str(exc).split())[:300] or "no detail"
+        raise InputError(f"{source}: cannot read it as a {fmt} file (damaged, truncated or "
+                         f"another format): {type(exc).__name__}: {detail}") from exc
 
 
 def expand_specs(spec: str | Path | Sequence[str | Path], *, tree: str | None = None
@@ -223,7 +277,8 @@ def _read_tables(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
     weight: str | None = None
     needed: list[str] = []
     for i, ds in enumerate(specs):
-        names, load = reader(ds)
+        with _damaged(str(ds), ds.fmt):
+            names, load = reader(ds)
         if i == 0:
             chosen, weight = wanted.resolve(names, derived, source)
             closure = _closure(_outputs(chosen, weight), cut, derived)
@@ -239,11 +294,14 @@ def _read_tables(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
         missing = [n for n in needed if n not in names]
         if missing:
             raise InputError(missing_feature_message(missing[0], names, str(ds)))
-        cols = load(needed) if needed else []
+        with _damaged(str(ds), ds.fmt):
+            loaded = load(needed) if needed else []
+        # Checked before their lengths are compared: a 0-d "column" has no length.
+        cols = [_column(c, n, str(ds)) for n, c in zip(needed, loaded, strict=True)]
         lengths = {len(c) for c in cols}
         if len(lengths) > 1:
             raise InputError(f"{ds}: columns have different lengths {sorted(lengths)}")
-        parts.append({n: _column(c, n, str(ds)) for n, c in zip(needed, cols, strict=True)})
+        parts.append(dict(zip(needed, cols, strict=True)))
     columns = {n: np.concatenate([p[n] for p in parts]) for n in needed}
     return chosen, weight, *_derive(_outputs(chosen, weight), columns, cut, derived)
 
@@ -281,6 +339,9 @@ def _column(col: Any, name: str, source: str) -> NDArray[Any]:
                          "multi-dimensional); flatten or select other features")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise InputError(f"{source}: column {name!r} is not numeric (dtype {arr.dtype})")
+    if np.issubdtype(arr.dtype, np.complexfloating):  # float64 would drop the imaginary part
+        raise InputError(f"{source}: column {name!r} holds complex numbers (dtype "
+                         f"{arr.dtype}); give its real and imaginary parts as two columns")
     return arr
 
 
@@ -306,6 +367,9 @@ def _check_finite(x: NDArray[np.float64], names: list[str], source: str) -> None
 def _from_array(arr: NDArray[Any], source: str, names: list[str] | None = None) -> Columns:
     """Columns of a structured, 2D or 1D array."""
     if arr.dtype.names:
+        if arr.ndim != 1:  # one record per event; a 0-d record has no length to count
+            raise InputError(f"{source}: expected a 1D array of records (one per event), got "
+                             f"shape {arr.shape}")
         return list(arr.dtype.names), lambda chosen: [arr[n] for n in chosen]
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -320,23 +384,38 @@ def _from_array(arr: NDArray[Any], source: str, names: list[str] | None = None) 
 
 
 def _read_npy(ds: DataSpec) -> Columns:
+    with open(ds.path, "rb") as handle:
+        magic = handle.read(len(_NPY_MAGIC))
+    if magic != _NPY_MAGIC:  # np.load would try a zip archive or a pickle instead
+        raise InputError(f"{ds}: not a .npy file (it does not start with the .npy magic)")
     try:
-        arr = np.load(ds.path, allow_pickle=False)
+        # Memory-mapped first: a header claiming more data than the file holds is refused
+        # by the map, where a plain load would first allocate all of it.
+        arr = np.array(np.load(ds.path, mmap_mode="r", allow_pickle=False))
     except ValueError as exc:
-        raise InputError(f"{ds}: not a plain numeric .npy file ({exc})") from exc
+        raise InputError(f"{ds}: not a plain numeric .npy file, or truncated ({exc})") from exc
     return _from_array(arr, str(ds))
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _read_npz(ds: DataSpec) -> Columns:
-    with np.load(ds.path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    # Our own handle: np.load leaves the file it opened open when the archive is damaged.
+    with open(ds.path, "rb") as handle:
+        loaded = np.load(handle, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load also reads a .npy file
+            raise InputError(f"{ds.path}: not a .npz archive (a single .npy array inside a "
+                             "file named .npz); rename it to .npy")
+        with loaded as z:
+            arrays = {k: z[k] for k in z.files}
     if ds.key is not None:
         if ds.key not in arrays:
             raise InputError(missing_feature_message(ds.key, list(arrays), str(ds.path))
                              .replace("feature", "array", 1))
         return _from_array(arrays[ds.key], str(ds))
     if "x" in arrays and "features" in arrays:  # the layout write_events produces
-        return _from_array(arrays["x"], str(ds), [str(n) for n in arrays["features"]])
+        return _from_array(arrays["x"], str(ds), _feature_names(arrays["features"], str(ds)))
     if len(arrays) == 1:
         return _from_array(next(iter(arrays.values())), str(ds))
     if all(a.ndim == 1 for a in arrays.values()):  # one array per feature
@@ -344,8 +423,18 @@ def _read_npz(ds: DataSpec) -> Columns:
     raise InputError(f"{ds.path} holds several arrays {list(arrays)}: name one as file.npz:key")
 
 
+def _feature_names(value: Any, source: str) -> list[str]:
+    """Feature names stored beside an array (npz ``features``, HDF5 attribute): a 1D list."""
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise InputError(f"{source}: the stored feature names must be a list (1D), got "
+                         f"shape {arr.shape}")
+    return [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in arr]
+
+
 def _read_csv(ds: DataSpec) -> Columns:
-    with open(ds.path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark (spreadsheets write one) is not part of the first name.
+    with open(ds.path, newline="", encoding="utf-8-sig") as handle:
         rows = csv.reader(handle)
         first = next(rows, None)
         second = next((r for r in rows if any(v.strip() for v in r)), None)  # skip blanks
@@ -360,7 +449,7 @@ def _read_csv(ds: DataSpec) -> Columns:
         return header, lambda chosen: [np.zeros(0) for _ in chosen]
     try:
         data = np.loadtxt(ds.path, delimiter=",", skiprows=0 if header is None else 1, ndmin=2,
-                          dtype=np.float64)
+                          dtype=np.float64, encoding="utf-8-sig")
     except ValueError as exc:
         raise InputError(f"{ds}: cannot parse as numbers: {exc}") from exc
     if header is not None and len(header) != data.shape[1]:
@@ -399,8 +488,7 @@ def _read_h5(ds: DataSpec) -> Columns:
             return list(arrays), lambda chosen: [arrays[n] for n in chosen]
         arr = obj[()]
         names = obj.attrs.get("features")
-    names_list = None if names is None else [n.decode() if isinstance(n, bytes) else str(n)
-                                             for n in names]
+    names_list = None if names is None else _feature_names(names, str(ds))
     return _from_array(np.asarray(arr), str(ds), names_list)
 
 
@@ -442,7 +530,10 @@ def _read_root(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
     and ``aliases=`` for them.
     """
     uproot = require("uproot", "root", purpose="reading .root files")
-    trees = [_root_tree(uproot, ds) for ds in specs]
+    trees = []
+    for ds in specs:
+        with _damaged(str(ds), ds.fmt):
+            trees.append(_root_tree(uproot, ds))
     branches = trees[0].branches
     chosen, weight = wanted.resolve(branches, derived, source)
     outputs = _outputs(chosen, weight)
@@ -463,7 +554,7 @@ def _read_root(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
     if any(t.classname != "TTree" for t in trees):
         columns: dict[str, list[NDArray[Any]]] = {n: [] for n in needed}
         for tree in trees:
-            with uproot.open(tree.spec.path) as f:
+            with _damaged(str(tree.spec), tree.spec.fmt), uproot.open(tree.spec.path) as f:
                 arrays = f[tree.spec.key].arrays(needed, library="np")
             for n in needed:
                 columns[n].append(_column(arrays[n], n, str(tree.spec)))
@@ -478,6 +569,9 @@ def _read_root(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
     except (uproot.KeyInFileError, ValueError, TypeError) as exc:
         raise InputError(f"{source}: uproot could not read the branches, aliases or cut: "
                          f"{exc}") from None
+    except Exception as exc:  # noqa: BLE001 -- a damaged file, as in _damaged
+        raise InputError(f"{source}: cannot read it as a .root file (damaged or truncated): "
+                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
     if not isinstance(arrays, dict):  # uproot returns [] when no event is left
         arrays = {n: np.zeros(0) for n in outputs}
     return chosen, weight, [np.asarray(arrays[n]) for n in outputs], n_read

@@ -1,7 +1,10 @@
 """The report stage: gather what earlier stages wrote into ``report.html``.
 
 Everything is read back through :mod:`genval.pipeline.artifacts` as the stages' own result
-objects, so the report shows exactly what the stages computed and whatever subset of them ran.
+objects, so the report shows exactly what the stages computed and whatever subset of them
+finished. A stage without its marker (never run, killed, or made stale by re-running a stage
+it reads) is left out even when files of an earlier run of it remain: the report never shows
+a result as valid that the run directory does not count as finished.
 """
 
 from __future__ import annotations
@@ -34,18 +37,19 @@ __all__ = ["stage_report"]
 
 _FIGURES = (
     ("marginals", "Marginals of REF (ensemble), DATA and LRT RECO with the ±1σ/±2σ bands of "
-                  "REF; DATA with 68.3 % Poisson (Garwood) intervals", "Fig. 1"),
+                  "REF; DATA with 68.3 % Poisson (Garwood) intervals", "Fig. 1", "gof"),
     ("pairs", "DATA against REF in 2D for pairs of features, and the pull per bin; ▲/▼ mark "
               "the centres of the alternative's strongest kernels (adding / removing events)",
-     None),
-    ("null_single", "Null distribution, single member", "Fig. 2"),
-    ("null_frozen", "Null distribution, ensemble with frozen weights", "Fig. 2"),
-    ("null_ensemble", "Null distribution, ensemble with uncertainty", "Fig. 2"),
-    ("coverage", "Coverage of the first moment per feature", "Fig. 3"),
-    ("weights", "Fitted weights ŵ with ±1σ from Cov(ŵ)", None),
-    ("training", "Training curves of the members", None),
+     None, "gof"),
+    ("null_single", "Null distribution, single member", "Fig. 2", "gof"),
+    ("null_frozen", "Null distribution, ensemble with frozen weights", "Fig. 2", "gof"),
+    ("null_ensemble", "Null distribution, ensemble with uncertainty", "Fig. 2", "gof"),
+    ("coverage", "Coverage of the first moment per feature", "Fig. 3", "coverage"),
+    ("weights", "Fitted weights ŵ with ±1σ from Cov(ŵ)", None, "fit"),
+    ("training", "Training curves of the members", None, "train"),
 )
-"""(figure stem, caption, the paper's figure it reproduces: cited for the paper's toy only)."""
+"""(figure stem, caption, the paper's figure it reproduces: cited for the paper's toy only,
+the stage that draws it)."""
 
 _GOF_SETTINGS = ("n_kernels", "centre", "poisson", "n_pools", "pool_size", "n_test", "overlap",
                  "seed", "null")
@@ -101,6 +105,8 @@ def _gof_section(run: RunDir, cfg: Config) -> tuple[list[GofRow], dict[str, Any]
     settings: dict[str, Any] = {}
     notes: list[str] = []
     bases: list[dict[str, Any]] = []
+    if not run.has_results("gof"):
+        return rows, settings, notes
     for variant in cfg.gof.variants:
         try:
             record = load_gof(run, variant)
@@ -176,12 +182,12 @@ def _raw_gof_row(run: RunDir, variant: str, exc: Exception) -> GofRow:
 
 def _deviations(run: RunDir) -> dict[str, Any] | None:
     """Where the alternative departs from REF, when the gof stage recorded it."""
-    return _get(lambda: load_deviations(run))
+    return _get(lambda: load_deviations(run)) if run.has_results("gof") else None
 
 
 def _coverage_rows(run: RunDir) -> list[CoverageRow]:
     """Coverage at the judged (first) level per feature (Eq. 4), when the study ran."""
-    record = load_coverage(run)
+    record = load_coverage(run) if run.has_results("coverage") else None
     if record is None:
         return []
     res = record.result
@@ -210,7 +216,7 @@ def _negative_mass_rows(run: RunDir) -> dict[str, str]:
     fit_info = run.stage_info("fit") or {}
     if "negative_mass" in fit_info:
         rows["negative mass of f (fit, quick)"] = _mass(fit_info)
-    sampler = load_sampler(run)
+    sampler = load_sampler(run) if run.is_done("sample") else None
     if sampler is not None:
         rows["negative mass of f (samples)"] = _mass(sampler)
         rows["sampler"] = (f"{sampler['method']}: "
@@ -230,7 +236,7 @@ def _stage_notes(run: RunDir) -> list[str]:
     """The warnings every finished stage recorded, and why a stage was skipped."""
     notes: list[str] = []
     for stage in STAGES:
-        info = run.stage_info(stage)
+        info = run.stage_info(stage) if run.is_done(stage) else None
         if info is None:
             continue
         notes += [f"{stage}: {w}" for w in info.get("warnings", [])]
@@ -243,9 +249,10 @@ def _figures(run: RunDir, paper: bool) -> dict[str, Path]:
     """Caption to PNG of every figure that was drawn, in the report's order (the paper's
     figure number cited for the paper's toy study only)."""
     figures = {}
-    for stem, caption, paper_figure in _FIGURES:
+    done = {stage: run.has_results(stage) for stage in STAGES}
+    for stem, caption, paper_figure, stage in _FIGURES:
         png = run.root / "figures" / f"{stem}.png"
-        if png.is_file():
+        if png.is_file() and done[stage]:
             cite = f" (paper {paper_figure})" if paper and paper_figure else ""
             figures[caption + cite] = png
     return figures
