@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from genval import pipeline
-from genval.config import load_config, parse_config
+from genval.config import FlowConfig, load_config, parse_config
 from genval.io import read_events, write_events
 from genval.pipeline import artifacts
 from genval.transforms import FeatureTransform
@@ -63,3 +63,17 @@ def test_example_config_runs_reduced(tmp_path):
     assert record.result.truth_stds is not None
     report = (run.root / "report.html").read_text(encoding="utf-8")
     assert "GeV" in report and "paper Z" not in report
+
+
+def test_gpu_config_is_the_study_with_the_papers_ensemble():
+    """config-gpu.yaml, the README's larger variant for a GPU, is config.yaml with M = 60 flows
+    of the paper architecture (the flow defaults) on CUDA: every other setting is the same, so
+    the two runs compare the ensembles alone."""
+    base = load_config(EXAMPLE / "config.yaml").model_dump(mode="json")
+    gpu = load_config(EXAMPLE / "config-gpu.yaml").model_dump(mode="json")
+    assert gpu["device"] == "cuda" and gpu["members"]["n_members"] == 60
+    assert gpu["members"]["flow"] == FlowConfig().model_dump(mode="json")
+    assert base["members"]["n_members"] < 60 and base["device"] == "cpu"
+    for tree in (base, gpu):
+        del tree["members"], tree["device"], tree["run_dir"]
+    assert gpu == base
