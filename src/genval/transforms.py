@@ -43,7 +43,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval._validation import as_events, as_rng
 from genval.errors import InputError
-from genval.members import Members
+from genval.members import Members, check_context, n_context_of
 
 __all__ = [
     "FeatureMap",
@@ -464,15 +464,27 @@ class TransformedMembers:
     def n_features(self) -> int:
         return self.base.n_features
 
-    def log_prob(self, x: ArrayLike) -> NDArray[np.float64]:
+    @property
+    def n_context(self) -> int:
+        """The base members' context features (0: unconditional). Contexts are passed to the
+        base members untransformed: T acts on x only, so the Jacobian is that of x."""
+        return n_context_of(self.base)
+
+    def log_prob(self, x: ArrayLike, *, context: ArrayLike | None = None
+                 ) -> NDArray[np.float64]:
         y, log_det = self.transform.forward_log_det(x)
-        log_f = np.asarray(self.base.log_prob(y), dtype=np.float64)
+        ctx = check_context(self.n_context, context, y.shape[0])
+        log_f = np.asarray(self.base.log_prob(y) if ctx is None
+                           else self.base.log_prob(y, context=ctx), dtype=np.float64)
         # The Jacobian is one factor per event, the same for every member.
         return log_f + log_det[None, :]
 
-    def sample(self, n: int, member: int, rng: np.random.Generator | int | None = None
-               ) -> NDArray[np.float64]:
-        return self.transform.inverse(self.base.sample(n, member, as_rng(rng)))
+    def sample(self, n: int, member: int, rng: np.random.Generator | int | None = None, *,
+               context: ArrayLike | None = None) -> NDArray[np.float64]:
+        ctx = check_context(self.n_context, context, int(n), broadcast=True)
+        draws = (self.base.sample(n, member, as_rng(rng)) if ctx is None
+                 else self.base.sample(n, member, as_rng(rng), context=ctx))
+        return self.transform.inverse(draws)
 
     def __repr__(self) -> str:
         return f"TransformedMembers({self.base!r}, {self.transform!r})"
