@@ -14,7 +14,7 @@ TOP_LEVEL = [
     "__version__", "errors", "members", "linalg", "sampling", "stats", "wifi", "products",
     "coverage", "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
     "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "transforms",
-    "goodness_of_fit",
+    "conditional", "goodness_of_fit",
 ]
 
 # Names each public module must export (it may export more).
@@ -23,7 +23,12 @@ EXPORTS = {
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
             "GoFResult", "LRStatistic", "ZSummary", "fit_scaled_chi2", "clopper_pearson",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
-            "VARIANT_LABELS", "require_unweighted", "kernel_basis_text"],
+            "VARIANT_LABELS", "require_unweighted", "kernel_basis_text",
+            "conditional_goodness_of_fit", "ConditionalGoFResult", "look_elsewhere"],
+    "conditional": ["ContextBins", "ConditionalWeightFit", "fit_conditional_weights",
+                    "ConditionalSample", "sample_conditional_mixture", "row_weights",
+                    "TargetedEvents", "oversample_conditional", "oversample_region",
+                    "region_contexts"],
     "flows": ["FlowEnsemble", "TrainSettings", "TrainingHistory", "train", "save", "load",
               "read_metadata", "PAPER_ARCHITECTURE", "PAPER_TRAINING", "PRECISIONS"],
     "members": ["Members", "KDEMembers", "GaussianMembers", "CallableMembers",

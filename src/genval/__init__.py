@@ -41,13 +41,14 @@ __all__ = [
     "newton",
     "row_scaling",
     "transforms",
+    "conditional",
     "goodness_of_fit",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
                "html_report", "paper", "cli", "pipeline", "newton", "row_scaling",
-               "transforms"}
+               "transforms", "conditional"}
 
 
 def __getattr__(name: str) -> Any:

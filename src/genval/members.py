@@ -467,7 +467,17 @@ class ConditionalGaussianMembers:
 
     def moments(self, context: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Means (M, N, D) and Cholesky factors (M, N, D, D) of every member at each context."""
-        ctx = as_context(context, np.shape(context)[0], self.n_context)
+        mu, factor = self._moments(as_context(context, np.shape(context)[0], self.n_context))
+        if factor.ndim == 3:  # diagonal: standard deviations
+            chol = np.zeros(factor.shape + (factor.shape[-1],))
+            idx = np.arange(factor.shape[-1])
+            chol[..., idx, idx] = factor
+            return mu, chol
+        return mu, factor
+
+    def _moments(self, ctx: NDArray[np.float64]
+                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Means and either standard deviations (M, N, D) or Cholesky factors (M, N, D, D)."""
         m, d, n = self.n_members, self.n_features, ctx.shape[0]
         mu = np.asarray(self._mean(ctx), dtype=np.float64)
         if mu.shape != (m, n, d) or not np.all(np.isfinite(mu)):
@@ -477,10 +487,7 @@ class ConditionalGaussianMembers:
         if cov.shape == (m, n, d):
             if not np.all(np.isfinite(cov) & (cov > 0)):
                 raise InputError("cov(context) returned non-positive or non-finite variances")
-            chol = np.zeros((m, n, d, d))
-            idx = np.arange(d)
-            chol[..., idx, idx] = np.sqrt(cov)
-            return mu, chol
+            return mu, np.sqrt(cov)
         if cov.shape != (m, n, d, d) or not np.all(np.isfinite(cov)):
             raise InputError(f"cov(context) must return finite variances {(m, n, d)} or "
                              f"covariances {(m, n, d, d)}, got {cov.shape}")
@@ -494,10 +501,14 @@ class ConditionalGaussianMembers:
         events = as_events(x, n_features=self.n_features, min_events=0)
         ctx = check_context(self.n_context, context, events.shape[0])
         assert ctx is not None
-        mu, chol = self.moments(ctx)
-        resid = events[None, :, :, None] - mu[..., None]
-        z = np.linalg.solve(chol, resid)[..., 0]  # triangular, solved as general (small D)
-        log_det = np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+        mu, factor = self._moments(ctx)
+        resid = events[None] - mu
+        if factor.ndim == 3:  # diagonal covariances: no solve
+            z = resid / factor
+            log_det = np.log(factor).sum(axis=-1)
+        else:
+            z = np.linalg.solve(factor, resid[..., None])[..., 0]
+            log_det = np.log(np.diagonal(factor, axis1=-2, axis2=-1)).sum(axis=-1)
         return (-0.5 * np.einsum("mnd,mnd->mn", z, z) - log_det
                 - 0.5 * self.n_features * np.log(2 * np.pi))
 
@@ -508,9 +519,11 @@ class ConditionalGaussianMembers:
         ctx = check_context(self.n_context, context, int(n), broadcast=True)
         assert ctx is not None
         gen = as_rng(rng)
-        mu, chol = self.moments(ctx)
+        mu, factor = self._moments(ctx)
         z = gen.standard_normal((int(n), self.n_features))
-        return mu[member] + np.einsum("nij,nj->ni", chol[member], z)
+        if factor.ndim == 3:
+            return mu[member] + factor[member] * z
+        return mu[member] + np.einsum("nij,nj->ni", factor[member], z)
 
 
 class CallableMembers:

@@ -4,6 +4,8 @@
 ``t = 2 (min NLL0 − min NLL1)`` on (F, G) with exact Newton profiles, ``goodness_of_fit``
 calibrates it with toys from f(x; ŵ) and returns p, Z and a scaled-χ² extrapolation.
 ``prepare`` evaluates the test events and the toy pools once for several variants.
+``conditional_goodness_of_fit`` runs the test within each context bin of conditional members
+and combines the evidence (``gof.conditional``).
 ``ProfileSettings`` and ``GoFSettings`` gather their settings.
 
 References:
@@ -13,6 +15,11 @@ References:
 
 from __future__ import annotations
 
+from genval.gof.conditional import (
+    ConditionalGoFResult,
+    conditional_goodness_of_fit,
+    look_elsewhere,
+)
 from genval.gof.constraint import Constraint
 from genval.gof.kernels import KernelBasis, kernel_basis_text
 from genval.gof.result import (
@@ -52,6 +59,9 @@ __all__ = [
     "kernel_basis_text",
     "test_statistic",
     "goodness_of_fit",
+    "conditional_goodness_of_fit",
+    "ConditionalGoFResult",
+    "look_elsewhere",
     "prepare",
     "require_unweighted",
     "PreparedGoF",

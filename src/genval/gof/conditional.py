@@ -1,0 +1,450 @@
+"""The goodness-of-fit test within each context bin, with the evidence combined.
+
+The paper's stated next step (Badaracco et al., conclusions): with conditional members
+``f_k(x | c)``, run the same profile-likelihood test within each context and combine the
+evidence. Here the test events ``(x_n, c_n)`` are grouped by context bins
+(:class:`~genval.conditional.ContextBins`); in bin b the statistic of Eq. (5) is computed on
+the rows ``F[n, k] = f_k(x_n | c_n)`` and the kernels ``G[n, j] = g_j(x_n)`` of the bin's
+events, exactly as the unconditional test does on its events (the kernels live in x; each
+integrates to one in x, so the extended term ``N_b Σ a`` keeps its meaning at every context):
+
+    t_b = 2 [min NLL0_b − min NLL1_b],       T = Σ_b t_b .
+
+Each bin profiles its own weights φ_b under the constraint of its fit: the shared fit's
+``N(ŵ, Cov ŵ)`` in every bin (the paper's shared weights), or bin b's own fit with per-bin
+weights (:func:`~genval.conditional.fit_conditional_weights`).
+
+**Toys.** The contexts are observed, not modelled, so the null is conditional on them: a toy
+redraws every test event ``x̃_n ~ f(x | c_n; ŵ)`` at its own observed context and keeps the
+event's bin, and one toy set serves every bin. As in the unconditional test, the members are
+evaluated once per pool, not per toy: a pool holds R candidates ``x ~ f(x | c_n; ŵ)`` per test
+event (R = pool_size / N ≥ 5, drawn exactly by
+:func:`~genval.conditional.sample_conditional_mixture`), F and G are evaluated on them once,
+and toy i takes one candidate per event at random (two toys share about N / R of their
+events: ``GoFResult.overlap = 1 / R``). Toy i uses pool ``i mod n_pools`` and its own RNG stream
+``[seed, TOY_STREAM, i]``; its constraint centre is redrawn (``centre="redrawn"``) once per toy
+for shared weights (one global observable) and once per bin for per-bin weights (independent
+fits). Toy sizes are the observed bin counts (``toy_size="poisson"`` is refused: the contexts
+are conditioned on).
+
+**Results.** Per bin, t_b calibrated by the toys' t_b (p, Z, Clopper–Pearson, the pools' share,
+scaled χ²: a :class:`~genval.gof.result.GoFResult`); combined, T calibrated by the same toys'
+T; and the look-elsewhere-corrected smallest p: ``p_min = min_b p_b`` compared with the
+toys' own smallest p (each toy's p_b against the other toys), ``p_global = (1 + #{toys with
+p_min,toy ≤ p_min}) / (1 + B)``. Every number comes from the same joint toys, so the
+correlations between bins (shared weights, shared constraint centre) are accounted for.
+
+Positivity check points (the barrier of :func:`~genval.gof.statistic.test_statistic`): in bin b,
+the kernel centres paired with the median context of the bin's test events, where the null
+and alternative densities of the bin must stay positive; the same points in data and toys.
+
+References:
+    Badaracco et al., Step 4, Eq. (5) and the conclusions (conditional generative models).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.stats
+from numpy.typing import ArrayLike, NDArray
+
+from genval._settings import apply_overrides
+from genval._validation import as_context, as_events
+from genval.conditional.bins import ContextBins
+from genval.conditional.fit import ConditionalWeightFit
+from genval.conditional.sampling import sample_conditional_mixture
+from genval.errors import FitError, InputError
+from genval.gof._blas import limit_blas_threads
+from genval.gof.constraint import Constraint
+from genval.gof.kernels import KernelBasis
+from genval.gof.result import GoFResult
+from genval.gof.statistic import (
+    LRStatistic,
+    ProfileSettings,
+    Variant,
+    make_constraint,
+    profile_pair,
+    statistic_from_rows,
+)
+from genval.gof.toys import (
+    MIN_POOL_RATIO,
+    TOY_STREAM,
+    GoFSettings,
+    _check_toy_count,
+    _n_jobs,
+    pool_rng,
+)
+from genval.members import Members, log_density_matrix, n_context_of
+from genval.row_scaling import ScaledRows, scale_rows
+
+__all__ = ["ConditionalGoFResult", "conditional_goodness_of_fit", "look_elsewhere"]
+
+#: Fewest test events a context bin may hold.
+MIN_BIN_EVENTS = 2
+
+
+@dataclass(frozen=True, repr=False)
+class ConditionalGoFResult:
+    """The test in each context bin, the combined test and the look-elsewhere-corrected
+    smallest p, all calibrated with the same joint toys.
+
+    Attributes:
+        bins: the context bins.
+        per_bin: one :class:`~genval.gof.result.GoFResult` per bin (t_b and its toys).
+        combined: the :class:`~genval.gof.result.GoFResult` of ``T = Σ_b t_b``.
+        p_min: the smallest per-bin p-value.
+        p_global: its look-elsewhere-corrected p-value from the toys.
+        bin_min: the bin with the smallest p.
+        per_bin_weights: whether each bin had its own fitted weights.
+        n_pools_candidates: candidates per test event in each pool (R).
+    """
+
+    bins: ContextBins
+    per_bin: tuple[GoFResult, ...]
+    combined: GoFResult
+    p_min: float
+    p_global: float
+    bin_min: int
+    per_bin_weights: bool = False
+    n_pools_candidates: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def z_per_bin(self) -> NDArray[np.float64]:
+        """Z of each bin (one-sided, from its toy p-value)."""
+        return np.array([r.z for r in self.per_bin])
+
+    @property
+    def z_combined(self) -> float:
+        return self.combined.z
+
+    @property
+    def z_global(self) -> float:
+        """Z of the smallest per-bin p after the look-elsewhere correction."""
+        return float(scipy.stats.norm.isf(self.p_global))
+
+    @property
+    def n_toys(self) -> int:
+        return self.combined.n_toys
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the bins, each bin's result, the combined result and the LEE numbers."""
+        return {"bins": self.bins.to_dict(), "labels": self.bins.labels,
+                "per_bin": [r.to_dict() for r in self.per_bin],
+                "combined": self.combined.to_dict(), "p_min": self.p_min,
+                "p_global": self.p_global, "z_global": self.z_global,
+                "bin_min": self.bin_min, "z_per_bin": self.z_per_bin.tolist(),
+                "z_combined": self.z_combined, "per_bin_weights": self.per_bin_weights,
+                "candidates_per_event": self.n_pools_candidates,
+                "timings": dict(self.timings)}
+
+    def __repr__(self) -> str:
+        lines = [f"ConditionalGoFResult(variant={self.combined.variant!r}, "
+                 f"{self.bins.n_bins} context bins, {self.n_toys} joint toys, "
+                 f"{'per-bin' if self.per_bin_weights else 'shared'} weights)"]
+        for label, r in zip(self.bins.labels, self.per_bin, strict=True):
+            bound = " (bound)" if r.z_is_bound else ""
+            lines.append(f"  {label:<32s} N = {r.n_test:<7d} t = {r.t_obs:<10.4g} "
+                         f"p = {r.p_value:<9.3g} Z = {r.z:.2f}{bound}")
+        c = self.combined
+        lines.append(f"  combined (sum of t)              N = {c.n_test:<7d} t = {c.t_obs:<10.4g} "
+                     f"p = {c.p_value:<9.3g} Z = {c.z:.2f}{' (bound)' if c.z_is_bound else ''}")
+        lines.append(f"  smallest p {self.p_min:.3g} in bin {self.bin_min} "
+                     f"({self.bins.labels[self.bin_min]}); look-elsewhere corrected "
+                     f"p = {self.p_global:.3g}, Z = {self.z_global:.2f}")
+        return "\n".join(lines)
+
+
+def look_elsewhere(t_obs: ArrayLike, t_null: ArrayLike) -> tuple[float, float, int]:
+    """The smallest per-bin p and its look-elsewhere-corrected p from joint toys.
+
+    Args:
+        t_obs: (n_bins,) observed statistics.
+        t_null: (B, n_bins) the same statistics in B joint toys.
+
+    Returns:
+        ``(p_min, p_global, bin)``: ``p_b = (1 + #{t_null[:, b] ≥ t_obs[b]}) / (1 + B)``,
+        their minimum and where it is, and ``(1 + #{i: min_b p_ib ≤ p_min}) / (1 + B)`` with
+        toy i's own ``p_ib = #{j ≠ i: t_null[j, b] ≥ t_null[i, b]} + 1`` over B (toy i
+        tested against the other B − 1 toys, as the data against all B).
+    """
+    obs = np.asarray(t_obs, dtype=np.float64)
+    null = np.asarray(t_null, dtype=np.float64)
+    if null.ndim != 2 or null.shape[1] != obs.size or null.shape[0] < 1:
+        raise InputError(f"t_null must be (B, {obs.size}), got {null.shape}")
+    b = null.shape[0]
+    p_obs = np.empty(obs.size)
+    p_toys = np.empty_like(null)
+    for k in range(obs.size):
+        ordered = np.sort(null[:, k])
+        p_obs[k] = (1.0 + b - np.searchsorted(ordered, obs[k], side="left")) / (1.0 + b)
+        # #{j: t_j ≥ t_i} counts toy i itself: the "+1" of the p-value.
+        p_toys[:, k] = (b - np.searchsorted(ordered, null[:, k], side="left")) / b
+    k_min = int(np.argmin(p_obs))
+    p_min = float(p_obs[k_min])
+    p_global = (1.0 + float((p_toys.min(axis=1) <= p_min).sum())) / (1.0 + b)
+    return p_min, p_global, k_min
+
+
+@dataclass(frozen=True)
+class _BinPool:
+    """A bin's pool in the toys' form: R candidate rows per event, then the check points."""
+
+    c: NDArray[np.float64]  # (R * n_b + n_ref,)
+    a: NDArray[np.float64]  # (R * n_b + n_ref, rank + K)
+    n_events: int
+    n_ref: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Everything a toy needs (inherited by forked workers, never pickled)."""
+
+    pools: list[list[_BinPool]]  # [pool][bin]
+    n_candidates: int
+    group: NDArray[np.int64]  # constraint group of each bin (shared weights: all 0)
+    ranks: NDArray[np.int64]  # whitened rank of each group
+    seed: int
+    centre: str
+    settings: ProfileSettings
+
+
+def _one_toy(setup: _Setup, i: int) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Toy i: one candidate per event, t_b of every bin."""
+    rng = np.random.default_rng([setup.seed, TOY_STREAM, i])
+    pools = setup.pools[i % len(setup.pools)]
+    u0 = [rng.standard_normal(int(r)) if setup.centre == "redrawn" else np.zeros(int(r))
+          for r in setup.ranks]
+    t = np.empty(len(pools))
+    conv = np.empty(len(pools), dtype=bool)
+    for b, pool in enumerate(pools):
+        pick = rng.integers(0, setup.n_candidates, size=pool.n_events)
+        idx = pick * pool.n_events + np.arange(pool.n_events)
+        if pool.n_ref:
+            base = setup.n_candidates * pool.n_events
+            idx = np.concatenate([idx, np.arange(base, base + pool.n_ref)])
+        pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0[setup.group[b]],
+                            n_ref=pool.n_ref, settings=setup.settings)
+        t[b], conv[b] = pair.t, pair.converged
+    return t, conv
+
+
+_FORKED: _Setup | None = None
+
+
+def _forked_chunk(chunk: NDArray[np.int64]) -> list[tuple[NDArray[np.float64], NDArray[np.bool_]]]:
+    assert _FORKED is not None
+    with limit_blas_threads(1):
+        return [_one_toy(_FORKED, int(i)) for i in chunk]
+
+
+def _run_toys(setup: _Setup, indices: NDArray[np.int64], n_jobs: int
+              ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Toys ``indices`` sequentially or in forked workers (identical results either way)."""
+    global _FORKED
+    jobs = _n_jobs(n_jobs)
+    out: list[tuple[NDArray[np.float64], NDArray[np.bool_]]]
+    if jobs > 1 and indices.size > 1 and sys.platform == "linux":
+        chunks = np.array_split(indices, min(indices.size, 8 * jobs))
+        _FORKED = setup
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                with ProcessPoolExecutor(max_workers=jobs,
+                                         mp_context=multiprocessing.get_context("fork")) as ex:
+                    out = [row for part in ex.map(_forked_chunk, chunks) for row in part]
+        finally:
+            _FORKED = None
+    else:
+        with limit_blas_threads(1):
+            out = [_one_toy(setup, int(i)) for i in indices]
+    n_bins = len(setup.pools[0])
+    if not out:
+        return np.zeros((0, n_bins)), np.zeros((0, n_bins), dtype=bool)
+    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+
+
+def _subset(rows: ScaledRows, sel: NDArray[np.int64] | NDArray[np.bool_]) -> ScaledRows:
+    return ScaledRows(rows.f[sel], rows.g[sel], rows.log_s[sel])
+
+
+def _constraints(fit: Any, members: Members, n_bins: int, variant: str, member: int | None
+                 ) -> tuple[list[Constraint], NDArray[np.int64], bool]:
+    """One constraint per bin, the constraint group of each bin, and whether per-bin."""
+    m = members.n_members
+    if isinstance(fit, ConditionalWeightFit) and fit.per_bin and variant != "single":
+        if fit.n_bins != n_bins:
+            raise InputError(f"the per-bin fit has {fit.n_bins} bins, the test {n_bins}")
+        return ([make_constraint(fit.fit_for(b), m, variant, member) for b in range(n_bins)],
+                np.arange(n_bins), True)
+    shared = fit.fit_for(0) if isinstance(fit, ConditionalWeightFit) else fit
+    constraint = make_constraint(shared, m, variant, member)
+    return [constraint] * n_bins, np.zeros(n_bins, dtype=np.int64), False
+
+
+def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
+                                context_test: ArrayLike, basis: KernelBasis, bins: ContextBins,
+                                n_toys: int = 1000, seed: int = 0, *,
+                                variant: Variant = "ensemble", member: int | None = None,
+                                settings: GoFSettings | None = None, outside: str = "error",
+                                **overrides: Any) -> ConditionalGoFResult:
+    """The test of Eq. (5) in each context bin and combined, calibrated with joint toys.
+
+    Args:
+        members: conditional members ``f_k(x | c)`` (``n_context = C > 0``).
+        fit: the weight fit on conditional rows: a :class:`~genval.wifi.WeightFit` (shared
+            weights) or a :class:`~genval.conditional.ConditionalWeightFit` (shared or per
+            bin, with the same bins); may be None for ``variant="single"``.
+        x_test: (N, D) test events, disjoint from everything used to train and fit.
+        context_test: (N, C) their observed contexts.
+        basis: the kernels of the alternative, in x.
+        bins: the context bins (:class:`~genval.conditional.ContextBins`).
+        n_toys: joint toys B.
+        seed: seed of the pools and of every toy stream.
+        variant: "ensemble", "frozen" or "single" (as :func:`~genval.gof.goodness_of_fit`).
+        member: the member of ``variant="single"``.
+        settings: :class:`~genval.gof.GoFSettings`: ``centre``, ``n_pools``, ``pool_size``
+            (candidates per event R = pool_size // N, at least 5; default max(5 N, 10 000)
+            events), ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``, ``cl``,
+            ``max_negative_mass`` and ``profile`` are used; ``toy_size`` must be "fixed".
+        outside: test events outside every bin: "error" (default) or "drop".
+        **overrides: fields of :class:`~genval.gof.GoFSettings` or of its profile settings.
+
+    Returns:
+        :class:`ConditionalGoFResult`.
+
+    Raises:
+        InputError: unconditional members, malformed inputs, a bin with fewer than two test
+            events, Poisson toy sizes, too few toys for ``target_z``, a per-bin fit whose bins
+            differ from ``bins``.
+        FitError: f(x | c; ŵ) ≤ 0 at test events with no weights to fix it, or a negative
+            mass above ``max_negative_mass``.
+
+    References:
+        Badaracco et al., Eq. (5), Step 4 and the conclusions.
+    """
+    start = time.perf_counter()
+    cfg = apply_overrides(settings or GoFSettings(), overrides, "conditional_goodness_of_fit")
+    if cfg.toy_size != "fixed":
+        raise InputError("the conditional test conditions on the observed contexts: its toys "
+                         "keep every bin's size (toy_size='fixed')")
+    _check_toy_count(n_toys, cfg.target_z)
+    c_dim = n_context_of(members)
+    if c_dim == 0:
+        raise InputError("the conditional test needs conditional members (n_context > 0)")
+    if bins.n_context != c_dim:
+        raise InputError(f"the bins describe {bins.n_context} context features, the members "
+                         f"take {c_dim}")
+    if basis.n_features != members.n_features:
+        raise InputError(f"basis has {basis.n_features} features, members {members.n_features}")
+    x = as_events(x_test, n_features=members.n_features, name="test events")
+    ctx = as_context(context_test, x.shape[0], c_dim, name="test contexts")
+    index = bins.assign(ctx, outside=outside)
+    keep = index >= 0
+    x, ctx, index = x[keep], ctx[keep], index[keep]
+    counts = np.bincount(index, minlength=bins.n_bins)
+    if counts.min() < MIN_BIN_EVENTS:
+        low = np.flatnonzero(counts < MIN_BIN_EVENTS)
+        raise InputError(f"context bins {low.tolist()} hold {counts[low].tolist()} test events "
+                         f"(fewer than {MIN_BIN_EVENTS}): merge them with their neighbours")
+    n = x.shape[0]
+    n_cand = max(MIN_POOL_RATIO, cfg.pool_events(n) // n)
+    constraints, group, per_bin_weights = _constraints(fit, members, bins.n_bins, variant,
+                                                       member)
+
+    test_rows = scale_rows(log_density_matrix(members, x, ctx), basis.log_pdf(x), log=True)
+    order = [np.flatnonzero(index == b) for b in range(bins.n_bins)]
+    check = []
+    for b in range(bins.n_bins):
+        median = np.median(ctx[order[b]], axis=0)
+        at = np.broadcast_to(median, (basis.n_kernels, c_dim))
+        check.append(scale_rows(log_density_matrix(members, basis.centers, at),
+                                basis.log_pdf(basis.centers), log=True))
+    observed: list[LRStatistic] = []
+    with limit_blas_threads(1):
+        for b in range(bins.n_bins):
+            observed.append(statistic_from_rows(
+                _subset(test_rows, order[b]), constraints[b], variant,
+                np.zeros(constraints[b].rank), ref=check[b], settings=cfg.profile))
+    t_obs = np.array([float(s) for s in observed])
+    observed_s = time.perf_counter() - start
+
+    indices = np.arange(cfg.first_toy, cfg.first_toy + n_toys, dtype=np.int64)
+    used = np.unique(indices % cfg.n_pools)
+    pool_start = time.perf_counter()
+    neg = np.full(cfg.n_pools, np.nan)
+    neg_err = np.full(cfg.n_pools, np.nan)
+    pools: list[list[_BinPool]] = [[] for _ in range(cfg.n_pools)]
+    row_w = np.stack([constraints[b].weights for b in index])
+    for j in used:
+        pools[j], neg[j], neg_err[j] = _draw_pool(
+            members, basis, x, ctx, order, row_w, constraints, check, n_cand, seed, int(j),
+            cfg.max_negative_mass)
+    # Unused pools (fewer toys than pools) are never indexed: toy i uses pool i mod n_pools.
+    for j in range(cfg.n_pools):
+        if not pools[j]:
+            pools[j] = pools[int(used[0])]
+    pool_s = time.perf_counter() - pool_start
+    setup = _Setup(pools, n_cand, group, np.array([c.rank for c in constraints])[
+        np.unique(group, return_index=True)[1]], int(seed), cfg.centre, cfg.toy_profile)
+    toy_start = time.perf_counter()
+    t_null, conv = _run_toys(setup, indices, cfg.n_jobs)
+    toy_s = time.perf_counter() - toy_start
+    p_min, p_global, bin_min = look_elsewhere(t_obs, t_null)
+    timings = {"observed": observed_s, "pool": pool_s, "toys": toy_s,
+               "total": time.perf_counter() - start}
+    common = dict(toy_index=indices, variant=variant, centre=cfg.centre, seed=int(seed),
+                  n_kernels=basis.n_kernels, poisson=False, cl=cfg.cl, n_pools=cfg.n_pools,
+                  pool_negative_mass=neg, pool_negative_mass_error=neg_err,
+                  kernel_basis=basis.describe(), timings=timings)
+    per_bin = tuple(GoFResult(t_obs=float(t_obs[b]), t_null=t_null[:, b],
+                              toy_converged=conv[:, b],
+                              toy_size=np.full(indices.size, counts[b], dtype=np.int64),
+                              observed=observed[b], pool_size=int(n_cand * counts[b]),
+                              n_test=int(counts[b]), **common)
+                    for b in range(bins.n_bins))
+    combined = GoFResult(t_obs=float(t_obs.sum()), t_null=t_null.sum(axis=1),
+                         toy_converged=conv.all(axis=1),
+                         toy_size=np.full(indices.size, n, dtype=np.int64), observed=None,
+                         pool_size=int(n_cand * n), n_test=n, **common)
+    return ConditionalGoFResult(bins, per_bin, combined, p_min, p_global, bin_min,
+                                per_bin_weights, int(n_cand), timings)
+
+
+def _draw_pool(members: Members, basis: KernelBasis, x: NDArray[np.float64],
+               ctx: NDArray[np.float64], order: list[NDArray[np.int64]],
+               row_w: NDArray[np.float64], constraints: list[Constraint],
+               check: list[ScaledRows], n_cand: int, seed: int, pool: int, limit: float
+               ) -> tuple[list[_BinPool], float, float]:
+    """Pool ``pool``: ``n_cand`` candidates ``x ~ f(x | c_n; ŵ_b(n))`` per test event, F and G
+    evaluated once, split by bin and projected onto each bin's constraint."""
+    n = x.shape[0]
+    rng = pool_rng(seed, pool)
+    drawn = sample_conditional_mixture(members, np.tile(row_w, (n_cand, 1)),
+                                       np.tile(ctx, (n_cand, 1)), rng, warn=False)
+    if drawn.negative_mass > limit:
+        raise FitError(
+            f"f(x | c; ŵ) has negative mass {drawn.negative_mass:.3g} ± "
+            f"{drawn.negative_mass_error:.2g} (fraction of ∫|f| where f < 0, measured while "
+            f"drawing toy pool {pool}), above max_negative_mass = {limit:g}: the toys would "
+            "calibrate max(f, 0) / ∫max(f, 0), not f(x | c; ŵ)")
+    rows = scale_rows(drawn.log_f, basis.log_pdf(drawn.x), log=True)
+    out = []
+    for b, events in enumerate(order):
+        # Candidate-major rows of the bin: candidate j of its i-th event at j * n_b + i.
+        sel = (np.arange(n_cand)[:, None] * n + events[None, :]).ravel()
+        c, a = constraints[b].project(_subset(rows, sel))
+        c_ref, a_ref = constraints[b].project(check[b])
+        ok = c_ref > 0
+        out.append(_BinPool(np.concatenate([c, c_ref[ok]]), np.concatenate([a, a_ref[ok]]),
+                            events.size, int(ok.sum()), constraints[b].rank))
+    return out, drawn.negative_mass, drawn.negative_mass_error
