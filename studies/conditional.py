@@ -7,10 +7,11 @@ truth lies in its span (weights w_true, a Dirichlet draw) and the test is calibr
 when its p-values are uniform.
 
 Per experiment: a fresh weight-fit sample (ŵ and the sandwich Cov(ŵ) on conditional rows,
-shared weights, and per-bin weights), fresh kernel centres, a fresh test set (x_n, c_n); the
-conditional test (``genval.gof.conditional_goodness_of_fit``) in context bins
-``[0, 0.5, 1, 2, inf)``, combined by the sum of the bins' t and by the look-elsewhere-corrected
-smallest p. Checks:
+shared weights, and per-bin weights), fresh kernel centres (one basis per context bin, σ in
+units of the bin's spread of x: ``genval.gof.bin_kernel_bases``), a fresh test set (x_n, c_n);
+the conditional test (``genval.gof.conditional_goodness_of_fit``) in context bins
+``[0, 0.4, 0.9, 1.6, inf)``, combined by the sum of the bins' t and by the
+look-elsewhere-corrected smallest p. Checks:
 
 * null: p per bin, combined and LEE uniform (KS over the experiments), shared and per-bin fits;
 * power: the same test events with a width change of ``--distortion`` (5 %) in the top context
@@ -40,13 +41,19 @@ import scipy.stats
 
 from genval.conditional import ContextBins, fit_conditional_weights, sample_conditional_mixture
 from genval.errors import FitError
-from genval.gof import KernelBasis, conditional_goodness_of_fit, goodness_of_fit
+from genval.gof import (
+    KernelBasis,
+    bin_kernel_bases,
+    conditional_goodness_of_fit,
+    goodness_of_fit,
+)
 from genval.members import CallableMembers, ConditionalGaussianMembers, log_density_matrix
+from genval.wifi import fit_weights
 
 MU, SD = np.array([-0.5, 0.6]), np.array([0.25, 0.4])  # the paper's toy density, Eq. (6)
 DRIFT = np.array([0.3, -0.2])  # dμ/dc
 GROWTH = np.array([0.3, 0.15])  # relative width growth per unit c
-EDGES = [0.0, 0.5, 1.0, 2.0, np.inf]
+EDGES = [0.0, 0.4, 0.9, 1.6, np.inf]  # about 33 / 26 / 19 / 20 % of c ~ Exp(1)
 
 
 def ensemble(n_members: int, seed: int) -> tuple[ConditionalGaussianMembers, np.ndarray,
@@ -133,14 +140,17 @@ def experiment(members: ConditionalGaussianMembers, params: dict[str, np.ndarray
         shared = fit_conditional_weights(log_f, bins.assign(c_fit), n_bins=bins.n_bins, log=True)
         per_bin = fit_conditional_weights(log_f, bins.assign(c_fit), n_bins=bins.n_bins,
                                           log=True, per_bin=True)
-    x_k, _ = draw(members, w_true, 2000, rng)
-    basis = KernelBasis.from_events(x_k, args.kernels, args.sigma, standardize=True, seed=rng)
+    x_k, c_k = draw(members, w_true, 4000, rng)
+    bases = bin_kernel_bases(x_k, c_k, bins, args.kernels, args.sigma, seed=rng)
     x_test, c_test = draw(members, w_true, args.test_events, rng)
     out: dict[str, Any] = {"sum_abs_w": float(np.abs(shared.weights).sum())}
     common = dict(n_toys=args.toys, seed=seed, n_jobs=args.jobs)
     for name, fit in (("shared", shared), ("per_bin", per_bin)):
+        if args.skip_null:
+            break
         try:
-            res = conditional_goodness_of_fit(members, fit, x_test, c_test, basis, bins, **common)
+            res = conditional_goodness_of_fit(members, fit, x_test, c_test, bases, bins,
+                                              **common)
         except FitError as exc:
             out[f"undefined_{name}"] = str(exc)
             continue
@@ -168,8 +178,12 @@ def experiment(members: ConditionalGaussianMembers, params: dict[str, np.ndarray
         wide = conditional_gaussians(params, 1.0 + args.distortion)
         distorted[top] = sample_conditional_mixture(wide, w_true, c_test[top],
                                                     np.random.default_rng([seed, 2])).x
-        res = conditional_goodness_of_fit(members, shared, distorted, c_test, basis, bins,
+        res = conditional_goodness_of_fit(members, shared, distorted, c_test, bases, bins,
                                           **common)
+        # The same test without binning, and the unconditional test, with as many kernels in
+        # total (σ in units of the spread of x over all held-out events).
+        basis = KernelBasis.from_events(x_k, args.kernels * bins.n_bins, args.sigma,
+                                        standardize=True, seed=np.random.default_rng([seed, 3]))
         one = conditional_goodness_of_fit(members, shared, distorted, c_test, basis,
                                           ContextBins.single(1), **common)
         out["power"] = {"z_bins": res.z_per_bin.tolist(), "z_combined": res.z_combined,
@@ -177,12 +191,9 @@ def experiment(members: ConditionalGaussianMembers, params: dict[str, np.ndarray
                         "z_one_bin": one.z_combined,
                         "bound_combined": bool(res.combined.z_is_bound)}
         if marginals is not None:
-            x_fit_m = np.vstack([x_fit])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                from genval.wifi import fit_weights
-
-                fit_m = fit_weights(log_density_matrix(marginals, x_fit_m), log=True)
+                fit_m = fit_weights(log_density_matrix(marginals, x_fit), log=True)
             unc = goodness_of_fit(marginals, fit_m, distorted, basis, n_toys=args.toys,
                                   seed=seed, n_jobs=args.jobs, n_pools=1)
             out["power"]["z_unconditional"] = unc.z
@@ -231,12 +242,15 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--fit-events", type=int, default=4000)
     parser.add_argument("--test-events", type=int, default=2000)
-    parser.add_argument("--kernels", type=int, default=10)
-    parser.add_argument("--sigma", type=float, default=1.0)
+    parser.add_argument("--kernels", type=int, default=10, help="kernels per context bin")
+    parser.add_argument("--sigma", type=float, default=0.5,
+                        help="kernel width in units of each bin's spread of x")
     parser.add_argument("--distortion", type=float, default=0.0,
                         help="relative width change in the top context bin (0: null only)")
     parser.add_argument("--unconditional", action="store_true",
                         help="also run the unconditional test on x (power runs)")
+    parser.add_argument("--skip-null", action="store_true",
+                        help="power runs: skip the null tests and their coverage")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("studies/results"))

@@ -24,7 +24,13 @@ from genval.conditional import (
     sample_conditional_mixture,
 )
 from genval.errors import InputError, NegativeDensityWarning
-from genval.gof import KernelBasis, conditional_goodness_of_fit, goodness_of_fit, look_elsewhere
+from genval.gof import (
+    KernelBasis,
+    bin_kernel_bases,
+    conditional_goodness_of_fit,
+    goodness_of_fit,
+    look_elsewhere,
+)
 from genval.members import (
     CallableMembers,
     ConditionalGaussianMembers,
@@ -230,6 +236,25 @@ def test_conditional_test_results_per_bin_and_combined(problem):
     assert "combined (sum of t)" in text and "look-elsewhere" in text
     d = res.to_dict()
     assert len(d["per_bin"]) == 3 and d["labels"] == p["bins"].labels
+
+
+def test_one_kernel_basis_per_bin(problem):
+    p = problem
+    gen = np.random.default_rng(4)
+    x_h, c_h = draw(p["members"], np.array([0.3, 0.4, 0.3]), 900, gen)
+    bases = bin_kernel_bases(x_h, c_h, p["bins"], 6, 0.5, seed=2)
+    index = p["bins"].assign(c_h)
+    for b, kb in enumerate(bases):  # centres from the bin's own held-out events
+        assert set(map(tuple, kb.centers)) <= set(map(tuple, x_h[index == b]))
+    res = conditional_goodness_of_fit(p["members"], p["shared"], p["x"], p["c"], bases,
+                                      p["bins"], n_toys=5, seed=1, n_jobs=1)
+    assert [r.n_kernels for r in res.per_bin] == [6, 6, 6] and res.combined.n_kernels == 18
+    assert len(res.combined.kernel_basis["per_bin"]) == 3
+    with pytest.raises(InputError, match="2 kernel bases for 3"):
+        conditional_goodness_of_fit(p["members"], p["shared"], p["x"], p["c"], bases[:2],
+                                    p["bins"], n_toys=2)
+    with pytest.raises(InputError, match="fewer than the 500"):
+        bin_kernel_bases(x_h, c_h, p["bins"], 500, 0.5)
 
 
 def test_conditional_toys_are_reproducible_by_range_and_across_workers(problem):

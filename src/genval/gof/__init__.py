@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from genval.gof.conditional import (
     ConditionalGoFResult,
+    bin_kernel_bases,
     conditional_goodness_of_fit,
     look_elsewhere,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "conditional_goodness_of_fit",
     "ConditionalGoFResult",
     "look_elsewhere",
+    "bin_kernel_bases",
     "prepare",
     "require_unweighted",
     "PreparedGoF",

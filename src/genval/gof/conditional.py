@@ -34,6 +34,12 @@ toys' own smallest p (each toy's p_b against the other toys), ``p_global = (1 + 
 p_min,toy ≤ p_min}) / (1 + B)``. Every number comes from the same joint toys, so the
 correlations between bins (shared weights, shared constraint centre) are accounted for.
 
+**Kernels.** One basis for every bin, or one per bin (:func:`bin_kernel_bases`: centres from
+the bin's held-out events, σ in units of the bin's spread of x). The kernels perturb f(x | c),
+which is often much narrower than the marginal of x; kernels much wider than f(x | c) make the
+alternative's extended term reward large negative amplitudes where f(x | c) is small, and t
+heavy-tailed and weak (``studies/results/conditional.md``).
+
 Positivity check points (the barrier of :func:`~genval.gof.statistic.test_statistic`): in bin b,
 the kernel centres paired with the median context of the bin's test events, where the null
 and alternative densities of the bin must stay positive; the same points in data and toys.
@@ -48,6 +54,7 @@ import multiprocessing
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +64,7 @@ import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
 from genval._settings import apply_overrides
-from genval._validation import as_context, as_events
+from genval._validation import as_context, as_events, as_rng
 from genval.conditional.bins import ContextBins
 from genval.conditional.fit import ConditionalWeightFit
 from genval.conditional.sampling import sample_conditional_mixture
@@ -85,7 +92,8 @@ from genval.gof.toys import (
 from genval.members import Members, log_density_matrix, n_context_of
 from genval.row_scaling import ScaledRows, scale_rows
 
-__all__ = ["ConditionalGoFResult", "conditional_goodness_of_fit", "look_elsewhere"]
+__all__ = ["ConditionalGoFResult", "conditional_goodness_of_fit", "look_elsewhere",
+           "bin_kernel_bases"]
 
 #: Fewest test events a context bin may hold.
 MIN_BIN_EVENTS = 2
@@ -273,10 +281,6 @@ def _run_toys(setup: _Setup, indices: NDArray[np.int64], n_jobs: int
     return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
-def _subset(rows: ScaledRows, sel: NDArray[np.int64] | NDArray[np.bool_]) -> ScaledRows:
-    return ScaledRows(rows.f[sel], rows.g[sel], rows.log_s[sel])
-
-
 def _constraints(fit: Any, members: Members, n_bins: int, variant: str, member: int | None
                  ) -> tuple[list[Constraint], NDArray[np.int64], bool]:
     """One constraint per bin, the constraint group of each bin, and whether per-bin."""
@@ -291,8 +295,38 @@ def _constraints(fit: Any, members: Members, n_bins: int, variant: str, member: 
     return [constraint] * n_bins, np.zeros(n_bins, dtype=np.int64), False
 
 
+def bin_kernel_bases(x_heldout: ArrayLike, context_heldout: ArrayLike, bins: ContextBins,
+                     n_kernels: int = 20, sigma: float = 0.3, *, standardize: bool = True,
+                     seed: np.random.Generator | int | None = None) -> list[KernelBasis]:
+    """One kernel basis per context bin, its centres drawn from the bin's held-out events.
+
+    ``x | c`` is often much narrower than the marginal of x (a response whose mean follows
+    the context): kernels as wide as the whole sample are then much wider than the densities
+    they perturb, the extended term rewards large negative amplitudes where f(x | c) is
+    small, and t grows heavy-tailed and loses power. With ``standardize`` each bin's σ is
+    measured in units of the standard deviation of x among that bin's held-out events.
+
+    Raises:
+        InputError: a bin with fewer held-out events than ``n_kernels``.
+    """
+    x = as_events(x_heldout, name="held-out events")
+    index = bins.assign(as_context(context_heldout, x.shape[0], bins.n_context,
+                                   name="held-out contexts"), outside="drop")
+    gen = as_rng(seed)
+    bases = []
+    for b in range(bins.n_bins):
+        rows = x[index == b]
+        if rows.shape[0] < max(n_kernels, 2):
+            raise InputError(f"context bin {b} holds {rows.shape[0]} held-out events, fewer "
+                             f"than the {n_kernels} kernel centres")
+        bases.append(KernelBasis.from_events(rows, n_kernels, sigma, standardize=standardize,
+                                             seed=gen))
+    return bases
+
+
 def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
-                                context_test: ArrayLike, basis: KernelBasis, bins: ContextBins,
+                                context_test: ArrayLike,
+                                basis: KernelBasis | Sequence[KernelBasis], bins: ContextBins,
                                 n_toys: int = 1000, seed: int = 0, *,
                                 variant: Variant = "ensemble", member: int | None = None,
                                 settings: GoFSettings | None = None, outside: str = "error",
@@ -306,7 +340,9 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
             bin, with the same bins); may be None for ``variant="single"``.
         x_test: (N, D) test events, disjoint from everything used to train and fit.
         context_test: (N, C) their observed contexts.
-        basis: the kernels of the alternative, in x.
+        basis: the kernels of the alternative, in x: one basis for every bin, or one per bin
+            (:func:`bin_kernel_bases`, recommended when x | c is much narrower than the
+            marginal of x).
         bins: the context bins (:class:`~genval.conditional.ContextBins`).
         n_toys: joint toys B.
         seed: seed of the pools and of every toy stream.
@@ -344,8 +380,13 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
     if bins.n_context != c_dim:
         raise InputError(f"the bins describe {bins.n_context} context features, the members "
                          f"take {c_dim}")
-    if basis.n_features != members.n_features:
-        raise InputError(f"basis has {basis.n_features} features, members {members.n_features}")
+    bases = [basis] * bins.n_bins if isinstance(basis, KernelBasis) else list(basis)
+    if len(bases) != bins.n_bins:
+        raise InputError(f"{len(bases)} kernel bases for {bins.n_bins} context bins")
+    for kb in bases:
+        if kb.n_features != members.n_features:
+            raise InputError(f"basis has {kb.n_features} features, members "
+                             f"{members.n_features}")
     x = as_events(x_test, n_features=members.n_features, name="test events")
     ctx = as_context(context_test, x.shape[0], c_dim, name="test contexts")
     index = bins.assign(ctx, outside=outside)
@@ -361,20 +402,21 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
     constraints, group, per_bin_weights = _constraints(fit, members, bins.n_bins, variant,
                                                        member)
 
-    test_rows = scale_rows(log_density_matrix(members, x, ctx), basis.log_pdf(x), log=True)
+    test_log_f = log_density_matrix(members, x, ctx)
     order = [np.flatnonzero(index == b) for b in range(bins.n_bins)]
     check = []
-    for b in range(bins.n_bins):
+    for b, kb in enumerate(bases):
         median = np.median(ctx[order[b]], axis=0)
-        at = np.broadcast_to(median, (basis.n_kernels, c_dim))
-        check.append(scale_rows(log_density_matrix(members, basis.centers, at),
-                                basis.log_pdf(basis.centers), log=True))
+        at = np.broadcast_to(median, (kb.n_kernels, c_dim))
+        check.append(scale_rows(log_density_matrix(members, kb.centers, at),
+                                kb.log_pdf(kb.centers), log=True))
     observed: list[LRStatistic] = []
     with limit_blas_threads(1):
-        for b in range(bins.n_bins):
+        for b, kb in enumerate(bases):
+            rows = scale_rows(test_log_f[order[b]], kb.log_pdf(x[order[b]]), log=True)
             observed.append(statistic_from_rows(
-                _subset(test_rows, order[b]), constraints[b], variant,
-                np.zeros(constraints[b].rank), ref=check[b], settings=cfg.profile))
+                rows, constraints[b], variant, np.zeros(constraints[b].rank), ref=check[b],
+                settings=cfg.profile))
     t_obs = np.array([float(s) for s in observed])
     observed_s = time.perf_counter() - start
 
@@ -387,7 +429,7 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
     row_w = np.stack([constraints[b].weights for b in index])
     for j in used:
         pools[j], neg[j], neg_err[j] = _draw_pool(
-            members, basis, x, ctx, order, row_w, constraints, check, n_cand, seed, int(j),
+            members, bases, ctx, order, row_w, constraints, check, n_cand, seed, int(j),
             cfg.max_negative_mass)
     # Unused pools (fewer toys than pools) are never indexed: toy i uses pool i mod n_pools.
     for j in range(cfg.n_pools):
@@ -403,31 +445,36 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
     timings = {"observed": observed_s, "pool": pool_s, "toys": toy_s,
                "total": time.perf_counter() - start}
     common = dict(toy_index=indices, variant=variant, centre=cfg.centre, seed=int(seed),
-                  n_kernels=basis.n_kernels, poisson=False, cl=cfg.cl, n_pools=cfg.n_pools,
-                  pool_negative_mass=neg, pool_negative_mass_error=neg_err,
-                  kernel_basis=basis.describe(), timings=timings)
+                  poisson=False, cl=cfg.cl, n_pools=cfg.n_pools, pool_negative_mass=neg,
+                  pool_negative_mass_error=neg_err, timings=timings)
     per_bin = tuple(GoFResult(t_obs=float(t_obs[b]), t_null=t_null[:, b],
                               toy_converged=conv[:, b],
                               toy_size=np.full(indices.size, counts[b], dtype=np.int64),
                               observed=observed[b], pool_size=int(n_cand * counts[b]),
-                              n_test=int(counts[b]), **common)
-                    for b in range(bins.n_bins))
+                              n_test=int(counts[b]), n_kernels=kb.n_kernels,
+                              kernel_basis=kb.describe(), **common)
+                    for b, kb in enumerate(bases))
+    # The combined alternative has every bin's kernels; one shared basis is described as such.
     combined = GoFResult(t_obs=float(t_obs.sum()), t_null=t_null.sum(axis=1),
                          toy_converged=conv.all(axis=1),
                          toy_size=np.full(indices.size, n, dtype=np.int64), observed=None,
-                         pool_size=int(n_cand * n), n_test=n, **common)
+                         pool_size=int(n_cand * n), n_test=n,
+                         n_kernels=int(sum(kb.n_kernels for kb in bases)),
+                         kernel_basis=(bases[0].describe() if isinstance(basis, KernelBasis)
+                                       else {"per_bin": [kb.describe() for kb in bases]}),
+                         **common)
     return ConditionalGoFResult(bins, per_bin, combined, p_min, p_global, bin_min,
                                 per_bin_weights, int(n_cand), timings)
 
 
-def _draw_pool(members: Members, basis: KernelBasis, x: NDArray[np.float64],
+def _draw_pool(members: Members, bases: list[KernelBasis],
                ctx: NDArray[np.float64], order: list[NDArray[np.int64]],
                row_w: NDArray[np.float64], constraints: list[Constraint],
                check: list[ScaledRows], n_cand: int, seed: int, pool: int, limit: float
                ) -> tuple[list[_BinPool], float, float]:
     """Pool ``pool``: ``n_cand`` candidates ``x ~ f(x | c_n; ŵ_b(n))`` per test event, F and G
     evaluated once, split by bin and projected onto each bin's constraint."""
-    n = x.shape[0]
+    n = ctx.shape[0]
     rng = pool_rng(seed, pool)
     drawn = sample_conditional_mixture(members, np.tile(row_w, (n_cand, 1)),
                                        np.tile(ctx, (n_cand, 1)), rng, warn=False)
@@ -437,12 +484,12 @@ def _draw_pool(members: Members, basis: KernelBasis, x: NDArray[np.float64],
             f"{drawn.negative_mass_error:.2g} (fraction of ∫|f| where f < 0, measured while "
             f"drawing toy pool {pool}), above max_negative_mass = {limit:g}: the toys would "
             "calibrate max(f, 0) / ∫max(f, 0), not f(x | c; ŵ)")
-    rows = scale_rows(drawn.log_f, basis.log_pdf(drawn.x), log=True)
     out = []
     for b, events in enumerate(order):
         # Candidate-major rows of the bin: candidate j of its i-th event at j * n_b + i.
         sel = (np.arange(n_cand)[:, None] * n + events[None, :]).ravel()
-        c, a = constraints[b].project(_subset(rows, sel))
+        rows = scale_rows(drawn.log_f[sel], bases[b].log_pdf(drawn.x[sel]), log=True)
+        c, a = constraints[b].project(rows)
         c_ref, a_ref = constraints[b].project(check[b])
         ok = c_ref > 0
         out.append(_BinPool(np.concatenate([c, c_ref[ok]]), np.concatenate([a, a_ref[ok]]),
