@@ -204,7 +204,11 @@ def summarise(rows: list[dict[str, Any]], n_bins: int) -> dict[str, Any]:
     summary: dict[str, Any] = {"n_experiments": len(rows)}
     for name in ("shared", "per_bin"):
         ok = [r for r in rows if f"p_combined_{name}" in r]
-        summary[f"undefined_{name}"] = len(rows) - len(ok)
+        tried = [r for r in rows if f"p_combined_{name}" in r or f"undefined_{name}" in r]
+        if not tried:  # power runs (--skip-null)
+            continue
+        summary[f"undefined_{name}"] = len(tried) - len(ok)
+        summary[f"coverage_1sigma_{name}"] = float(np.mean([r[f"covered_{name}"] for r in rows]))
         if not ok:
             continue
         bins_p = np.array([r[f"p_bins_{name}"] for r in ok])
@@ -214,7 +218,6 @@ def summarise(rows: list[dict[str, Any]], n_bins: int) -> dict[str, Any]:
             p = np.array([r[f"p_{key}_{name}"] for r in ok])
             summary[f"ks_{key}_{name}"] = float(scipy.stats.kstest(p, "uniform").pvalue)
             summary[f"frac_below_0.05_{key}_{name}"] = float(np.mean(p < 0.05))
-        summary[f"coverage_1sigma_{name}"] = float(np.mean([r[f"covered_{name}"] for r in ok]))
     powered = [r["power"] for r in rows if "power" in r]
     if powered:
         summary["power"] = {

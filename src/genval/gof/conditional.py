@@ -30,8 +30,8 @@ are conditioned on).
 **Results.** Per bin, t_b calibrated by the toys' t_b (p, Z, Clopper–Pearson, the pools' share,
 scaled χ²: a :class:`~genval.gof.result.GoFResult`); combined, T calibrated by the same toys'
 T; and the look-elsewhere-corrected smallest p: ``p_min = min_b p_b`` compared with the
-toys' own smallest p (each toy's p_b against the other toys), ``p_global = (1 + #{toys with
-p_min,toy ≤ p_min}) / (1 + B)``. Every number comes from the same joint toys, so the
+toys' own smallest p (each toy's p_b its rank among the same B + 1 values as the data's),
+``p_global = (1 + #{toys with p_min,toy ≤ p_min}) / (1 + B)``. Every number comes from the same joint toys, so the
 correlations between bins (shared weights, shared constraint centre) are accounted for.
 
 **Kernels.** One basis for every bin, or one per bin (:func:`bin_kernel_bases`: centres from
@@ -180,9 +180,12 @@ def look_elsewhere(t_obs: ArrayLike, t_null: ArrayLike) -> tuple[float, float, i
 
     Returns:
         ``(p_min, p_global, bin)``: ``p_b = (1 + #{t_null[:, b] ≥ t_obs[b]}) / (1 + B)``,
-        their minimum and where it is, and ``(1 + #{i: min_b p_ib ≤ p_min}) / (1 + B)`` with
-        toy i's own ``p_ib = #{j ≠ i: t_null[j, b] ≥ t_null[i, b]} + 1`` over B (toy i
-        tested against the other B − 1 toys, as the data against all B).
+        their minimum and where it is, and ``(1 + #{i: min_b p_ib ≤ p_min}) / (1 + B)``. Toy
+        i's own p-value is its rank among the same B + 1 values as the data's,
+        ``p_ib = (1 + #{j ≠ i: t_null[j, b] ≥ t_null[i, b]} + [t_obs[b] ≥ t_null[i, b]]) /
+        (1 + B)``: under the null the data and the toys are exchangeable, so p_global is
+        exactly valid (ties count against the data). Ranking the toys among the toys alone
+        would put them on a coarser grid than the data and make p_global too small.
     """
     obs = np.asarray(t_obs, dtype=np.float64)
     null = np.asarray(t_null, dtype=np.float64)
@@ -194,8 +197,9 @@ def look_elsewhere(t_obs: ArrayLike, t_null: ArrayLike) -> tuple[float, float, i
     for k in range(obs.size):
         ordered = np.sort(null[:, k])
         p_obs[k] = (1.0 + b - np.searchsorted(ordered, obs[k], side="left")) / (1.0 + b)
-        # #{j: t_j ≥ t_i} counts toy i itself: the "+1" of the p-value.
-        p_toys[:, k] = (b - np.searchsorted(ordered, null[:, k], side="left")) / b
+        # #{j: t_j ≥ t_i} counts toy i itself (the "+1"); the data join the reference set.
+        p_toys[:, k] = (b - np.searchsorted(ordered, null[:, k], side="left")
+                        + (obs[k] >= null[:, k])) / (1.0 + b)
     k_min = int(np.argmin(p_obs))
     p_min = float(p_obs[k_min])
     p_global = (1.0 + float((p_toys.min(axis=1) <= p_min).sum())) / (1.0 + b)
