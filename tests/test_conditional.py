@@ -311,6 +311,8 @@ def test_conditional_test_errors(problem):
     with pytest.raises(InputError, match="bins"):
         conditional_goodness_of_fit(p["members"], p["per_bin"], p["x"], p["c"], p["basis"],
                                     ContextBins.single(1), n_toys=2)
+    with pytest.raises(InputError, match="conditional on 1"):  # the unconditional test
+        goodness_of_fit(p["members"], p["shared"].fit_for(0), p["x"], p["basis"], n_toys=2)
     plain = GaussianMembers(np.zeros((2, 1)), np.ones((2, 1)))
     with pytest.raises(InputError, match="conditional members"):
         conditional_goodness_of_fit(plain, p["shared"], p["x"], p["c"], p["basis"], p["bins"],

@@ -321,3 +321,7 @@ def test_training_context_errors():
         train(cond, x, context=x[:, :1], x_val=x[:10], max_epochs=1, progress=False)
     with pytest.raises(InputError, match="unconditional"):
         train(FlowEnsemble(2, 2), x, context=x[:, :1], max_epochs=1, progress=False)
+    # Explicit validation events carry their own contexts.
+    hist = train(cond, x[:80], context=x[:80, :1], x_val=x[80:], context_val=x[80:, :1],
+                 max_epochs=1, progress=False, batch_size=32)
+    assert hist.settings["n_val"] == 20 and np.isfinite(hist.val_loss).all()
