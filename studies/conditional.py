@@ -17,7 +17,9 @@ look-elsewhere-corrected smallest p. Checks:
 * power: the same test events with a width change of ``--distortion`` (5 %) in the top context
   bin only, tested by the binned conditional test, the conditional test in one bin, and the
   unconditional test on x alone (members = the marginals ∫ f_k(x | c) p(c) dc, by quadrature
-  over the known p(c)); the per-bin Z should point to the top bin;
+  over the known p(c)); the per-bin Z should point to the top bin. ``--follow-context``: the
+  conditional tests' kernels are Gaussians in the residual of x given c
+  (``genval.gof.ContextKernels``);
 * coverage of the Eq. (3) band: the conditional density f(x | c; ŵ) ± σ against the truth at
   random (x, c), the fraction within 1σ;
 * every member integrates to one in x for fixed contexts (grid quadrature).
@@ -42,6 +44,7 @@ import scipy.stats
 from genval.conditional import ContextBins, fit_conditional_weights, sample_conditional_mixture
 from genval.errors import FitError
 from genval.gof import (
+    ContextKernels,
     KernelBasis,
     bin_kernel_bases,
     conditional_goodness_of_fit,
@@ -141,7 +144,8 @@ def experiment(members: ConditionalGaussianMembers, params: dict[str, np.ndarray
         per_bin = fit_conditional_weights(log_f, bins.assign(c_fit), n_bins=bins.n_bins,
                                           log=True, per_bin=True)
     x_k, c_k = draw(members, w_true, 4000, rng)
-    bases = bin_kernel_bases(x_k, c_k, bins, args.kernels, args.sigma, seed=rng)
+    bases = bin_kernel_bases(x_k, c_k, bins, args.kernels, args.sigma, seed=rng,
+                             follow_context=args.follow_context)
     x_test, c_test = draw(members, w_true, args.test_events, rng)
     out: dict[str, Any] = {"sum_abs_w": float(np.abs(shared.weights).sum())}
     common = dict(n_toys=args.toys, seed=seed, n_jobs=args.jobs)
@@ -184,7 +188,10 @@ def experiment(members: ConditionalGaussianMembers, params: dict[str, np.ndarray
         # total (σ in units of the spread of x over all held-out events).
         basis = KernelBasis.from_events(x_k, args.kernels * bins.n_bins, args.sigma,
                                         standardize=True, seed=np.random.default_rng([seed, 3]))
-        one = conditional_goodness_of_fit(members, shared, distorted, c_test, basis,
+        one_basis = (ContextKernels.from_events(x_k, c_k, args.kernels * bins.n_bins,
+                                                args.sigma, seed=np.random.default_rng([seed, 3]))
+                     if args.follow_context else basis)
+        one = conditional_goodness_of_fit(members, shared, distorted, c_test, one_basis,
                                           ContextBins.single(1), **common)
         # Z from the toys (at most Φ⁻¹(1 − 1/(1+B))) and, labelled as an extrapolation, from
         # the scaled χ² fitted to the same toys.
@@ -265,6 +272,8 @@ def main() -> None:
                         help="relative width change in the top context bin (0: null only)")
     parser.add_argument("--unconditional", action="store_true",
                         help="also run the unconditional test on x (power runs)")
+    parser.add_argument("--follow-context", action="store_true",
+                        help="kernels in the residual of x given c (genval.gof.ContextKernels)")
     parser.add_argument("--skip-null", action="store_true",
                         help="power runs: skip the null tests and their coverage")
     parser.add_argument("--jobs", type=int, default=1)

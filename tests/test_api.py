@@ -25,7 +25,7 @@ EXPORTS = {
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
             "VARIANT_LABELS", "require_unweighted", "kernel_basis_text",
             "conditional_goodness_of_fit", "ConditionalGoFResult", "look_elsewhere",
-            "bin_kernel_bases"],
+            "bin_kernel_bases", "ContextKernels"],
     "conditional": ["ContextBins", "ConditionalWeightFit", "fit_conditional_weights",
                     "ConditionalSample", "sample_conditional_mixture", "row_weights",
                     "TargetedEvents", "oversample_conditional", "oversample_region",

@@ -25,6 +25,7 @@ from genval.conditional import (
 )
 from genval.errors import InputError, NegativeDensityWarning
 from genval.gof import (
+    ContextKernels,
     KernelBasis,
     bin_kernel_bases,
     conditional_goodness_of_fit,
@@ -339,3 +340,47 @@ def test_oversampling_a_context_tail_with_the_band(problem, rng):
         region_contexts(p["c"], {0: (1e6, np.inf)}, 5)
     with pytest.raises(InputError, match="bins="):
         oversample_conditional(p["members"], p["per_bin"], events.context, rng)
+
+
+# -- kernels that follow the context -------------------------------------------------------------
+def test_context_kernels_are_normalised_in_x_at_every_context(rng):
+    c = rng.exponential(size=(3000, 1))
+    x = np.column_stack([1.5 * c[:, 0], -c[:, 0]]) + (0.3 + 0.2 * c) * rng.standard_normal(
+        (3000, 2))
+    kernels = ContextKernels.from_events(x, c, n_kernels=5, sigma=0.5, seed=1)
+    # The affine fits find the drift and the growing width.
+    np.testing.assert_allclose(kernels.location[1], [1.5, -1.0], atol=0.05)
+    assert np.all(kernels.log_scale[1] > 0.1)
+    g = np.linspace(-15, 25, 1601)
+    xx, yy = np.meshgrid(g, g, indexing="ij")
+    grid = np.column_stack([xx.ravel(), yy.ravel()])
+    for ctx in (0.0, 2.0, 6.0):
+        dens = np.exp(kernels.log_pdf(grid, context=np.full((len(grid), 1), ctx)))
+        mass = np.trapezoid(np.trapezoid(dens.reshape(*xx.shape, -1), g, axis=1), g, axis=0)
+        np.testing.assert_allclose(mass, 1.0, atol=1e-6)
+    # Direct formula: the base kernels at the residual, divided by prod s(c).
+    xt, ct = x[:7], c[:7]
+    design = np.column_stack([np.ones(7), ct])
+    s = np.exp(design @ kernels.log_scale)
+    expected = kernels.basis.log_pdf((xt - design @ kernels.location) / s) - np.log(s).sum(1)[
+        :, None]
+    np.testing.assert_allclose(kernels.log_pdf(xt, context=ct), expected, rtol=1e-12)
+    np.testing.assert_allclose(kernels.centers_at([2.0]),
+                               (np.array([1, 2.0]) @ kernels.location)
+                               + np.exp(np.array([1, 2.0]) @ kernels.log_scale)
+                               * kernels.basis.centers)
+    with pytest.raises(InputError, match="context"):
+        kernels.log_pdf(xt)
+
+
+def test_the_conditional_test_with_context_kernels(problem):
+    p = problem
+    gen = np.random.default_rng(5)
+    x_h, c_h = draw(p["members"], np.array([0.3, 0.4, 0.3]), 900, gen)
+    bases = bin_kernel_bases(x_h, c_h, p["bins"], 6, 0.5, follow_context=True, seed=2)
+    assert all(isinstance(kb, ContextKernels) for kb in bases)
+    res = conditional_goodness_of_fit(p["members"], p["shared"], p["x"], p["c"], bases,
+                                      p["bins"], n_toys=8, seed=1, n_jobs=1)
+    assert np.all(np.isfinite([r.t_obs for r in res.per_bin]))
+    assert np.all(np.isfinite(res.combined.t_null))
+    assert "residual" in str(res.per_bin[0].kernel_basis["coordinates"])

@@ -22,6 +22,7 @@ from genval.gof.conditional import (
     look_elsewhere,
 )
 from genval.gof.constraint import Constraint
+from genval.gof.context_kernels import ContextKernels
 from genval.gof.kernels import KernelBasis, kernel_basis_text
 from genval.gof.result import (
     ChiSquareFit,
@@ -64,6 +65,7 @@ __all__ = [
     "ConditionalGoFResult",
     "look_elsewhere",
     "bin_kernel_bases",
+    "ContextKernels",
     "prepare",
     "require_unweighted",
     "PreparedGoF",

@@ -31,11 +31,15 @@ are conditioned on).
 scaled χ²: a :class:`~genval.gof.result.GoFResult`); combined, T calibrated by the same toys'
 T; and the look-elsewhere-corrected smallest p: ``p_min = min_b p_b`` compared with the
 toys' own smallest p (each toy's p_b its rank among the same B + 1 values as the data's),
-``p_global = (1 + #{toys with p_min,toy ≤ p_min}) / (1 + B)``. Every number comes from the same joint toys, so the
-correlations between bins (shared weights, shared constraint centre) are accounted for.
+``p_global = (1 + #{toys with p_min,toy ≤ p_min}) / (1 + B)``. Every number comes from the
+same joint toys, so the correlations between bins (shared weights, shared constraint centre)
+are accounted for.
 
 **Kernels.** One basis for every bin, or one per bin (:func:`bin_kernel_bases`: centres from
-the bin's held-out events, σ in units of the bin's spread of x). The kernels perturb f(x | c),
+the bin's held-out events, σ in units of the bin's spread of x), fixed in x
+(:class:`~genval.gof.KernelBasis`) or following the conditional mean
+(:class:`~genval.gof.ContextKernels`, Gaussians in the residual of x given c; their check
+points are their centres at the bin's median context). The kernels perturb f(x | c),
 which is often much narrower than the marginal of x; kernels much wider than f(x | c) make the
 alternative's extended term reward large negative amplitudes where f(x | c) is small, and t
 heavy-tailed and weak (``studies/results/conditional.md``).
@@ -71,6 +75,7 @@ from genval.conditional.sampling import sample_conditional_mixture
 from genval.errors import FitError, InputError
 from genval.gof._blas import limit_blas_threads
 from genval.gof.constraint import Constraint
+from genval.gof.context_kernels import ContextKernels
 from genval.gof.kernels import KernelBasis
 from genval.gof.result import GoFResult
 from genval.gof.statistic import (
@@ -299,9 +304,19 @@ def _constraints(fit: Any, members: Members, n_bins: int, variant: str, member: 
     return [constraint] * n_bins, np.zeros(n_bins, dtype=np.int64), False
 
 
+Kernels = KernelBasis | ContextKernels
+
+
+def _kernel_log_pdf(kb: Kernels, x: NDArray[np.float64], ctx: NDArray[np.float64]
+                    ) -> NDArray[np.float64]:
+    """``log G`` (N, K) of either kind of kernels at events with contexts."""
+    return kb.log_pdf(x, context=ctx) if isinstance(kb, ContextKernels) else kb.log_pdf(x)
+
+
 def bin_kernel_bases(x_heldout: ArrayLike, context_heldout: ArrayLike, bins: ContextBins,
                      n_kernels: int = 20, sigma: float = 0.3, *, standardize: bool = True,
-                     seed: np.random.Generator | int | None = None) -> list[KernelBasis]:
+                     follow_context: bool = False,
+                     seed: np.random.Generator | int | None = None) -> list[Kernels]:
     """One kernel basis per context bin, its centres drawn from the bin's held-out events.
 
     ``x | c`` is often much narrower than the marginal of x (a response whose mean follows
@@ -309,13 +324,17 @@ def bin_kernel_bases(x_heldout: ArrayLike, context_heldout: ArrayLike, bins: Con
     they perturb, the extended term rewards large negative amplitudes where f(x | c) is
     small, and t grows heavy-tailed and loses power. With ``standardize`` each bin's σ is
     measured in units of the standard deviation of x among that bin's held-out events.
+    With ``follow_context`` the kernels are :class:`~genval.gof.ContextKernels` fitted on
+    the bin's held-out events: Gaussians in the residual of x about an affine ``m(c)``,
+    which move with the conditional mean inside the bin (σ then in units of the residuals'
+    spread).
 
     Raises:
         InputError: a bin with fewer held-out events than ``n_kernels``.
     """
     x = as_events(x_heldout, name="held-out events")
-    index = bins.assign(as_context(context_heldout, x.shape[0], bins.n_context,
-                                   name="held-out contexts"), outside="drop")
+    ctx_h = as_context(context_heldout, x.shape[0], bins.n_context, name="held-out contexts")
+    index = bins.assign(ctx_h, outside="drop")
     gen = as_rng(seed)
     bases = []
     for b in range(bins.n_bins):
@@ -323,14 +342,18 @@ def bin_kernel_bases(x_heldout: ArrayLike, context_heldout: ArrayLike, bins: Con
         if rows.shape[0] < max(n_kernels, 2):
             raise InputError(f"context bin {b} holds {rows.shape[0]} held-out events, fewer "
                              f"than the {n_kernels} kernel centres")
-        bases.append(KernelBasis.from_events(rows, n_kernels, sigma, standardize=standardize,
-                                             seed=gen))
+        if follow_context:
+            bases.append(ContextKernels.from_events(rows, ctx_h[index == b], n_kernels, sigma,
+                                                    standardize=standardize, seed=gen))
+        else:
+            bases.append(KernelBasis.from_events(rows, n_kernels, sigma,
+                                                 standardize=standardize, seed=gen))
     return bases
 
 
 def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
                                 context_test: ArrayLike,
-                                basis: KernelBasis | Sequence[KernelBasis], bins: ContextBins,
+                                basis: Kernels | Sequence[Kernels], bins: ContextBins,
                                 n_toys: int = 1000, seed: int = 0, *,
                                 variant: Variant = "ensemble", member: int | None = None,
                                 settings: GoFSettings | None = None, outside: str = "error",
@@ -344,9 +367,10 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
             bin, with the same bins); may be None for ``variant="single"``.
         x_test: (N, D) test events, disjoint from everything used to train and fit.
         context_test: (N, C) their observed contexts.
-        basis: the kernels of the alternative, in x: one basis for every bin, or one per bin
-            (:func:`bin_kernel_bases`, recommended when x | c is much narrower than the
-            marginal of x).
+        basis: the kernels of the alternative, normalised in x: one basis for every bin, or
+            one per bin (:func:`bin_kernel_bases`, recommended when x | c is much narrower than
+            the marginal of x); a :class:`~genval.gof.KernelBasis` (fixed in x) or
+            :class:`~genval.gof.ContextKernels` (following the conditional mean).
         bins: the context bins (:class:`~genval.conditional.ContextBins`).
         n_toys: joint toys B.
         seed: seed of the pools and of every toy stream.
@@ -384,10 +408,14 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
     if bins.n_context != c_dim:
         raise InputError(f"the bins describe {bins.n_context} context features, the members "
                          f"take {c_dim}")
-    bases = [basis] * bins.n_bins if isinstance(basis, KernelBasis) else list(basis)
+    single = isinstance(basis, (KernelBasis, ContextKernels))
+    bases = [basis] * bins.n_bins if single else list(basis)
     if len(bases) != bins.n_bins:
         raise InputError(f"{len(bases)} kernel bases for {bins.n_bins} context bins")
     for kb in bases:
+        if isinstance(kb, ContextKernels) and kb.n_context != c_dim:
+            raise InputError(f"context kernels take {kb.n_context} context features, the "
+                             f"members {c_dim}")
         if kb.n_features != members.n_features:
             raise InputError(f"basis has {kb.n_features} features, members "
                              f"{members.n_features}")
@@ -411,13 +439,15 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
     check = []
     for b, kb in enumerate(bases):
         median = np.median(ctx[order[b]], axis=0)
-        at = np.broadcast_to(median, (kb.n_kernels, c_dim))
-        check.append(scale_rows(log_density_matrix(members, kb.centers, at),
-                                kb.log_pdf(kb.centers), log=True))
+        at = np.ascontiguousarray(np.broadcast_to(median, (kb.n_kernels, c_dim)))
+        centres = kb.centers_at(median) if isinstance(kb, ContextKernels) else kb.centers
+        check.append(scale_rows(log_density_matrix(members, centres, at),
+                                _kernel_log_pdf(kb, centres, at), log=True))
     observed: list[LRStatistic] = []
     with limit_blas_threads(1):
         for b, kb in enumerate(bases):
-            rows = scale_rows(test_log_f[order[b]], kb.log_pdf(x[order[b]]), log=True)
+            rows = scale_rows(test_log_f[order[b]],
+                              _kernel_log_pdf(kb, x[order[b]], ctx[order[b]]), log=True)
             observed.append(statistic_from_rows(
                 rows, constraints[b], variant, np.zeros(constraints[b].rank), ref=check[b],
                 settings=cfg.profile))
@@ -464,14 +494,14 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
                          toy_size=np.full(indices.size, n, dtype=np.int64), observed=None,
                          pool_size=int(n_cand * n), n_test=n,
                          n_kernels=int(sum(kb.n_kernels for kb in bases)),
-                         kernel_basis=(bases[0].describe() if isinstance(basis, KernelBasis)
+                         kernel_basis=(bases[0].describe() if single
                                        else {"per_bin": [kb.describe() for kb in bases]}),
                          **common)
     return ConditionalGoFResult(bins, per_bin, combined, p_min, p_global, bin_min,
                                 per_bin_weights, int(n_cand), timings)
 
 
-def _draw_pool(members: Members, bases: list[KernelBasis],
+def _draw_pool(members: Members, bases: list[Kernels],
                ctx: NDArray[np.float64], order: list[NDArray[np.int64]],
                row_w: NDArray[np.float64], constraints: list[Constraint],
                check: list[ScaledRows], n_cand: int, seed: int, pool: int, limit: float
@@ -480,8 +510,9 @@ def _draw_pool(members: Members, bases: list[KernelBasis],
     evaluated once, split by bin and projected onto each bin's constraint."""
     n = ctx.shape[0]
     rng = pool_rng(seed, pool)
-    drawn = sample_conditional_mixture(members, np.tile(row_w, (n_cand, 1)),
-                                       np.tile(ctx, (n_cand, 1)), rng, warn=False)
+    ctx_pool = np.tile(ctx, (n_cand, 1))
+    drawn = sample_conditional_mixture(members, np.tile(row_w, (n_cand, 1)), ctx_pool, rng,
+                                       warn=False)
     if drawn.negative_mass > limit:
         raise FitError(
             f"f(x | c; ŵ) has negative mass {drawn.negative_mass:.3g} ± "
@@ -492,7 +523,8 @@ def _draw_pool(members: Members, bases: list[KernelBasis],
     for b, events in enumerate(order):
         # Candidate-major rows of the bin: candidate j of its i-th event at j * n_b + i.
         sel = (np.arange(n_cand)[:, None] * n + events[None, :]).ravel()
-        rows = scale_rows(drawn.log_f[sel], bases[b].log_pdf(drawn.x[sel]), log=True)
+        rows = scale_rows(drawn.log_f[sel],
+                          _kernel_log_pdf(bases[b], drawn.x[sel], ctx_pool[sel]), log=True)
         c, a = constraints[b].project(rows)
         c_ref, a_ref = constraints[b].project(check[b])
         ok = c_ref > 0
