@@ -78,10 +78,12 @@ def test_null_p_values_uniform_per_bin_combined_and_after_look_elsewhere():
 
 def test_a_width_change_in_the_top_bin_is_found_there():
     # A 25 % width change of x | c in the top context bin only (about 30 % of 3000 events):
-    # the top bin has the smallest p in most experiments and the combined test detects it.
+    # the top bin has the smallest p in most experiments and its own test detects it (the
+    # study's 20 % change in 20 % of 5000 events: top-bin Z at the 100 toys' bound in 7 of 10
+    # experiments, the top bin's p the smallest in 10 of 10).
     members, wide, w_true = ensemble(3, 1.25)
     bins = ContextBins([0], [EDGES], 1)
-    top_smallest, z_comb = [], []
+    top_smallest, z_top, z_comb = [], [], []
     for e in range(5):
         rng = np.random.default_rng([4, e])
         fit, bases, (x, c) = setup(members, w_true, bins, rng, 3000)
@@ -90,6 +92,8 @@ def test_a_width_change_in_the_top_bin_is_found_there():
         res = conditional_goodness_of_fit(members, fit, x, c, bases, bins, n_toys=100,
                                           seed=e, n_jobs=1)
         top_smallest.append(res.bin_min == bins.n_bins - 1)
+        z_top.append(res.z_per_bin[-1])
         z_comb.append(res.z_combined)
     assert np.mean(top_smallest) >= 0.8
-    assert np.median(z_comb) > 2.0
+    assert np.median(z_top) >= 2.0
+    assert np.median(z_comb) > 1.0
