@@ -123,7 +123,9 @@ class ContextKernels:
         return m + np.exp(log_s) * self.basis.centers
 
     def describe(self) -> dict[str, Any]:
-        return {**self.basis.describe(), "coordinates": ["the residual (x - m(c)) / s(c), m and log s affine in c"],
+        """:meth:`KernelBasis.describe` of the kernels in u, with the affine m(c), log s(c)."""
+        return {**self.basis.describe(),
+                "coordinates": ["the residual (x - m(c)) / s(c), m and log s affine in c"],
                 "location": self.location.tolist(), "log_scale": self.log_scale.tolist()}
 
     def __repr__(self) -> str:
