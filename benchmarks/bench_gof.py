@@ -13,9 +13,8 @@ fitted again in this process on one BLAS thread, timing every full-size float32 
 normal numbers is timed beside it; the JSON reports both medians and their ratio (≤ 2 is the
 target). Subnormal operands make the Hessian 10-100x slower than the plain product on Intel
 cores; the machine is reported with every figure: processor model and vendor from
-/proc/cpuinfo, the BLAS library and its kernel (OpenBLAS ``openblas_get_corename``, what
-threadpoolctl reports as ``architecture``), read through ctypes since threadpoolctl is not a
-dependency.
+/proc/cpuinfo, the BLAS library, its version and kernel (threadpoolctl's ``architecture``,
+OpenBLAS's corename).
 
 Pool share (issue 10, docs/method.md): ``--pool-share RATIO,POOLS,TOYS`` draws POOLS
 independent pools of RATIO x N events and fits TOYS toys on each; at the pooled null's
@@ -30,7 +29,6 @@ Run: python benchmarks/bench_gof.py [--toys 1000] [--jobs 1] [--hessian float32]
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -122,31 +120,14 @@ def processor() -> dict[str, str | None]:
 
 
 def blas() -> list[dict[str, str | None]]:
-    """OpenBLAS libraries loaded in this process, with version string and kernel (corename)."""
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = sorted({line.split()[-1] for line in fh if "openblas" in line.lower()
-                            and line.split()[-1].startswith("/")})
-    except OSError:
-        return [{"library": None, "config": None, "architecture": None}]
-    found = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        entry: dict[str, str | None] = {"library": os.path.basename(path), "config": None,
-                                        "architecture": None}
-        for field, stem in (("config", "get_config"), ("architecture", "get_corename")):
-            for name in (f"scipy_openblas_{stem}64_", f"scipy_openblas_{stem}",
-                         f"openblas_{stem}64_", f"openblas_{stem}"):
-                fn = getattr(lib, name, None)
-                if fn is not None:
-                    fn.restype = ctypes.c_char_p
-                    entry[field] = fn().decode()
-                    break
-        found.append(entry)
-    return found
+    """BLAS libraries loaded in this process (threadpoolctl), with version and kernel."""
+    from threadpoolctl import threadpool_info
+
+    return [{"library": os.path.basename(entry["filepath"]),
+             "config": " ".join(str(entry.get(k)) for k in ("internal_api", "version",
+                                                              "threading_layer")),
+             "architecture": entry.get("architecture")}
+            for entry in threadpool_info() if entry["user_api"] == "blas"]
 
 
 def hessian_guard(members, fit, basis, n_test: int, n_toys: int, seed: int,

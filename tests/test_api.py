@@ -14,16 +14,18 @@ TOP_LEVEL = [
     "__version__", "errors", "members", "linalg", "sampling", "stats", "wifi", "products",
     "coverage", "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
     "html_report", "paper", "cli", "pipeline", "newton", "row_scaling", "transforms",
-    "conditional", "goodness_of_fit",
+    "goodness_of_fit", "adapters", "display", "runs", "run", "load_run", "Run", "compute",
+    "conditional",
 ]
 
 # Names each public module must export (it may export more).
 EXPORTS = {
     "wifi": ["WeightFit", "fit_weights", "prepare_density_matrix"],
     "gof": ["KernelBasis", "test_statistic", "goodness_of_fit", "merge_results", "summarize_z",
-            "GoFResult", "LRStatistic", "ZSummary", "fit_scaled_chi2", "clopper_pearson",
+            "GoFResult", "GoFFailure", "MAX_FAILED_FRACTION", "LRStatistic", "ZSummary",
+            "fit_scaled_chi2", "clopper_pearson",
             "Constraint", "ProfileSettings", "GoFSettings", "LAMBDA_NET", "VARIANTS",
-            "VARIANT_LABELS", "require_unweighted", "kernel_basis_text",
+            "VARIANT_LABELS", "require_unweighted", "kernel_basis_text", "observed_statistic",
             "conditional_goodness_of_fit", "ConditionalGoFResult", "look_elsewhere",
             "bin_kernel_bases", "ContextKernels"],
     "conditional": ["ContextBins", "ConditionalWeightFit", "fit_conditional_weights",
@@ -38,11 +40,23 @@ EXPORTS = {
     "products": ["observable", "oversample", "member_integrals", "estimate_observable",
                  "binned_reference", "bin_integrals", "histogram_counts"],
     "coverage": ["run_coverage", "CoverageResult", "coverage_interval"],
-    "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS", "split_events", "split_weights"],
+    "pipeline": ["run_pipeline", "run_stage", "STAGE_FUNCTIONS", "split_events", "split_weights",
+                 "PARALLEL_STAGES", "stage_executor", "run_gof_part", "merge_gof"],
+    "compute": ["ComputeSettings", "SlurmSettings", "Executor", "open_executor",
+                "available_cores", "check_scheduler", "slurm_job_script", "SCHEDULERS"],
     "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD",
               "PAPER_KERNEL_BASIS", "is_paper_toy"],
     "transforms": ["FeatureMap", "Identity", "Log", "Bounded", "FeatureTransform",
                    "TransformedMembers", "parse_feature_map", "PERIODIC_MESSAGE"],
+    "adapters": ["TorchMembers", "NflowsMembers", "ZukoMembers", "SklearnMembers", "as_members",
+                 "load_factory", "build_members"],
+    "display": ["pdg_exponent", "pdg_round", "format_measurement", "format_interval",
+                "weight_fit_html", "gof_result_html", "coverage_html", "run_html"],
+    "runs": ["Run", "StageStatus", "run", "load_run"],
+    "plots": ["MarginalHistogram", "PairHistogram", "plot_marginals", "plot_pairs", "plot_null",
+              "plot_coverage", "plot_weights", "plot_training", "save_figure", "axis_label",
+              "prefers_log_y", "nice_edges", "data_errors"],
+    "stats": ["clopper_pearson", "garwood_interval", "POISSON_CL"],
 }
 
 
@@ -59,6 +73,8 @@ def test_top_level_name_resolves(name):
         assert isinstance(value, str) and value
     elif name == "goodness_of_fit":
         assert value is genval.gof.goodness_of_fit
+    elif name in ("run", "load_run", "Run"):
+        assert value is getattr(genval.runs, name)
     else:
         assert isinstance(value, types.ModuleType)
         assert value.__name__ == f"genval.{name}"

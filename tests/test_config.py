@@ -112,7 +112,7 @@ def test_unknown_key_without_close_match_lists_valid_keys():
 def test_wrong_type_names_the_key_and_value():
     with pytest.raises(ConfigError, match=r"gof.n_toys: .*greater than or equal to 1.*got -5"):
         parse_config({"gof": {"n_toys": -5}})
-    with pytest.raises(ConfigError, match=r"members.kind: .*'flow' or 'kde'"):
+    with pytest.raises(ConfigError, match=r"members.kind: .*'flow', 'kde' or 'python'"):
         parse_config({"members": {"kind": "gan"}})
 
 
@@ -213,3 +213,25 @@ def test_docs_config_reference_is_current(document):
     block = block.split("```", 1)[0]
     assert block == dump_config(Config(), comments=True), (
         f"{document} is stale: paste the output of `genval config` into its reference")
+
+
+def test_figure_labels_units_log_y_and_pairs_name_features():
+    cfg = parse_config({"data": {"path": "ev.csv", "features": ["pt", "eta"],
+                                 "labels": {"pt": "$p_T$ of jet 1"}, "units": {"pt": "GeV"}},
+                        "report": {"log_y": ["pt"], "pairs": [["pt", "eta"]],
+                                   "max_columns": 3}})
+    assert cfg.data.labels == {"pt": "$p_T$ of jet 1"} and cfg.report.pairs == [("pt", "eta")]
+    assert parse_config(yaml.safe_load(dump_config(cfg, comments=True))) == cfg
+    assert Config().report.log_y == "auto" and Config().report.pairs == "auto"
+    with pytest.raises(ConfigError, match=r"data.units names 'ptt', not a feature \(did you "
+                                          r"mean 'pt'\?\)"):
+        parse_config({"data": {"path": "ev.csv", "features": ["pt", "eta"],
+                               "units": {"ptt": "GeV"}}})
+    with pytest.raises(ConfigError, match="report.pairs names 'x2'"):
+        parse_config({"report": {"pairs": [["x0", "x2"]]}})  # generated: x0, x1
+    with pytest.raises(ConfigError, match="two different features"):
+        parse_config({"report": {"pairs": [["x0", "x0"]]}})
+    with pytest.raises(ConfigError, match="report.log_y"):
+        parse_config({"report": {"log_y": "yes"}})
+    # Every column read (features: null): the names are only known once the file is read.
+    assert parse_config({"data": {"path": "ev.csv", "labels": {"anything": "a"}}})

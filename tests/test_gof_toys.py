@@ -65,7 +65,7 @@ def test_result_fields_and_repr(setup):
     assert res.pool_size == 4000 and res.overlap == pytest.approx(400 / 4000)
     text = repr(res)
     for piece in ("t_obs", "Clopper-Pearson", "extrapolated", "pool 4000 events",
-                  "overlap 10.0%", "not converged", "redrawn"):
+                  "overlap 10.0%", "0 failed, left out of p", "redrawn"):
         assert piece in text
     d = res.to_dict()
     json.dumps(d)

@@ -23,7 +23,7 @@ from genval.config import parse_config  # noqa: E402
 from genval.coverage import CoverageResult  # noqa: E402
 from genval.errors import FitError, InputError  # noqa: E402
 from genval.io import read_events, write_events  # noqa: E402
-from genval.pipeline import artifacts, gof_stage  # noqa: E402
+from genval.pipeline import artifacts, gof_figures  # noqa: E402
 from genval.rundir import RunDir  # noqa: E402
 from genval.splits import Splits  # noqa: E402
 from genval.wifi import WeightFit  # noqa: E402
@@ -241,7 +241,7 @@ def test_gof_stage_writes_results_figures_and_report(tmp_path, monkeypatch):
         assert (run.root / "figures" / f"null_{variant}.png").is_file()
     assert (run.root / "figures" / "marginals.png").is_file()
     report = (run.root / "report.html").read_text()
-    assert report.count("data:image/png") == 5  # marginals, 3 nulls, weights
+    assert report.count("data:image/png") == 6  # marginals, the pair, 3 nulls, weights
     assert "20.29 ± 0.10" in report and "ensemble with uncertainty" in report
     # the p interval beside Clopper-Pearson includes the toy pools' share
     res = artifacts.load_gof(run, "ensemble").result
@@ -309,7 +309,7 @@ def test_one_undefined_gof_variant_does_not_stop_the_others(tmp_path, monkeypatc
     info = json.loads((run.root / ".stages" / "gof.json").read_text())["info"]
     assert any("GofVariantWarning" in w and "'frozen' undefined" in w for w in info["warnings"])
     report = (run.root / "report.html").read_text()
-    assert "undefined: the mixture density" in report
+    assert "failed: the mixture density" in report
 
 
 @pytest.mark.filterwarnings("ignore:the mixture f:genval.errors.NegativeDensityWarning")
@@ -324,18 +324,19 @@ def test_marginals_figure_is_immune_to_densities_that_underflow(tmp_path, monkey
     stat = types.SimpleNamespace(phi1=fit.weights + 0.01 * np.array([1.0, -1.0, 0.0]),
                                  a=np.full(10, 0.02))
     drawn = []
-    monkeypatch.setattr(gof_stage, "draw", lambda _run, _stem, _plot, **kw:
-                        drawn.append(kw["hists"]))
-    gof_stage._marginals_figure(run, members, fit, basis, x_test, names, stat, 5)
-    real_sample = gof_stage.sample_mixture
+    monkeypatch.setattr(gof_figures, "draw", lambda _run, stem, _plot, **kw:
+                        drawn.append(kw["hists"]) if stem == "marginals" else None)
+    gof_figures.alternative_figures(run, members, fit, basis, x_test, names, stat, 5)
+    real_sample = gof_figures.sample_mixture
 
     def far_in_the_tail(*args, **kwargs):
         pool = real_sample(*args, **kwargs)
         return dataclasses.replace(pool, log_f=pool.log_f - 1000.0)
 
-    monkeypatch.setattr(gof_stage, "sample_mixture", far_in_the_tail)
-    tiny_basis = types.SimpleNamespace(log_pdf=lambda x: basis.log_pdf(x) - 1000.0)
-    gof_stage._marginals_figure(run, members, fit, tiny_basis, x_test, names, stat, 5)
+    monkeypatch.setattr(gof_figures, "sample_mixture", far_in_the_tail)
+    tiny_basis = types.SimpleNamespace(log_pdf=lambda x: basis.log_pdf(x) - 1000.0,
+                                       n_kernels=basis.n_kernels, centers=basis.centers)
+    gof_figures.alternative_figures(run, members, fit, tiny_basis, x_test, names, stat, 5)
     assert np.exp(-1000.0) == 0.0  # unscaled, every density would be 0 here
     for plain, scaled in zip(drawn[0], drawn[1], strict=True):
         assert plain.reco is not None and np.all(np.isfinite(scaled.reco))

@@ -33,8 +33,8 @@ ARTIFACTS = [
     "models/ensemble.safetensors", "models/history.npz", "fit/fit.npz", "fit/fit.json",
     "samples/samples.csv", "samples/density.npz", "coverage/coverage.json",
     "coverage/coverage.npz", "gof/single.json", "gof/frozen.json", "gof/ensemble.json",
-    "report.html",
-] + [f"figures/{stem}.{ext}" for stem in ("marginals", "null_single", "null_frozen",
+    "gof/deviations.json", "report.html",
+] + [f"figures/{stem}.{ext}" for stem in ("marginals", "pairs", "null_single", "null_frozen",
                                            "null_ensemble", "coverage", "weights", "training")
      for ext in ("png", "pdf")]
 
@@ -61,5 +61,5 @@ def test_genval_run_end_to_end_with_flows_and_gof(tmp_path):
         rec = json.loads((root / "gof" / f"{variant}.json").read_text())
         assert rec["n_toys"] == 4 and len(rec["t_null"]) == 4 and rec["variant"] == variant
     report = (root / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 7
+    assert report.count("data:image/png;base64,") == 8  # with the 2D view of the pair
     assert "20.29" in report and "61.3 %" in report

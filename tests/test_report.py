@@ -37,7 +37,8 @@ def test_report_is_self_contained_with_paper_numbers(tmp_path):
                                                     "again": png},
                         fit={"converged": True, "n_iter": 7, "nll": -1.23456789},
                         metadata={"seed": 0, "packages": {"numpy": "2.0"}},
-                        config_yaml="seed: 0\n", notes=["toys < 1000: Z extrapolated"])
+                        config_yaml="seed: 0\n", notes=["toys < 1000: Z extrapolated"],
+                        paper=True)
     text = path.read_text()
     assert "demo &lt;quick&gt;" in text  # escaped
     for variant, (z, _, _) in PAPER_Z.items():
@@ -83,3 +84,52 @@ def test_coverage_interval_is_clopper_pearson_even_at_the_edges():
     # A Wald error would claim ± 0 at 0 % and 100 %; the exact interval does not.
     assert "0.0 <sup>+8.8</sup><sub>−0.0</sub> %" in text
     assert "100.0 <sup>+0.0</sup><sub>−8.8</sub> %" in text
+
+
+def test_paper_numbers_only_for_the_paper_toy():
+    """A user's run shows its own numbers, never the paper's toy results beside them."""
+    text = render_report(gof=ROWS, coverage=COVERAGE)
+    assert "paper" not in text.replace("uncertainty-aware validation of generative AI", "")
+    for z, _, _ in PAPER_Z.values():
+        assert f"{z:.2f}" not in text
+    for cov in PAPER_COVERAGE:
+        assert f"{100 * cov:.1f} %" not in text
+    assert "<b>2.58</b>" in text  # the user's own result is there
+    paper = render_report(gof=ROWS, coverage=COVERAGE, paper=True)
+    assert "paper Z (2D toy)" in paper and "paper (2D toy)" in paper
+
+
+def test_failed_variant_shows_its_message_and_undefined_numbers():
+    nan = float("nan")
+    rows = [GofRow("ensemble", nan, nan, nan, z_chi2=nan, n_toys=200, z_band=(nan, nan),
+                   p_interval=(nan, nan), failure="FitError: f(x; ŵ) <= 0 at 3 <test> events"),
+            GofRow("frozen", float("inf"), 1 / 201, 2.58, z_chi2=float("inf"), z_is_bound=True),
+            GofRow("single", "nan", None, nan)]  # whatever a JSON held
+    text = render_report(gof=rows)
+    assert "failed: FitError: f(x; ŵ) &lt;= 0 at 3 &lt;test&gt; events" in text
+    assert "class='failed'" in text and not re.search(r"\bnan\b", text, flags=re.I)
+    assert "<b>≥ 2.58</b>" in text and "∞" in text
+
+
+def test_deviations_are_tabulated():
+    record = {"variant": "ensemble", "n_events": 1000,
+              "kernels": [{"kernel": 7, "a": 0.012, "events": 12.0,
+                           "centre": {"jet1_pt": 412.5, "mjj": 1830.0}},
+                          {"kernel": 3, "a": -0.004, "events": -4.0,
+                           "centre": {"jet1_pt": 250.0, "mjj": "nan"}}],
+              "features": [{"feature": "jet1_pt", "unit": "GeV", "max_abs_deviation": 0.031,
+                            "reco_over_ref": 1.031, "bin": [400.0, 420.0]},
+                           {"feature": "mjj", "unit": "GeV", "max_abs_deviation": 0.12,
+                            "reco_over_ref": 0.88, "bin": [1800.0, 1900.0]},
+                           {"feature": "eta", "max_abs_deviation": None}]}
+    text = render_report(deviations=record)
+    assert "Where the alternative deviates" in text and "ensemble with uncertainty" in text
+    assert "<th>jet1_pt [GeV]</th><th>mjj [GeV]</th>" in text
+    assert "<td>7</td><td>0.012</td><td>12</td><td>412.5</td><td>1830</td>" in text
+    assert "<td>3</td><td>-0.004</td><td>-4</td><td>250</td><td>—</td>" in text
+    # features sorted by the size of the departure, with the bin in physical units
+    assert text.index("<td>mjj</td>") < text.index("<td>jet1_pt</td><td>3.1 %")
+    assert "[1.8e+03, 1.9e+03] GeV" in text or "[1800, 1900] GeV" in text
+    assert "did not move" in render_report(deviations={"variant": "frozen", "kernels": [],
+                                                       "features": []})
+    assert "No GoF variant produced" in render_report(deviations={"variant": None})

@@ -4,6 +4,9 @@ Train an ensemble of normalizing flows, combine the members into a w_i f_i mixtu
 frequentist covariance on the weights, produce more events with honest error bands, check
 coverage, and run a calibrated learned likelihood-ratio goodness-of-fit test.
 
+``gv.run(events, config=...)`` runs every stage and returns a :class:`~genval.runs.Run`;
+``gv.load_run(path)`` reads a run directory back into the same result objects.
+
 References:
     G. Badaracco et al., "An end-to-end pipeline for uncertainty-aware validation of generative
     AI"; S. Benevedes and J. Thaler, arXiv:2506.00113.
@@ -41,14 +44,22 @@ __all__ = [
     "newton",
     "row_scaling",
     "transforms",
-    "conditional",
     "goodness_of_fit",
+    "adapters",
+    "display",
+    "runs",
+    "run",
+    "load_run",
+    "Run",
+    "compute",
+    "conditional",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
                "html_report", "paper", "cli", "pipeline", "newton", "row_scaling",
-               "transforms", "conditional"}
+               "transforms", "adapters", "display", "runs", "compute", "conditional"}
+_RUNS = {"run", "load_run", "Run"}
 
 
 def __getattr__(name: str) -> Any:
@@ -57,6 +68,8 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(f"genval.{name}")
     if name == "goodness_of_fit":
         return importlib.import_module("genval.gof").goodness_of_fit
+    if name in _RUNS:
+        return getattr(importlib.import_module("genval.runs"), name)
     raise AttributeError(f"module 'genval' has no attribute {name!r}")
 
 

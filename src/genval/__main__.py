@@ -2,4 +2,6 @@
 
 from genval.cli import main
 
-main(prog_name="genval")
+# Guarded: Dask's worker processes (compute.scheduler: processes) re-import the main module.
+if __name__ == "__main__":
+    main(prog_name="genval")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import InputError
 
-__all__ = ["as_events", "as_event_weights", "as_context", "as_rng"]
+__all__ = ["as_events", "as_event_weights", "as_context", "as_rng", "check_device",
+           "MPS_UNSUPPORTED"]
 
 
 def as_events(x: ArrayLike, *, n_features: int | None = None, min_events: int = 1,
@@ -93,3 +96,27 @@ def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)
+
+
+MPS_UNSUPPORTED = ("device 'mps' is not supported: the flows return their densities and "
+                   "accumulate their training losses in float64, which Apple's MPS backend "
+                   "does not have; use 'cpu'")
+"""Why ``mps`` is refused everywhere a device is chosen (config, pipeline, flows)."""
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|auto")
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is a device genval runs on (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
+
+    Only the spelling is checked; whether CUDA is present is decided when the device is
+    resolved (:func:`genval.pipeline.device.resolve_device`).
+
+    Raises:
+        InputError: for ``mps`` (:data:`MPS_UNSUPPORTED`) and for unknown names.
+    """
+    if name.split(":", 1)[0] == "mps":
+        raise InputError(MPS_UNSUPPORTED)
+    if not _DEVICE.fullmatch(name):
+        raise InputError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    return name

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -32,6 +33,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genval._validation import check_device
+from genval.compute import ComputeSettings, SlurmSettings, check_scheduler
 from genval.errors import InputError
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD
 
@@ -49,10 +52,13 @@ __all__ = [
     "CoverageConfig",
     "GofConfig",
     "ReportConfig",
+    "ComputeConfig",
+    "SlurmConfig",
     "load_config",
     "parse_config",
     "dump_config",
     "config_hash",
+    "config_schema",
     "RUNTIME_KEYS",
     "with_overrides",
 ]
@@ -112,6 +118,9 @@ class DataConfig(_Section):
             ``{feature: "log" | "identity" | {log: {shift: X0}} | {bounded: [LO, HI]}}``;
             features not named are left unchanged, ``"periodic"`` is refused (drop phi).
             Every density, band, sample and test result stays in physical units.
+        labels: display label per feature name for the figures (mathtext allowed);
+            features without one are labelled by their name.
+        units: unit string per feature name (``"GeV"``); shown as ``label [unit]``.
     """
 
     path: str | None = Field(
@@ -144,6 +153,11 @@ class DataConfig(_Section):
             except InputError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return out
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="feature -> axis label in figures (matplotlib "
+                                          "mathtext allowed, e.g. '$p_T$ of jet 1')")
+    units: dict[str, str] = Field(
+        default_factory=dict, description="feature -> unit shown on figure axes, e.g. GeV")
 
     @field_validator("features")
     @classmethod
@@ -226,11 +240,28 @@ class KDEConfig(_Section):
 class MembersConfig(_Section):
     """The M density estimators combined by the w_i f_i fit."""
 
-    kind: Literal["flow", "kde"] = Field(
-        "flow", description="flow (normalizing flows) | kde (Gaussian KDEs, bootstrap replicas)")
+    kind: Literal["flow", "kde", "python"] = Field(
+        "flow", description="flow (normalizing flows) | kde (Gaussian KDEs, bootstrap replicas) "
+                            "| python (members.factory)")
     n_members: int = Field(60, ge=1, description="ensemble size M")
+    factory: str | None = Field(
+        None, description="kind: python: module:function(x_train, n_members, seed, device) "
+                          "returning the members (genval.adapters)",
+        json_schema_extra={"pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"})
     flow: FlowConfig = Field(default_factory=FlowConfig, description="settings of kind: flow")
     kde: KDEConfig = Field(default_factory=KDEConfig, description="KDE settings (kind: kde)")
+
+    @model_validator(mode="after")
+    def _factory_with_python(self) -> MembersConfig:
+        if self.kind == "python" and self.factory is None:
+            raise ValueError("kind: python needs members.factory ('module:function')")
+        if self.kind != "python" and self.factory is not None:
+            raise ValueError(f"members.factory is set but members.kind is {self.kind!r}; set "
+                             "kind: python to use it")
+        if self.factory is not None and not re.fullmatch(
+                r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", self.factory):
+            raise ValueError(f"factory {self.factory!r} must be 'module:function'")
+        return self
 
 
 class WifiConfig(_Section):
@@ -258,25 +289,75 @@ class SampleConfig(_Section):
         return value
 
 
-class CoverageConfig(_Section):
-    """The optional first-moment coverage study (paper Eq. 4, App. A).
+class Observable(_Section):
+    """An observable of the coverage study on file data: the mean of ``feature``, or, with
+    ``above``, the fraction of events whose ``feature`` exceeds it (an expectation of the
+    indicator, so Eq. 3 applies unchanged)."""
 
-    Needs a known truth to draw synthetic data sets from, so it runs on generated data only
-    (skipped, with a note, for data read from a file). ``n_events`` weight-fit events per data
-    set (default: the weight-fit split size) and ``n_generated`` events generated from
-    f(x; ŵ) per data set, the one common sample of the observables (App. A: 200k for 100k);
-    ``truth`` overrides the generator's mean as O*.
+    feature: str = Field(description="the feature the observable is computed from")
+    above: float | None = Field(
+        None, description="null: the mean of the feature; a number: the fraction above it")
+
+
+class CoverageConfig(_Section):
+    """The optional coverage study (paper Eq. 4, App. A).
+
+    Generated data: synthetic data sets from the known generator, first moments of every
+    feature; ``truth`` overrides the generator's mean as O*. File data: the study needs the
+    truth of a few ``observables`` (``truth``, a mapping observable -> value, with
+    ``truth_std`` its statistical error), taken from an independent, larger sample of the same
+    process (the one truth a user of simulated data has); the data sets are ``n_datasets``
+    disjoint subsets of the events that trained no member (the weight-fit, centre and test
+    splits), ``n_events`` each (default: as many as fit). Per data set the weights are refitted
+    and ``n_generated`` events are generated from f(x; ŵ), the one common sample of the
+    observables (App. A: 200k for 100k).
     """
 
-    enabled: bool = Field(True, description="run the coverage study (generated data only)")
-    n_datasets: int = Field(284, ge=2, description="synthetic data sets")
+    enabled: bool = Field(True, description="run the coverage study")
+    n_datasets: int = Field(284, ge=2, description="data sets")
     n_events: int | None = Field(
-        None, ge=1, description="weight-fit events per data set; null: weight-fit split size")
+        None, ge=1, description="weight-fit events per data set; null: the weight-fit split "
+                                "size (generated data) or held-out events / n_datasets (file)")
     n_generated: int = Field(
         200_000, ge=1, description="events generated from f(x; ŵ) per data set (App. A)")
     z_alpha: float = Field(1.0, gt=0, description="interval half-width in σ (1: 68.3 %)")
-    truth: list[float] | None = Field(
-        None, description="true first moments O*; null: the generator's mean")
+    observables: dict[str, Observable] | None = Field(
+        None, description="file data: {NAME: {feature: F}} (mean) or {NAME: {feature: F, "
+                          "above: X}} (fraction above X)")
+    truth: list[float] | dict[str, float] | None = Field(
+        None, description="generated data: true first moments (null: the generator's mean); "
+                          "file data: {NAME: value} for every observable")
+    truth_std: dict[str, float] | None = Field(
+        None, description="file data: statistical error of each truth value, added in "
+                          "quadrature to σ when judging coverage")
+
+    @model_validator(mode="after")
+    def _observables_have_truth(self) -> CoverageConfig:
+        if self.observables is None:
+            if isinstance(self.truth, dict) or self.truth_std is not None:
+                raise ValueError("coverage.truth as a mapping and coverage.truth_std need "
+                                 "coverage.observables")
+            return self
+        if not self.observables:
+            raise ValueError("coverage.observables is empty")
+        if not isinstance(self.truth, dict):
+            raise ValueError("coverage.observables needs coverage.truth as a mapping "
+                             "{observable: true value}")
+        names = set(self.observables)
+        for key, given in (("truth", self.truth), ("truth_std", self.truth_std or {})):
+            unknown = sorted(set(given) - names)
+            if unknown:
+                raise ValueError(f"coverage.{key} names {unknown}, which are not observables "
+                                 f"{sorted(names)}")
+        missing = sorted(names - set(self.truth))
+        if missing:
+            raise ValueError(f"coverage.truth has no value for {missing}")
+        bad = {k: v for k, v in {**self.truth, **(self.truth_std or {})}.items()
+               if not math.isfinite(v)}
+        if bad or any(v < 0 for v in (self.truth_std or {}).values()):
+            raise ValueError("coverage.truth must be finite and coverage.truth_std finite and "
+                             f"non-negative, got {bad or self.truth_std}")
+        return self
 
 
 class GofConfig(_Section):
@@ -286,6 +367,10 @@ class GofConfig(_Section):
     weights fixed at ŵ, no uncertainty) and ``ensemble`` (with the Cov(ŵ) constraint): the
     paper's Z = 20.29, 4.13 and 0.92. ``constraint_centre``: the toys' constraint centre z₀,
     ``redrawn`` from N(0, C_r) per toy or ``fixed`` at 0 (the paper's text).
+    ``max_failed_fraction``: toys whose fits stop before their tolerance or whose t is not
+    finite are failed (each with its reason, in ``gof/VARIANT.json``); they are left out of p,
+    which is then reported with bounds counting them below and above t_obs, and above this
+    fraction of the toys the variant fails (no p, no Z) with the count and the reasons.
 
     The kernels live in the space the members are trained in (after ``data.transforms``);
     ``kernel_units: standardised`` (default) measures ``sigma`` in each transformed feature's
@@ -314,6 +399,10 @@ class GofConfig(_Section):
         None, ge=1, description="events per toy pool (>= 5 N_test); null: max(5 N_test, 10000)")
     max_negative_mass: float = Field(
         1e-3, ge=0, description="refuse the test above this negative mass of f(x; ŵ)")
+    max_failed_fraction: float = Field(
+        0.05, ge=0, le=1,
+        description="a variant fails above this fraction of failed toys; below, p is bounded "
+                    "counting them either way")
     constraint_centre: Literal["redrawn", "fixed"] = Field(
         "redrawn", description="redrawn (z0 ~ N(0, C_r) per toy) | fixed (z0 = 0)")
     toy_size: Literal["fixed", "poisson"] = Field(
@@ -364,6 +453,98 @@ class ReportConfig(_Section):
                                    "within [5e4, 2e5]")
     dpi: int = Field(150, ge=20, description="PNG resolution")
     title: str = Field("genval report", description="report title")
+    log_y: Literal["auto"] | list[str] = Field(
+        "auto", description="features whose marginals get a log y axis; auto: those whose "
+                            "spectrum falls steeply")
+    pairs: Literal["auto"] | list[tuple[str, str]] = Field(
+        "auto", description="feature pairs for the 2D views of data against f(x; ŵ); auto: "
+                            "the (up to 3) most correlated pairs; []: none")
+    max_columns: int = Field(4, ge=1, description="panels per row of the marginals grid")
+
+    @field_validator("pairs")
+    @classmethod
+    def _distinct_pairs(cls, value: str | list[tuple[str, str]]
+                        ) -> str | list[tuple[str, str]]:
+        if isinstance(value, list):
+            same = [list(p) for p in value if p[0] == p[1]]
+            if same:
+                raise ValueError(f"a pair needs two different features, got {same}")
+        return value
+
+
+class SlurmConfig(_Section):
+    """SLURM jobs of ``compute.scheduler: slurm``, one Dask worker each (docs/cluster.md)."""
+
+    jobs: int = Field(1, ge=1, description="SLURM jobs (Dask workers) to start")
+    cores: int = Field(1, ge=1, description="CPU cores per job (--cpus-per-task)")
+    memory: str = Field("4GB", description="memory per job (--mem)")
+    walltime: str = Field("01:00:00", description="time limit per job (--time, HH:MM:SS)")
+    gpus: int = Field(
+        0, ge=0, le=1, description="GPUs per job, 0 or 1 (--gres=gpu:1, worker resource GPU=1)")
+    queue: str | None = Field(None, description="partition (-p)")
+    account: str | None = Field(None, description="account (-A)")
+    job_extra_directives: list[str] = Field(
+        default_factory=list, description="more #SBATCH options, e.g. [--constraint=a100]")
+    job_script_prologue: list[str] = Field(
+        default_factory=list, description="shell lines before the worker starts (module load, "
+                                          "activating the environment)")
+    interface: str | None = Field(
+        None, description="network interface the nodes reach the scheduler on, e.g. ib0")
+    local_directory: str | None = Field(None, description="worker scratch on the node")
+    log_directory: str | None = Field(None, description="where SLURM writes worker logs")
+    python: str | None = Field(None, description="python running the workers; null: this one")
+    wait_seconds: float = Field(
+        3600.0, gt=0, description="how long to wait for the first worker to start")
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _sexagesimal(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted 12:00:00 as the integer 43200 (base 60): turn it back.
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return f"{value // 3600:02d}:{value // 60 % 60:02d}:{value % 60:02d}"
+        return value
+
+    @model_validator(mode="after")
+    def _valid(self) -> SlurmConfig:
+        try:
+            SlurmSettings(**self.model_dump())
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class ComputeConfig(_Section):
+    """Where the parallel work runs (:mod:`genval.compute`); never changes a result.
+
+    ``scheduler``: ``local`` (this process, toys in a fork pool), ``processes`` (a Dask
+    ``LocalCluster`` on this machine), ``tcp://HOST:PORT`` (a running Dask scheduler) or
+    ``slurm`` (SLURM jobs from :class:`SlurmConfig`). Flow members train as sub-ensembles on
+    the workers, toys and coverage data sets run as tasks; every choice gives the same numbers,
+    so the section is left out of the config hash (like ``device``).
+    """
+
+    scheduler: str = Field(
+        "local", description="local | processes | tcp://HOST:PORT | slurm (Dask)")
+    n_workers: int | None = Field(
+        None, ge=1, description="processes: worker processes; null: one per available core")
+    threads_per_worker: int = Field(1, ge=1, description="processes: tasks per worker at once")
+    retries: int = Field(1, ge=0, description="reruns of a task that raised on a worker")
+    train_shards: int | None = Field(
+        None, ge=1, description="sub-ensembles trained on workers; null: one per worker or GPU")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig,
+                               description="the SLURM jobs of scheduler: slurm")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
+        try:
+            return check_scheduler(value)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
+    def settings(self) -> ComputeSettings:
+        """The :class:`~genval.compute.ComputeSettings` of this section."""
+        return ComputeSettings.from_mapping(self.model_dump())
 
 
 class Config(_Section):
@@ -371,7 +552,8 @@ class Config(_Section):
 
     seed: int = Field(0, description="master seed; every stage derives its own from it")
     device: str = Field(
-        "cpu", description="cpu | cuda | cuda:N | mps | auto (does not change the config hash)")
+        "cpu", description="cpu | cuda | cuda:N | auto (does not change the config hash)",
+        json_schema_extra={"pattern": r"^(cpu|cuda(:\d+)?|auto)$"})
     quiet: bool = Field(False, description="no progress bars or stage messages")
     run_dir: str = Field("genval-run", description="run directory")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -382,6 +564,12 @@ class Config(_Section):
     coverage: CoverageConfig = Field(default_factory=CoverageConfig)
     gof: GofConfig = Field(default_factory=GofConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
@@ -401,10 +589,31 @@ class Config(_Section):
 
             # Feature names read from a file are checked against its columns at the split.
             FeatureTransform.from_spec(self.data.transforms, names)
+        self._check_feature_names()
         if "single" in self.gof.variants and self.gof.single_member >= self.members.n_members:
             raise ValueError(f"gof.single_member={self.gof.single_member} but there are only "
                              f"{self.members.n_members} members")
         return self
+
+    def _check_feature_names(self) -> None:
+        """Labels, units, log-y and pair features must be features (when they are known)."""
+        known = self.data.features
+        if known is None and self.data.path is None:  # generated: named as the split stage does
+            known = [f"x{i}" for i in range(len(self.data.generate.mean))]
+        if known is None:
+            return  # every column is read: names are checked when the events are (figures)
+        used = {"data.labels": list(self.data.labels), "data.units": list(self.data.units)}
+        if isinstance(self.report.log_y, list):
+            used["report.log_y"] = self.report.log_y
+        if isinstance(self.report.pairs, list):
+            used["report.pairs"] = [name for pair in self.report.pairs for name in pair]
+        for key, names in used.items():
+            for name in names:
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(f"{key} names {name!r}, not a feature{hint}; features: "
+                                     f"{', '.join(known)}")
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -536,9 +745,21 @@ def _commented(model: BaseModel, depth: int) -> list[str]:
     return lines
 
 
-RUNTIME_KEYS = ("device", "quiet", "run_dir")
+RUNTIME_KEYS = ("device", "quiet", "run_dir", "compute")
 """Top-level keys that change where and how loudly a run executes, not its results: they are
-left out of :func:`config_hash`, so a run can resume on another device or from a moved folder."""
+left out of :func:`config_hash`, so a run can resume on another device, executor or from a
+moved folder."""
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of a configuration file (``genval config --schema``), for editors.
+
+    Generated from :class:`Config`, so every key, type, default, bound and description is the
+    one the loader enforces; cross-key rules (splits that fit, a factory with ``kind:
+    python``) are checked on load only.
+    """
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Config.model_json_schema()}
 
 
 def config_hash(config: Config | dict[str, Any]) -> str:
@@ -550,14 +771,16 @@ def config_hash(config: Config | dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+def with_overrides(config: Config, overrides: dict[str, Any], *, skip_none: bool = True
+                   ) -> Config:
     """A new, re-validated config with dotted-key overrides, e.g. ``{"gof.n_toys": 50}``.
 
-    ``None`` values are skipped, so CLI options left unset do not override the file.
+    ``None`` values are skipped, so CLI options left unset do not override the file; with
+    ``skip_none=False`` they set the key to null.
     """
     tree = config.model_dump(mode="json")
     for dotted, value in overrides.items():
-        if value is None:
+        if value is None and skip_none:
             continue
         node = tree
         *parents, leaf = dotted.split(".")

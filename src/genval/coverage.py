@@ -16,8 +16,9 @@ References:
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,6 +28,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from genval._validation import as_events
+from genval.compute import Executor, SchedulerLike, open_executor
 from genval.errors import InputError
 from genval.members import Members, log_density_matrix
 from genval.products import (
@@ -84,6 +86,9 @@ class CoverageResult:
             f(x; ŵ) per data set, importance ratios), ``"exact"`` (given), or
             ``"member samples"`` (each member sampled on its own; studies saved before the
             common sample).
+        truth_stds: the statistical error of each O* (P,), when the truth is itself an
+            estimate (a larger independent sample); added in quadrature to σ in
+            :attr:`pulls`. ``None``: exact.
     """
 
     truth: NDArray[np.float64]
@@ -98,6 +103,7 @@ class CoverageResult:
     n_generated: int
     messages: tuple[str, ...] = field(default=())
     integrals: str = "common sample"
+    truth_stds: NDArray[np.float64] | None = None
 
     @property
     def n_datasets(self) -> int:
@@ -115,8 +121,13 @@ class CoverageResult:
 
     @property
     def pulls(self) -> NDArray[np.float64]:
-        """``(Ô − O*) / σ`` (R, P): standard normal if the errors are right."""
-        return (self.estimates - self.truth) / self.stds
+        """``(Ô − O*) / σ`` (R, P): standard normal if the errors are right.
+
+        With :attr:`truth_stds`, σ is ``sqrt(σ² + σ_O*²)``: the truth's own error is
+        independent of the data sets'."""
+        if self.truth_stds is None:
+            return (self.estimates - self.truth) / self.stds
+        return (self.estimates - self.truth) / np.hypot(self.stds, self.truth_stds)
 
     @property
     def covered(self) -> NDArray[np.bool_]:
@@ -159,14 +170,22 @@ class CoverageResult:
             lines.append(f"  observable {p} (truth {truth:.6g}): {cells}")
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import coverage_html
+
+        return coverage_html(self, cl=COVERAGE_CL)
+
     def to_dict(self) -> dict[str, Any]:
         """Every field by name; arrays stay numpy arrays, ``messages`` becomes a list.
 
         The schema of a saved study (``coverage/coverage.npz`` and ``coverage.json`` of a run
         directory); :meth:`from_dict` inverts it.
         """
-        return {f.name: (list(self.messages) if f.name == "messages" else getattr(self, f.name))
+        data = {f.name: (list(self.messages) if f.name == "messages" else getattr(self, f.name))
                 for f in fields(self)}
+        if self.truth_stds is None:
+            del data["truth_stds"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoverageResult:
@@ -184,7 +203,9 @@ class CoverageResult:
                    n_events=int(data["n_events"]), n_generated=int(data["n_generated"]),
                    messages=tuple(str(m) for m in data.get("messages", ())),
                    integrals=str(data.get("integrals", "member samples"
-                                          if int(data["n_generated"]) else "exact")))
+                                          if int(data["n_generated"]) else "exact")),
+                   truth_stds=(np.asarray(data["truth_stds"], dtype=np.float64)
+                               if data.get("truth_stds") is not None else None))
 
 
 def _one_dataset(members: Members, data: NDArray[np.float64],
@@ -205,17 +226,67 @@ def _one_dataset(members: Members, data: NDArray[np.float64],
     return fit, estimate, [(w.category, str(w.message)) for w in caught]
 
 
-def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Generator], ArrayLike],
+@dataclass(frozen=True)
+class _DatasetTask:
+    """Data set ``r`` of a study: its events (given, or drawn from the stream
+    ``default_rng([seed, r])``), the weight fit and ``Ô ± σ`` (a picklable callable, so ranges
+    of ``r`` can run anywhere)."""
+
+    members: Members
+    sample_truth: Callable[[int, np.random.Generator], ArrayLike] | None
+    datasets: Sequence[ArrayLike] | None
+    g: Callable[[NDArray[np.float64]], ArrayLike] | None
+    integrals: MemberIntegrals | None
+    n_events: int
+    n_generated: int
+    seed: int
+
+    def __call__(self, r: int) -> tuple[WeightFit, ObservableEstimate,
+                                        list[tuple[type[Warning], str]]]:
+        rng = np.random.default_rng([self.seed, r])
+        drawn = (self.datasets[r] if self.datasets is not None
+                 else self.sample_truth(self.n_events, rng))
+        data = as_events(drawn, n_features=self.members.n_features, name=f"data set {r}")
+        return _one_dataset(self.members, data, self.g, self.integrals, self.n_generated, rng)
+
+
+def _dataset_range(task: _DatasetTask, first: int, stop: int) -> list[Any]:
+    """Data sets ``first .. stop - 1`` on a Dask worker."""
+    return [task(r) for r in range(first, stop)]
+
+
+#: Data-set tasks per worker thread: balance without scheduling overhead.
+_TASKS_PER_THREAD = 4
+
+
+def _datasets_on(executor: Executor, task: _DatasetTask, n_datasets: int, progress: bool
+                 ) -> list[Any]:
+    """Every data set as ranges of tasks on a Dask cluster, in data-set order."""
+    shared = executor.share(task)
+    size = max(1, math.ceil(n_datasets / (_TASKS_PER_THREAD * executor.n_threads)))
+    starts = range(0, n_datasets, size)
+    futures = [executor.submit(_dataset_range, shared, a, min(a + size, n_datasets))
+               for a in starts]
+    with tqdm(total=n_datasets, desc="coverage", disable=not progress, leave=False) as bar:
+        ranges = executor.gather(futures, on_done=lambda _i, out: bar.update(len(out)))
+    return [outcome for block in ranges for outcome in block]
+
+
+def run_coverage(members: Members,
+                 sample_truth: Callable[[int, np.random.Generator], ArrayLike] | None,
                  truth: ArrayLike, *, n_datasets: int, n_events: int,
                  g: Callable[[NDArray[np.float64]], ArrayLike] | None = None,
                  oversampling: float | None = 2.0, integrals: MemberIntegrals | None = None,
-                 levels: ArrayLike = (0.6827, 0.9545), seed: int = 0, progress: bool = True
+                 levels: ArrayLike = (0.6827, 0.9545), seed: int = 0, progress: bool = True,
+                 datasets: Sequence[ArrayLike] | None = None,
+                 truth_stds: ArrayLike | None = None, scheduler: SchedulerLike = None
                  ) -> CoverageResult:
     """Run the coverage study of paper Step 3 with fixed members and fresh weight-fit data.
 
     Args:
         members: the (already trained) density members.
-        sample_truth: ``(n, rng) -> (n, D)`` events from the true density.
+        sample_truth: ``(n, rng) -> (n, D)`` events from the true density; ``None`` when
+            ``datasets`` are given.
         truth: the true observable values O* (P,).
         n_datasets: number of independent data sets R.
         n_events: weight-fit events per data set.
@@ -228,7 +299,20 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
         seed: seed; data set ``r`` uses the stream ``default_rng([seed, r])``, so studies can be
             split and merged.
         progress: show a progress bar on stderr.
+        datasets: the data sets themselves instead of ``sample_truth`` (file data: disjoint
+            subsets of independent events that trained no member); ``n_datasets`` of them.
+        truth_stds: the statistical error of each O* (P,), when the truth is an estimate from
+            an independent sample (:attr:`CoverageResult.truth_stds`).
+        scheduler: where the data sets run (:mod:`genval.compute`): None or ``"local"``
+            (this process), ``"processes"``, ``"tcp://HOST:PORT"``, ``"slurm"`` or an open
+            :class:`~genval.compute.Executor`; ranges of data sets become tasks (the members
+            and ``sample_truth`` are sent once per worker), with the same result.
     """
+    if (sample_truth is None) == (datasets is None):
+        raise InputError("give exactly one of sample_truth (a generator of data sets) and "
+                         "datasets (the data sets themselves)")
+    if datasets is not None and len(datasets) != n_datasets:
+        raise InputError(f"n_datasets={n_datasets} but {len(datasets)} data sets were given")
     target = np.atleast_1d(np.asarray(truth, dtype=np.float64))
     if n_datasets < 2:
         raise InputError(f"a coverage study needs at least 2 data sets, got {n_datasets}")
@@ -238,14 +322,17 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
     n_generated = 0
     if integrals is None:
         n_generated = max(2, int(round(float(oversampling) * n_events)))
+    task = _DatasetTask(members, sample_truth, datasets, g, integrals, int(n_events),
+                        n_generated, seed)
+    with open_executor(scheduler) as executor:
+        # in this process lazily, so that a bad observable stops the study at data set 0
+        outcomes = (_datasets_on(executor, task, n_datasets, progress) if executor is not None
+                    else (task(r) for r in tqdm(range(n_datasets), desc="coverage",
+                                                disable=not progress, leave=False)))
     estimates, stds, stds_weights, weights, covs, converged = [], [], [], [], [], []
     messages: list[str] = []
     categories: dict[type[Warning], str] = {}
-    for r in tqdm(range(n_datasets), desc="coverage", disable=not progress, leave=False):
-        rng = np.random.default_rng([seed, r])
-        data = as_events(sample_truth(n_events, rng), n_features=members.n_features,
-                         name=f"truth sample {r}")
-        fit, estimate, caught = _one_dataset(members, data, g, integrals, n_generated, rng)
+    for r, (fit, estimate, caught) in enumerate(outcomes):
         for category, message in caught:
             text = f"data set {r}: {message}"
             messages.append(text)
@@ -265,7 +352,9 @@ def run_coverage(members: Members, sample_truth: Callable[[int, np.random.Genera
                             weights=np.array(weights), covs=np.array(covs),
                             converged=np.array(converged), n_events=int(n_events),
                             n_generated=n_generated, messages=tuple(messages),
-                            integrals="exact" if integrals is not None else "common sample")
+                            integrals="exact" if integrals is not None else "common sample",
+                            truth_stds=(None if truth_stds is None else np.broadcast_to(
+                                np.asarray(truth_stds, dtype=np.float64), target.shape).copy()))
     for category, first in categories.items():
         warnings.warn(f"coverage study: weight fits and samplers issued {len(messages)} "
                       f"warnings (all kept in result.messages); first {category.__name__}: "

@@ -1,9 +1,11 @@
-"""A self-contained ``report.html``: tables beside the paper's numbers, figures embedded.
+"""A self-contained ``report.html``: tables, notes and figures of a run in one file.
 
 The report has no external references (figures are base64 PNGs, styles inline), so it can be
 mailed or attached to a logbook as one file. It takes plain values (rows and PNG files), not
-genval result objects, so it renders whatever subset of the stages has run. The paper's
-numbers it shows beside genval's come from :mod:`genval.paper`.
+genval result objects, so it renders whatever subset of the stages has run, and whatever a
+stage recorded: a GoF variant that failed shows its message, undefined numbers show as "—".
+The paper's published numbers (from :mod:`genval.paper`) appear only when asked for
+(``paper=True``, the paper's toy study): beside a user's own data they mean nothing.
 
 References:
     Badaracco et al., Sec. 4 (Z = 20.29, 4.13, 0.92 for a single flow, the frozen ensemble and
@@ -36,7 +38,8 @@ class GofRow:
     """One GoF variant. ``z_band`` is the 16–84 % band over test sets, when there are several.
 
     ``p_interval`` is the Clopper–Pearson interval of the toys' tail fraction, ``p_interval_total``
-    the same widened by the toy pools' share (``GoFResult.p_interval_total``).
+    the same widened by the toy pools' share (``GoFResult.p_interval_total``). ``failure``:
+    why the variant has no (trustworthy) result, shown in the row; numbers may then be NaN.
     """
 
     variant: str
@@ -50,6 +53,7 @@ class GofRow:
     note: str = ""
     p_interval: tuple[float, float] | None = None
     p_interval_total: tuple[float, float] | None = None
+    failure: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,11 @@ class CoverageRow:
 
 def _num(value: float | None, digits: int = 4) -> str:
     """Significant digits, with the special values spelled out."""
-    if value is None:
-        return "—"
-    if math.isnan(value):
+    try:
+        value = None if value is None else float(value)
+    except (TypeError, ValueError):
+        return html.escape(str(value))
+    if value is None or math.isnan(value):
         return "—"
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
@@ -82,34 +88,47 @@ def _paper_z(variant: str) -> str:
         f"{med:.2f} <sup>+{up:.2f}</sup><sub>−{down:.2f}</sub>"
 
 
-def _interval(bounds: tuple[float, float] | None) -> str:
-    return "—" if bounds is None else f"[{_num(bounds[0], 3)}, {_num(bounds[1], 3)}]"
+def _interval(bounds: Sequence[float] | None) -> str:
+    if bounds is None or len(bounds) != 2:
+        return "—"
+    return f"[{_num(bounds[0], 3)}, {_num(bounds[1], 3)}]"
 
 
-def _gof_table(rows: Sequence[GofRow]) -> str:
+def _z_cell(r: GofRow) -> str:
+    """Z with "≥" when it is only a bound, and its 16–84 % band over test sets."""
+    # t_obs beyond every toy: the toys only bound Z from below.
+    if r.z is None or not math.isfinite(r.z):
+        return _num(r.z)
+    z = f"≥ {r.z:.2f}" if r.z_is_bound else f"{r.z:.2f}"
+    if r.z_band is not None and all(math.isfinite(b) for b in r.z_band):
+        z += f" <sup>+{r.z_band[1] - r.z:.2f}</sup><sub>−{r.z - r.z_band[0]:.2f}</sub>"
+    return z
+
+
+def _gof_table(rows: Sequence[GofRow], paper: bool) -> str:
     head = ("<tr><th>variant</th><th>t<sub>obs</sub></th><th>p (toys)</th>"
             "<th>p interval: Clopper–Pearson</th><th>p interval: with the pools' share</th>"
             "<th>Z (toys)</th><th>Z (χ² extrapolation)</th><th>toys</th>"
-            "<th>paper Z (2D toy)</th></tr>")
+            + ("<th>paper Z (2D toy)</th>" if paper else "") + "</tr>")
     body = []
     for r in rows:
-        # t_obs beyond every toy: the toys only bound Z from below.
-        z = "—" if math.isnan(r.z) else f"≥ {r.z:.2f}" if r.z_is_bound else f"{r.z:.2f}"
-        if r.z_band is not None:
-            z += f" <sup>+{r.z_band[1] - r.z:.2f}</sup><sub>−{r.z - r.z_band[0]:.2f}</sub>"
         label = html.escape(VARIANT_LABELS.get(r.variant, r.variant))
         note = f"<br><small>{html.escape(r.note)}</small>" if r.note else ""
-        body.append(f"<tr><td>{label}{note}</td><td>{_num(r.t_obs)}</td>"
+        failed = (f"<br><span class='failed'>failed: {html.escape(r.failure)}</span>"
+                  if r.failure else "")
+        body.append(f"<tr><td>{label}{failed}{note}</td><td>{_num(r.t_obs)}</td>"
                     f"<td>{_num(r.p_value)}</td><td>{_interval(r.p_interval)}</td>"
-                    f"<td>{_interval(r.p_interval_total)}</td><td><b>{z}</b></td>"
-                    f"<td>{'—' if r.z_chi2 is None else f'{r.z_chi2:.2f}'}</td>"
+                    f"<td>{_interval(r.p_interval_total)}</td><td><b>{_z_cell(r)}</b></td>"
+                    f"<td>{_num(r.z_chi2, 3)}</td>"
                     f"<td>{'—' if r.n_toys is None else r.n_toys}</td>"
-                    f"<td>{_paper_z(r.variant)}</td></tr>")
+                    + (f"<td>{_paper_z(r.variant)}</td>" if paper else "") + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
 def _coverage_cell(row: CoverageRow) -> str:
     """The covered fraction with its Clopper–Pearson interval (as the coverage figure)."""
+    if not math.isfinite(row.coverage):
+        return "—"
     if not row.n_datasets:
         return f"{100 * row.coverage:.1f} %"
     lower, upper = coverage_interval(round(row.coverage * row.n_datasets), row.n_datasets)
@@ -117,18 +136,59 @@ def _coverage_cell(row: CoverageRow) -> str:
             f"<sub>−{100 * (row.coverage - lower):.1f}</sub> %")
 
 
-def _coverage_table(rows: Sequence[CoverageRow]) -> str:
+def _coverage_table(rows: Sequence[CoverageRow], paper: bool) -> str:
     head = ("<tr><th>feature</th><th>O*</th>"
             f"<th>coverage ({100 * COVERAGE_CL:.1f} % CL Clopper–Pearson)</th>"
-            "<th>nominal</th><th>datasets</th><th>paper (2D toy)</th></tr>")
+            "<th>nominal</th><th>datasets</th>"
+            + ("<th>paper (2D toy)</th>" if paper else "") + "</tr>")
     body = []
     for i, r in enumerate(rows):
-        paper = f"{100 * PAPER_COVERAGE[i]:.1f} %" if i < len(PAPER_COVERAGE) else "—"
+        ref = f"{100 * PAPER_COVERAGE[i]:.1f} %" if i < len(PAPER_COVERAGE) else "—"
         body.append(f"<tr><td>{html.escape(r.feature)}</td><td>{_num(r.truth)}</td>"
                     f"<td><b>{_coverage_cell(r)}</b></td>"
                     f"<td>{100 * r.nominal:.1f} %</td><td>{r.n_datasets}</td>"
-                    f"<td>{paper}</td></tr>")
+                    + (f"<td>{ref}</td>" if paper else "") + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def _deviation_tables(record: Mapping[str, Any]) -> str:
+    """The alternative's strongest kernels and, per feature, the largest |LRT RECO / REF − 1|."""
+    parts = []
+    variant = record.get("variant")
+    if not variant:
+        return "<p class='muted'>No GoF variant produced an alternative to show.</p>"
+    who = html.escape(VARIANT_LABELS.get(str(variant), str(variant)))
+    kernels = list(record.get("kernels") or [])
+    units = {str(f.get("feature")): str(f.get("unit") or "") for f in record.get("features") or []}
+    if kernels:
+        features = list(kernels[0].get("centre", {}))
+        head = ("<tr><th>kernel</th><th>a<sub>k</sub></th><th>≈ events N·a<sub>k</sub></th>"
+                + "".join(f"<th>{html.escape(f)}"
+                          f"{' [' + html.escape(units[f]) + ']' if units.get(f) else ''}</th>"
+                          for f in features) + "</tr>")
+        body = "".join(
+            f"<tr><td>{html.escape(str(k.get('kernel')))}</td><td>{_num(k.get('a'), 3)}</td>"
+            f"<td>{_num(k.get('events'), 3)}</td>"
+            + "".join(f"<td>{_num(k.get('centre', {}).get(f), 4)}</td>" for f in features)
+            + "</tr>" for k in kernels)
+        parts.append(f"<p>Kernels of the alternative ({who}) with the largest |a<sub>k</sub>|, "
+                     "at their centres: a positive a<sub>k</sub> adds events there (the data "
+                     "exceed the model), a negative one removes them.</p>"
+                     f"<table>{head}{body}</table>")
+    rows = [f for f in record.get("features") or [] if f.get("max_abs_deviation") is not None]
+    if rows:
+        rows.sort(key=lambda f: -float(f["max_abs_deviation"]))
+        body = "".join(
+            f"<tr><td>{html.escape(str(f.get('feature')))}</td>"
+            f"<td>{_num(100 * float(f['max_abs_deviation']), 3)} %</td>"
+            f"<td>{_num(f.get('reco_over_ref'), 4)}</td><td>{_interval(f.get('bin'))}"
+            f"{' ' + html.escape(str(f['unit'])) if f.get('unit') else ''}</td></tr>"
+            for f in rows)
+        parts.append("<p>Per feature, the bin (with at least 10 expected events) where LRT "
+                     "RECO departs most from REF.</p><table><tr><th>feature</th>"
+                     "<th>max |RECO / REF − 1|</th><th>RECO / REF</th><th>bin</th></tr>"
+                     f"{body}</table>")
+    return "".join(parts) or "<p class='muted'>The alternative did not move away from REF.</p>"
 
 
 def _kv_table(items: Mapping[str, Any]) -> str:
@@ -163,7 +223,7 @@ table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccd;padding
 text-align:right}th{background:#eef2f8}td:first-child,.kv th{text-align:left}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
 pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:.85em}.muted{color:#666}
-ul.notes li{color:#8a4b00}
+ul.notes li{color:#8a4b00}.failed{color:#b00020;font-weight:600}
 """
 
 
@@ -172,19 +232,24 @@ def render_report(*, title: str = "genval report", gof: Sequence[GofRow] = (),
                   coverage: Sequence[CoverageRow] = (),
                   figures: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
                   fit: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-                  config_yaml: str | None = None, notes: Sequence[str] = ()) -> str:
+                  config_yaml: str | None = None, notes: Sequence[str] = (),
+                  paper: bool = False, deviations: Mapping[str, Any] | None = None) -> str:
     """The report as one HTML string.
 
     Args:
         title: page title.
-        gof: one row per GoF variant, shown beside the paper's Z.
+        gof: one row per GoF variant (shown beside the paper's Z with ``paper``).
         gof_settings: kernels, σ, toys, constraint centre, pool size, ... shown below it.
-        coverage: one row per feature, shown beside the paper's coverage.
+        coverage: one row per feature (shown beside the paper's coverage with ``paper``).
         figures: caption to PNG (bytes or a path), embedded in order.
         fit: w_i f_i fit diagnostics (converged, iterations, NLL, condition number, ...).
         metadata: run provenance (versions, seeds, device, timings).
         config_yaml: the resolved configuration.
         notes: caveats to show prominently (non-converged fits, extrapolated Z, ...).
+        paper: the run is the paper's toy study (:func:`genval.paper.is_paper_toy`): show the
+            paper's published Z and coverage beside genval's.
+        deviations: where the alternative departs from REF (the gof stage's
+            ``gof/deviations.json``), shown as tables.
     """
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
@@ -200,12 +265,14 @@ def render_report(*, title: str = "genval report", gof: Sequence[GofRow] = (),
                      "<p>Learned likelihood-ratio test of each variant on held-out test data; "
                      "p from the null toys, Z = Φ⁻¹(1 − p). Beyond the toys' reach Z comes from "
                      "a scaled χ² fitted to the null, labelled as an extrapolation.</p>")
-        parts.append(_gof_table(gof))
+        parts.append(_gof_table(gof, paper))
         if gof_settings:
             parts.append(_kv_table(gof_settings))
     if coverage:
         parts.append("<h2>Coverage of the first moment (Eq. 4)</h2>")
-        parts.append(_coverage_table(coverage))
+        parts.append(_coverage_table(coverage, paper))
+    if deviations:
+        parts.append("<h2>Where the alternative deviates</h2>" + _deviation_tables(deviations))
     if fit:
         parts.append("<h2>w<sub>i</sub>f<sub>i</sub> fit (Eqs. 1–2)</h2>" + _kv_table(fit))
     if figures:

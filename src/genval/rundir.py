@@ -225,7 +225,7 @@ class RunDir:
             "packages": package_versions(),
             "config_hash": new_hash,
             "seed": config.seed,
-            "device": {"requested": config.device},
+            "device": _device_record(meta.get("device"), config.device),
         })
         meta.setdefault("stages", {})
         atomic_write_json(run.metadata_path, meta)
@@ -381,6 +381,20 @@ class RunDir:
         finally:
             path.unlink(missing_ok=True)
 
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        """The marker of ``stage`` (finished, seconds, config_hash, info), or None if absent.
+
+        A marker of another configuration is returned too: :meth:`is_done` says whether it
+        counts.
+        """
+        return self._marker_record(stage)
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds ``RUN/.lock`` (pid, host, since), or None when no process does; a lock
+        left by a killed process on this host counts as free."""
+        holder = _read_lock(self.root / ".lock")
+        return holder if holder is not None and _alive(holder) else None
+
     def stage_info(self, stage: str) -> dict[str, Any] | None:
         """The info dict ``stage`` recorded in its marker, or None if it has not finished."""
         record = self._marker_record(stage)
@@ -389,6 +403,16 @@ class RunDir:
     def status(self) -> dict[str, bool]:
         """Which stages have finished."""
         return {s: self.is_done(s) for s in STAGES}
+
+
+def _device_record(previous: Any, requested: str) -> dict[str, str]:
+    """The device entry of the metadata: the device now requested, and the one it resolved to
+    as long as the request is unchanged (the stages that use a device record it again)."""
+    record = {"requested": requested}
+    if isinstance(previous, dict) and previous.get("requested") == requested \
+            and "resolved" in previous:
+        record["resolved"] = str(previous["resolved"])
+    return record
 
 
 def _read_lock(path: Path) -> dict[str, Any] | None:

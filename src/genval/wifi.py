@@ -150,6 +150,11 @@ class WeightFit:
         lines += [f"  warning: {m}" for m in self.messages]
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import weight_fit_html
+
+        return weight_fit_html(self)
+
     def to_dict(self) -> dict[str, object]:
         """Every field by name; arrays stay numpy arrays, ``messages`` becomes a list.
 

@@ -44,7 +44,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
-from genval._validation import as_context, as_events, as_rng
+from genval._validation import MPS_UNSUPPORTED, as_context, as_events, as_rng
 from genval.errors import ArtifactError, InputError
 from genval.flows import io as flow_io
 from genval.flows.made import EnsembleMADE
@@ -617,5 +617,7 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from exc
     if device is not None:
+        if torch.device(device).type == "mps":
+            raise InputError(MPS_UNSUPPORTED)
         ensemble.to(device)
     return ensemble

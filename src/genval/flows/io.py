@@ -28,13 +28,16 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from safetensors.torch import save_file
 
 from genval._atomic import atomic_path
 from genval._version import __version__
 from genval.errors import ArtifactError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "tensor_digest", "write", "read", "read_metadata"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "tensor_digest", "write", "read", "read_metadata",
+           "to_bytes", "from_bytes"]
 
 FORMAT = "genval.flows.FlowEnsemble"
 FORMAT_VERSION = 1
@@ -69,13 +72,41 @@ def write(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
     Returns:
         The path written.
     """
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata={_META_KEY: _meta_text(tensors, fields)})
+    return Path(path)
+
+
+def _meta_text(tensors: Mapping[str, torch.Tensor], fields: Mapping[str, Any]) -> str:
     meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                             "genval_version": __version__, **fields,
                             "sha256": tensor_digest(tensors)}
-    text = json.dumps(meta, allow_nan=False)
-    with atomic_path(path) as tmp:
-        save_file(dict(tensors), str(tmp), metadata={_META_KEY: text})
-    return Path(path)
+    return json.dumps(meta, allow_nan=False)
+
+
+def to_bytes(tensors: Mapping[str, torch.Tensor], fields: Mapping[str, Any]) -> bytes:
+    """The file :func:`write` writes, in memory: how an ensemble travels between processes
+    (the shards of :mod:`genval.flows.shards`), never as a pickle."""
+    return save_bytes(dict(tensors), metadata={_META_KEY: _meta_text(tensors, fields)})
+
+
+def from_bytes(data: bytes, *, source: str = "ensemble bytes"
+               ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata and checksum-verified tensors of :func:`to_bytes` output.
+
+    Raises:
+        ArtifactError: not a genval ensemble, unsupported version or corrupted tensors.
+    """
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size]).get("__metadata__") or {}
+        tensors = load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError, AttributeError) as exc:
+        raise ArtifactError(f"{source}: not a readable safetensors buffer: {exc}") from exc
+    meta = _check_header(header, source)
+    if tensor_digest(tensors) != meta.get("sha256"):
+        raise ArtifactError(f"{source}: checksum mismatch, the tensor data is corrupted")
+    return meta, tensors
 
 
 def _open(path: Path) -> tuple[dict[str, Any], Any]:
@@ -88,6 +119,11 @@ def _open(path: Path) -> tuple[dict[str, Any], Any]:
         raise ArtifactError(
             f"{path} is not a readable safetensors file (truncated, corrupted or another "
             f"format): {exc}") from exc
+    return _check_header(header, str(path)), handle
+
+
+def _check_header(header: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The genval metadata of a safetensors header, checked for format and version."""
     if _META_KEY not in header:
         raise ArtifactError(f"{path} is a safetensors file but not a genval flow ensemble "
                             f"(no '{_META_KEY}' metadata)")
@@ -102,7 +138,7 @@ def _open(path: Path) -> tuple[dict[str, Any], Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(f"{path}: format version {version!r} is not supported by genval "
                             f"{__version__} (reads up to {FORMAT_VERSION}); upgrade genval")
-    return meta, handle
+    return meta
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

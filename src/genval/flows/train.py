@@ -59,9 +59,11 @@ from tqdm import tqdm
 
 from genval._allocator import retain_freed_memory
 from genval._settings import apply_overrides, setting_names
-from genval._validation import as_context, as_event_weights, as_events
+from genval._validation import MPS_UNSUPPORTED, as_context, as_event_weights, as_events
+from genval.compute import SchedulerLike, open_executor
 from genval.errors import InputError
 from genval.flows.ensemble import PRECISIONS, FlowEnsemble
+from genval.flows.optim import ALIGN, MemberAdam
 from genval.members import check_context
 
 __all__ = ["PAPER_TRAINING", "TrainSettings", "TrainingHistory", "train", "bootstrap_replicas"]
@@ -230,32 +232,23 @@ def bootstrap_replicas(n_train: int, member_seeds: list[int], seed: int) -> NDAr
                      for s in member_seeds])
 
 
-def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """Adam, as one fused kernel over all parameters where the build supports it.
+def _adam(params: list[torch.Tensor], lr: float) -> MemberAdam:
+    """Adam with torch's fused kernel, rounded alike for a member wherever it sits in the stack.
 
     The fused update reads and writes each parameter, gradient and moment once: a third of the
     time of the default multi-tensor update for 60 paper-size members on a CPU (BENCHMARKS).
+    :class:`~genval.flows.optim.MemberAdam` keeps a member's numbers independent of the other
+    members (a shard of the ensemble trains its members exactly as the whole ensemble would).
     """
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except RuntimeError:  # a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr)
+    return MemberAdam(params, lr)
 
 
-def _compact(work: FlowEnsemble, opt: torch.optim.Adam, keep: list[int], lr: float
-             ) -> tuple[FlowEnsemble, torch.optim.Adam]:
+def _compact(work: FlowEnsemble, opt: MemberAdam, keep: list[int], lr: float
+             ) -> tuple[FlowEnsemble, MemberAdam]:
     """Drop stopped members from the working ensemble, carrying over their Adam state."""
     new = work.subset(keep)
     new.precision = work.precision
-    new_opt = _adam(list(new.parameters()), lr)
-    index = torch.as_tensor(keep, device=work.device)
-    for p_old, p_new in zip(work.parameters(), new.parameters(), strict=True):
-        state = opt.state.get(p_old)
-        if state:
-            new_opt.state[p_new] = {
-                k: (v.index_select(0, index) if torch.is_tensor(v) and v.dim() > 0
-                    else v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
-    return new, new_opt
+    return new, opt.subset(list(new.parameters()), keep)
 
 
 def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
@@ -269,6 +262,36 @@ def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
         g.mul_(factor.view((m,) + (1,) * (g.dim() - 1)))
 
 
+def _aligned(y: torch.Tensor, axis: int) -> tuple[torch.Tensor, int]:
+    """``y`` with its event axis padded to a multiple of ``ALIGN`` events, and the real count.
+
+    The padding repeats the first event and is cut off before any loss: it makes each member's
+    slice of every activation a whole number of SIMD blocks, so the vectorised kernels round a
+    member's numbers alike whatever the other members (no scalar remainder falls on it).
+    """
+    n = y.shape[axis]
+    extra = -n % ALIGN
+    if extra == 0:
+        return y, n
+    first = y.narrow(axis, 0, 1)
+    return torch.cat([y, first.expand(*[extra if d == axis else -1
+                                         for d in range(y.dim())])], dim=axis), n
+
+
+def _validation_chunk(ensemble: FlowEnsemble) -> int:
+    """Validation events per pass: set by the architecture, never by the number of members.
+
+    A member's validation loss is a sum over these passes, so the passes must be the same in a
+    sub-ensemble (:mod:`genval.flows.shards`) as in the whole one; about 512 KiB of one
+    activation per member on a CPU (32 MB for 60 paper members), 16 MiB on a GPU.
+    """
+    budget = (1 << 24) if ensemble.device.type == "cuda" else (1 << 19)
+    cfg = ensemble.config
+    width = max(cfg["hidden"], ensemble.n_features * (3 * cfg["bins"] - 1))
+    itemsize = torch.finfo(ensemble.dtype).bits // 8
+    return max(ALIGN, budget // (width * itemsize) // ALIGN * ALIGN)
+
+
 @torch.no_grad()
 def _nll(work: FlowEnsemble, y: torch.Tensor, chunk: int, weights: torch.Tensor | None = None,
          context: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,8 +299,9 @@ def _nll(work: FlowEnsemble, y: torch.Tensor, chunk: int, weights: torch.Tensor 
     ``weights`` (float64, mean one) if given."""
     total = torch.zeros(work.n_members, dtype=torch.float64, device=y.device)
     for start in range(0, len(y), chunk):
-        cb = None if context is None else context[start:start + chunk]
-        log_p = work.log_prob_standardised(y[start:start + chunk], None, cb).double()
+        block, n = _aligned(y[start:start + chunk], axis=0)
+        cb = None if context is None else _aligned(context[start:start + chunk], axis=0)[0]
+        log_p = work.log_prob_standardised(block, None, cb)[:, :n].double()
         if weights is not None:
             log_p = log_p * weights[start:start + chunk]
         total -= log_p.sum(dim=1)
@@ -411,12 +435,12 @@ def _training_data(ensemble: FlowEnsemble, split: _Split, settings: TrainSetting
         y_val=torch.as_tensor((split.x_val - ensemble.loc) / ensemble.scale, dtype=dtype,
                               device=dev),
         replicas=torch.as_tensor(replicas, device=dev), shufflers=shufflers,
-        const=ensemble.log_det_standardisation, val_chunk=ensemble._chunk(None),
+        const=ensemble.log_det_standardisation, val_chunk=_validation_chunk(ensemble),
         weights=weights, val_weights=val_weights, c_train=c_train, c_val=c_val)
 
 
 # -- step 3: one epoch -------------------------------------------------------------------------
-def _train_epoch(work: FlowEnsemble, opt: torch.optim.Adam, data: _TrainingData,
+def _train_epoch(work: FlowEnsemble, opt: MemberAdam, data: _TrainingData,
                  active: list[int], settings: TrainSettings) -> NDArray[np.float64]:
     """One pass of every active member over its replica, in its own order.
 
@@ -440,11 +464,12 @@ def _train_epoch(work: FlowEnsemble, opt: torch.optim.Adam, data: _TrainingData,
             xb = data.y_train[rows[:, start:start + batch]]  # (M', b, D)
             cb = None if data.c_train is None else data.c_train[rows[:, start:start + batch]]
             wb = None if weights is None else weights[:, start:start + batch]  # (M', b)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             for ms in range(0, xb.shape[1], micro):
                 # Sum of the members' mean NLLs: member m's gradient is its own alone.
-                log_p = work.log_prob_standardised(
-                    xb[:, ms:ms + micro], None, None if cb is None else cb[:, ms:ms + micro])
+                piece, n = _aligned(xb[:, ms:ms + micro], axis=1)
+                cpiece = None if cb is None else _aligned(cb[:, ms:ms + micro], axis=1)[0]
+                log_p = work.log_prob_standardised(piece, None, cpiece)[:, :n]
                 if wb is not None:
                     log_p = log_p * wb[:, ms:ms + micro]
                 nll = -log_p.sum(dim=1)
@@ -601,8 +626,9 @@ def _contexts(ensemble: FlowEnsemble, n_events: int, context: ArrayLike | None,
 def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = None,
           settings: TrainSettings | None = None, device: str | torch.device | None = None,
           progress: bool = True, event_weights: ArrayLike | None = None,
-          val_event_weights: ArrayLike | None = None, context: ArrayLike | None = None,
-          context_val: ArrayLike | None = None, **overrides: Any) -> TrainingHistory:
+          val_event_weights: ArrayLike | None = None, scheduler: SchedulerLike = None,
+          context: ArrayLike | None = None, context_val: ArrayLike | None = None,
+          **overrides: Any) -> TrainingHistory:
     """Train every member of ``ensemble`` in place (paper Step 1).
 
     Args:
@@ -619,6 +645,12 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
             validation events keep their weights, and the bootstrap replicas resample events
             with their weights (module notes). None: unweighted.
         val_event_weights: weights of ``x_val`` (only with ``x_val``; None: unweighted).
+        scheduler: where to train (:mod:`genval.compute`): None or ``"local"`` (this
+            process), or a Dask scheduler (``"processes"``, ``"tcp://HOST:PORT"``,
+            ``"slurm"``, an open :class:`~genval.compute.Executor`): the ensemble is split
+            into sub-ensembles trained on the workers (:mod:`genval.flows.shards`; on a CPU
+            the members equal those of a single-process run bit for bit), and ``device`` is
+            where each shard trains on its worker.
         context: (N, C) contexts of ``x``, required exactly when the ensemble is conditional
             (``n_context = C > 0``): member m learns ``f_m(x | c)``.
         context_val: (N_val, C) contexts of ``x_val`` (conditional ensembles with ``x_val``).
@@ -636,6 +668,16 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
             ensemble or none for a conditional one).
     """
     settings = (settings if settings is not None else TrainSettings()).replace(**overrides)
+    if scheduler is not None:
+        with open_executor(scheduler) as executor:
+            if executor is not None:
+                from genval.flows.shards import train_sharded
+
+                return train_sharded(ensemble, x, executor=executor, x_val=x_val,
+                                     settings=settings, device=device, progress=progress,
+                                     event_weights=event_weights,
+                                     val_event_weights=val_event_weights, context=context,
+                                     context_val=context_val)
     events = as_events(x, n_features=ensemble.n_features, min_events=2, name="training events")
     weights = None if event_weights is None else as_event_weights(
         event_weights, len(events), name="training event weights")
@@ -648,6 +690,8 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
         if split.c_train is not None:
             ensemble.set_context_standardisation(split.c_train)
     dev = torch.device(device) if device is not None else ensemble.device
+    if dev.type == "mps":
+        raise InputError(MPS_UNSUPPORTED)
     if settings.tune_allocator and dev.type == "cpu":
         retain_freed_memory()
     ensemble.to(dev)

@@ -25,7 +25,9 @@ from genval.gof.constraint import Constraint
 from genval.gof.context_kernels import ContextKernels
 from genval.gof.kernels import KernelBasis, kernel_basis_text
 from genval.gof.result import (
+    MAX_FAILED_FRACTION,
     ChiSquareFit,
+    GoFFailure,
     GoFResult,
     ZSummary,
     clopper_pearson,
@@ -49,6 +51,7 @@ from genval.gof.toys import (
     ToyPool,
     draw_pool,
     goodness_of_fit,
+    observed_statistic,
     prepare,
     require_unweighted,
     run_toys,
@@ -61,6 +64,7 @@ __all__ = [
     "kernel_basis_text",
     "test_statistic",
     "goodness_of_fit",
+    "observed_statistic",
     "conditional_goodness_of_fit",
     "ConditionalGoFResult",
     "look_elsewhere",
@@ -73,6 +77,8 @@ __all__ = [
     "merge_results",
     "summarize_z",
     "GoFResult",
+    "GoFFailure",
+    "MAX_FAILED_FRACTION",
     "LRStatistic",
     "ZSummary",
     "ChiSquareFit",

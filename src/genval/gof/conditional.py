@@ -77,7 +77,7 @@ from genval.gof._blas import limit_blas_threads
 from genval.gof.constraint import Constraint
 from genval.gof.context_kernels import ContextKernels
 from genval.gof.kernels import KernelBasis
-from genval.gof.result import GoFResult
+from genval.gof.result import TOY_OK, GoFResult
 from genval.gof.statistic import (
     LRStatistic,
     ProfileSettings,
@@ -132,12 +132,14 @@ class ConditionalGoFResult:
 
     @property
     def z_per_bin(self) -> NDArray[np.float64]:
-        """Z of each bin (one-sided, from its toy p-value)."""
-        return np.array([r.z for r in self.per_bin])
+        """Z of each bin (one-sided, from its toy p-value); NaN where the bin's test failed
+        (its :attr:`~genval.gof.GoFResult.failure` says why)."""
+        return np.array([r.z if r.ok else np.nan for r in self.per_bin])
 
     @property
     def z_combined(self) -> float:
-        return self.combined.z
+        """Z of the combined test (NaN when it failed: ``combined.failure`` says why)."""
+        return self.combined.z if self.combined.ok else float("nan")
 
     @property
     def z_global(self) -> float:
@@ -163,13 +165,15 @@ class ConditionalGoFResult:
         lines = [f"ConditionalGoFResult(variant={self.combined.variant!r}, "
                  f"{self.bins.n_bins} context bins, {self.n_toys} joint toys, "
                  f"{'per-bin' if self.per_bin_weights else 'shared'} weights)"]
-        for label, r in zip(self.bins.labels, self.per_bin, strict=True):
+        rows = [*zip(self.bins.labels, self.per_bin, strict=True),
+                ("combined (sum of t)", self.combined)]
+        for label, r in rows:
+            head = f"  {label:<32s} N = {r.n_test:<7d} t = {r.t_obs:<10.4g} "
+            if not r.ok:
+                lines.append(head + f"FAILED: {r.failure}")
+                continue
             bound = " (bound)" if r.z_is_bound else ""
-            lines.append(f"  {label:<32s} N = {r.n_test:<7d} t = {r.t_obs:<10.4g} "
-                         f"p = {r.p_value:<9.3g} Z = {r.z:.2f}{bound}")
-        c = self.combined
-        lines.append(f"  combined (sum of t)              N = {c.n_test:<7d} t = {c.t_obs:<10.4g} "
-                     f"p = {c.p_value:<9.3g} Z = {c.z:.2f}{' (bound)' if c.z_is_bound else ''}")
+            lines.append(head + f"p = {r.p_value:<9.3g} Z = {r.z:.2f}{bound}")
         lines.append(f"  smallest p {self.p_min:.3g} in bin {self.bin_min} "
                      f"({self.bins.labels[self.bin_min]}); look-elsewhere corrected "
                      f"p = {self.p_global:.3g}, Z = {self.z_global:.2f}")
@@ -235,41 +239,53 @@ class _Setup:
     settings: ProfileSettings
 
 
-def _one_toy(setup: _Setup, i: int) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Toy i: one candidate per event, t_b of every bin."""
+ToyRow = tuple[NDArray[np.float64], NDArray[np.bool_], list[str]]
+
+
+def _one_toy(setup: _Setup, i: int) -> ToyRow:
+    """Toy i: one candidate per event; t_b, convergence and "ok" or why it failed, per bin."""
     rng = np.random.default_rng([setup.seed, TOY_STREAM, i])
     pools = setup.pools[i % len(setup.pools)]
     u0 = [rng.standard_normal(int(r)) if setup.centre == "redrawn" else np.zeros(int(r))
           for r in setup.ranks]
     t = np.empty(len(pools))
     conv = np.empty(len(pools), dtype=bool)
+    status = []
     for b, pool in enumerate(pools):
         pick = rng.integers(0, setup.n_candidates, size=pool.n_events)
         idx = pick * pool.n_events + np.arange(pool.n_events)
         if pool.n_ref:
             base = setup.n_candidates * pool.n_events
             idx = np.concatenate([idx, np.arange(base, base + pool.n_ref)])
-        pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0[setup.group[b]],
-                            n_ref=pool.n_ref, settings=setup.settings)
+        try:
+            pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0[setup.group[b]],
+                                n_ref=pool.n_ref, settings=setup.settings)
+        except (FitError, np.linalg.LinAlgError) as exc:
+            # A toy bin that cannot be fitted is a failed toy (recorded and counted against
+            # max_failed_fraction, as in the unconditional test), not the end of the run.
+            t[b], conv[b] = float("nan"), False
+            status.append(f"error: {type(exc).__name__}: {exc}")
+            continue
         t[b], conv[b] = pair.t, pair.converged
-    return t, conv
+        status.append(pair.failure or TOY_OK)
+    return t, conv, status
 
 
 _FORKED: _Setup | None = None
 
 
-def _forked_chunk(chunk: NDArray[np.int64]) -> list[tuple[NDArray[np.float64], NDArray[np.bool_]]]:
+def _forked_chunk(chunk: NDArray[np.int64]) -> list[ToyRow]:
     assert _FORKED is not None
     with limit_blas_threads(1):
         return [_one_toy(_FORKED, int(i)) for i in chunk]
 
 
 def _run_toys(setup: _Setup, indices: NDArray[np.int64], n_jobs: int
-              ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+              ) -> tuple[NDArray[np.float64], NDArray[np.bool_], list[list[str]]]:
     """Toys ``indices`` sequentially or in forked workers (identical results either way)."""
     global _FORKED
     jobs = _n_jobs(n_jobs)
-    out: list[tuple[NDArray[np.float64], NDArray[np.bool_]]]
+    out: list[ToyRow]
     if jobs > 1 and indices.size > 1 and sys.platform == "linux":
         chunks = np.array_split(indices, min(indices.size, 8 * jobs))
         _FORKED = setup
@@ -286,8 +302,9 @@ def _run_toys(setup: _Setup, indices: NDArray[np.int64], n_jobs: int
             out = [_one_toy(setup, int(i)) for i in indices]
     n_bins = len(setup.pools[0])
     if not out:
-        return np.zeros((0, n_bins)), np.zeros((0, n_bins), dtype=bool)
-    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+        return np.zeros((0, n_bins)), np.zeros((0, n_bins), dtype=bool), []
+    return (np.stack([o[0] for o in out]), np.stack([o[1] for o in out]),
+            [o[2] for o in out])
 
 
 def _constraints(fit: Any, members: Members, n_bins: int, variant: str, member: int | None
@@ -473,24 +490,37 @@ def conditional_goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike,
     setup = _Setup(pools, n_cand, group, np.array([c.rank for c in constraints])[
         np.unique(group, return_index=True)[1]], int(seed), cfg.centre, cfg.toy_profile)
     toy_start = time.perf_counter()
-    t_null, conv = _run_toys(setup, indices, cfg.n_jobs)
+    t_null, conv, status = _run_toys(setup, indices, cfg.n_jobs)
     toy_s = time.perf_counter() - toy_start
-    p_min, p_global, bin_min = look_elsewhere(t_obs, t_null)
+    # A toy counts in the combined test and the look-elsewhere correction only when every
+    # bin of it is usable (the per-bin results leave out their own failed toys).
+    whole = np.array([all(v == TOY_OK for v in row) for row in status], dtype=bool) \
+        & conv.all(axis=1) & np.isfinite(t_null).all(axis=1)
+    p_min, p_global, bin_min = look_elsewhere(t_obs, t_null[whole]) if whole.any() else (
+        float("nan"), float("nan"), -1)
     timings = {"observed": observed_s, "pool": pool_s, "toys": toy_s,
                "total": time.perf_counter() - start}
     common = dict(toy_index=indices, variant=variant, centre=cfg.centre, seed=int(seed),
                   poisson=False, cl=cfg.cl, n_pools=cfg.n_pools, pool_negative_mass=neg,
-                  pool_negative_mass_error=neg_err, timings=timings)
+                  pool_negative_mass_error=neg_err, timings=timings,
+                  max_failed_fraction=cfg.max_failed_fraction)
     per_bin = tuple(GoFResult(t_obs=float(t_obs[b]), t_null=t_null[:, b],
                               toy_converged=conv[:, b],
+                              toy_status=tuple(row[b] for row in status),
+                              observed_failure=observed[b].failure,
                               toy_size=np.full(indices.size, counts[b], dtype=np.int64),
                               observed=observed[b], pool_size=int(n_cand * counts[b]),
                               n_test=int(counts[b]), n_kernels=kb.n_kernels,
                               kernel_basis=kb.describe(), **common)
                     for b, kb in enumerate(bases))
     # The combined alternative has every bin's kernels; one shared basis is described as such.
+    combined_status = tuple(
+        TOY_OK if ok else "; ".join(f"bin {b}: {v}" for b, v in enumerate(row) if v != TOY_OK)
+        or "t not finite" for ok, row in zip(whole, status, strict=True))
+    failures = [f"bin {b}: {o.failure}" for b, o in enumerate(observed) if o.failure]
     combined = GoFResult(t_obs=float(t_obs.sum()), t_null=t_null.sum(axis=1),
-                         toy_converged=conv.all(axis=1),
+                         toy_converged=conv.all(axis=1), toy_status=combined_status,
+                         observed_failure="; ".join(failures) or None,
                          toy_size=np.full(indices.size, n, dtype=np.int64), observed=None,
                          pool_size=int(n_cand * n), n_test=n,
                          n_kernels=int(sum(kb.n_kernels for kb in bases)),

@@ -146,6 +146,26 @@ class Constraint:
         a = np.concatenate([rows.f @ self.transform, rows.g], axis=1)
         return c, a
 
+    def project_checks(self, rows: ScaledRows
+                       ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Positivity check points (the kernel centres) in the solver's form ``c + A θ``.
+
+        Where f(x; ŵ) > 0 the row is the alternative density itself, as in :meth:`project`:
+        its log-barrier keeps the alternative positive there. Where f(x; ŵ) ≤ 0 already
+        (signed weights) the null cannot be positive, so that row keeps only the kernels and
+        an offset of 1, the largest member density there (rows are scaled by it): the
+        kernels may not take more than that away at the point. Dropping such a point instead
+        leaves its kernel free to take a negative amplitude wherever no event lies (the toys
+        have none where f < 0): the exact optimum is then a ≈ −1/(2 λ_net) and t ≈ 2e9, as
+        on a Pythia multijet sample of 4 200 test events.
+        """
+        c, a = self.project(rows)
+        off = ~(c > 0)
+        if off.any():
+            c = np.where(off, 1.0, c)
+            a[off, :self.rank] = 0.0
+        return c, a
+
 
 def _as_weights(weights: ArrayLike) -> NDArray[np.float64]:
     w = np.asarray(weights, dtype=np.float64).reshape(-1)

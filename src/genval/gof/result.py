@@ -7,6 +7,12 @@ fraction between the pools (beyond the binomial) is added to the Clopper–Pears
 (``p_interval_total``). Beyond the toys' reach a scaled χ², ``t ~ a·χ²(ν)`` fitted to
 the null toys by maximum likelihood, extrapolates Z; it is always labelled as extrapolated.
 
+Failures are loud (:class:`GoFFailure`): a non-finite observed statistic, or more failed toys
+than ``max_failed_fraction`` of them, gives a result that carries its cause and raises
+:class:`~genval.errors.FitError` for p, Z and everything derived from them. Below that fraction
+the failed toys (a fit stopped before its tolerance, or t not finite; each with its reason) are
+left out of p, and ``p_bounds`` counts them either way.
+
 References:
     Badaracco et al., Step 4 (calibration paragraph) and Fig. 2.
 """
@@ -24,12 +30,37 @@ import scipy.special
 import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
-from genval.errors import InputError
+from genval.errors import FitError, InputError
 from genval.gof.kernels import kernel_basis_text
 from genval.stats import clopper_pearson
 
-__all__ = ["GoFResult", "ChiSquareFit", "ZSummary", "clopper_pearson", "fit_scaled_chi2",
-           "summarize_z", "merge_results"]
+__all__ = ["GoFResult", "GoFFailure", "ChiSquareFit", "ZSummary", "clopper_pearson",
+           "fit_scaled_chi2", "summarize_z", "merge_results", "MAX_FAILED_FRACTION",
+           "TOY_OK"]
+
+#: Default largest fraction of failed toys with which a p-value is still quoted (with bounds).
+MAX_FAILED_FRACTION = 0.05
+#: ``GoFResult.toy_status`` of a toy whose fits converged with a finite t.
+TOY_OK = "ok"
+
+
+@dataclass(frozen=True)
+class GoFFailure:
+    """Why a :class:`GoFResult` gives no p-value and no Z.
+
+    Attributes:
+        step: "observed" (the statistic on the test events could not be computed) or "toys"
+            (too many toys failed to calibrate it).
+        message: the cause in one line: which fit stopped and why, at which events or kernels,
+            or how many toys failed and for which reasons.
+    """
+
+    step: str
+    message: str
+
+    def __str__(self) -> str:
+        what = "observed statistic" if self.step == "observed" else "toys"
+        return f"{what}: {self.message}"
 
 
 
@@ -75,8 +106,8 @@ class GoFResult:
 
     Attributes:
         t_obs: observed statistic.
-        t_null: toy statistics (B,), in toy-index order; non-converged toys are kept and
-            counted in ``n_failed`` (never dropped silently).
+        t_null: toy statistics (B,), in toy-index order; failed toys (``toy_status`` other
+            than "ok") are kept here, left out of p and counted either way in ``p_bounds``.
         toy_index: toy indices (B,); toy i uses the RNG stream ``(seed, i)``.
         toy_converged: (B,) whether both fits of each toy converged.
         toy_size: (B,) events per toy.
@@ -93,6 +124,12 @@ class GoFResult:
         pool_negative_mass: (n_pools,) negative mass of f(x; ŵ) (the fraction of ∫|f| where
             f < 0) measured on each pool, NaN for pools this run did not draw.
         pool_negative_mass_error: (n_pools,) its statistical error per pool.
+        toy_status: (B,) "ok", or why the toy failed (which fit stopped and why, t not
+            finite, an error); empty for results saved before reasons were recorded (then
+            derived from ``toy_converged``).
+        observed_failure: why the observed statistic failed (which fit, which events or
+            kernels), or None; ``t_obs`` is then not finite or not to be trusted.
+        max_failed_fraction: above this fraction of failed toys the result is a failure.
         kernel_basis: which kernels the alternative used
             (:meth:`~genval.gof.KernelBasis.describe`: K, σ, its units, the per-feature
             scale and the transformed coordinates); empty in files written before it was
@@ -117,16 +154,78 @@ class GoFResult:
     n_pools: int = 1
     pool_negative_mass: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     pool_negative_mass_error: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    toy_status: tuple[str, ...] = ()
+    observed_failure: str | None = None
+    max_failed_fraction: float = MAX_FAILED_FRACTION
     kernel_basis: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_toys(self) -> int:
+        """All toys B, failed ones included."""
         return int(self.t_null.size)
 
     @property
+    def statuses(self) -> NDArray[np.str_]:
+        """(B,) "ok" or the reason each toy failed (see ``toy_status``)."""
+        if len(self.toy_status) == self.n_toys:
+            status = np.array(self.toy_status, dtype=str)
+        else:  # saved before reasons were recorded
+            status = np.where(self.toy_converged, TOY_OK, "did not converge (reason not recorded)")
+        return np.where(np.isfinite(self.t_null) | (status != TOY_OK), status, "t not finite")
+
+    @property
+    def toy_ok(self) -> NDArray[np.bool_]:
+        """(B,) toys whose fits converged with a finite t: the ones p counts."""
+        return (self.statuses == TOY_OK) & self.toy_converged & np.isfinite(self.t_null)
+
+    @property
     def n_failed(self) -> int:
-        """Toys whose null or alternative fit did not converge (still included)."""
-        return int((~self.toy_converged).sum())
+        """Toys whose null or alternative fit stopped before its tolerance, or whose t is not
+        finite (left out of p; ``p_bounds`` counts them either way)."""
+        return int(self.n_toys - self.toy_ok.sum())
+
+    @property
+    def n_used(self) -> int:
+        """Toys that calibrate p: B less the failed ones."""
+        return int(self.toy_ok.sum())
+
+    @property
+    def failure_reasons(self) -> dict[str, int]:
+        """Why toys failed: each reason (without its numbers) and how many toys gave it."""
+        reasons: dict[str, int] = {}
+        for status in self.statuses[~self.toy_ok]:
+            key = str(status).split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+
+    @property
+    def failure(self) -> GoFFailure | None:
+        """Why this result gives no p and no Z, or None when it does.
+
+        The observed statistic failed (a fit stopped, or t not finite), or more than
+        ``max_failed_fraction`` of the toys failed, or none is left.
+        """
+        if self.observed_failure is not None or not np.isfinite(self.t_obs):
+            cause = self.observed_failure or "the observed statistic is not finite"
+            return GoFFailure("observed", f"t_obs = {self.t_obs:.6g}: {cause}")
+        if self.n_toys and (self.n_failed > self.max_failed_fraction * self.n_toys
+                            or self.n_used == 0):
+            why = ", ".join(f"{n} {reason}" for reason, n in self.failure_reasons.items())
+            return GoFFailure("toys", f"{self.n_failed} of {self.n_toys} toys failed ({why}), "
+                              f"more than max_failed_fraction = {self.max_failed_fraction:g} "
+                              "of them: the null is not calibrated (config key "
+                              "gof.max_failed_fraction)")
+        return None
+
+    @property
+    def ok(self) -> bool:
+        """Whether p and Z are defined (no :attr:`failure`)."""
+        return self.failure is None
+
+    def _require_ok(self) -> None:
+        failure = self.failure
+        if failure is not None:
+            raise FitError(f"GoF variant {self.variant!r} has no p-value: {failure}")
 
     @property
     def overlap(self) -> float:
@@ -135,26 +234,53 @@ class GoFResult:
 
     @property
     def n_above(self) -> int:
-        """Toys with t ≥ t_obs."""
-        return int((self.t_null >= self.t_obs).sum())
+        """Toys that calibrate p (``toy_ok``) with t ≥ t_obs.
+
+        Raises:
+            FitError: the result failed (:attr:`failure`).
+        """
+        self._require_ok()
+        return int((self.t_null[self.toy_ok] >= self.t_obs).sum())
 
     @property
     def p_value(self) -> float:
-        """``(1 + k) / (1 + B)``."""
-        return (1.0 + self.n_above) / (1.0 + self.n_toys)
+        """``(1 + k) / (1 + B')`` over the B' = ``n_used`` toys that did not fail.
+
+        Raises:
+            FitError: the result failed (:attr:`failure`): no p-value exists.
+        """
+        return (1.0 + self.n_above) / (1.0 + self.n_used)
+
+    @property
+    def p_bounds(self) -> tuple[float, float]:
+        """p with every failed toy counted below t_obs, and above it: ``(1 + k) / (1 + B)``
+        and ``(1 + k + n_failed) / (1 + B)``. They bracket :attr:`p_value` and equal it
+        when no toy failed."""
+        k, b = self.n_above, self.n_toys
+        return (1.0 + k) / (1.0 + b), (1.0 + k + self.n_failed) / (1.0 + b)
+
+    @property
+    def z_bounds(self) -> tuple[float, float]:
+        """Z from :attr:`p_bounds` (lower Z from the upper p)."""
+        lo, hi = self.p_bounds
+        return float(scipy.stats.norm.isf(hi)), float(scipy.stats.norm.isf(lo))
 
     @property
     def p_interval(self) -> tuple[float, float]:
-        """Clopper–Pearson interval on the tail probability at level ``cl``."""
-        lo, hi = clopper_pearson(self.n_above, self.n_toys, self.cl)
+        """Clopper–Pearson interval on the tail probability at level ``cl`` (the toys that
+        did not fail)."""
+        lo, hi = clopper_pearson(self.n_above, self.n_used, self.cl)
         return float(lo), float(hi)
 
     @property
     def pool_counts(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Per pool: toys, and toys with t ≥ t_obs (toy ``i`` is on pool ``i mod n_pools``)."""
-        which = self.toy_index % max(self.n_pools, 1)
+        """Per pool: toys that did not fail, and those with t ≥ t_obs (toy ``i`` is on pool
+        ``i mod n_pools``)."""
+        self._require_ok()
+        ok = self.toy_ok
+        which = self.toy_index[ok] % max(self.n_pools, 1)
         n = np.bincount(which, minlength=self.n_pools)
-        k = np.bincount(which, weights=self.t_null >= self.t_obs, minlength=self.n_pools)
+        k = np.bincount(which, weights=self.t_null[ok] >= self.t_obs, minlength=self.n_pools)
         return n.astype(np.int64), np.rint(k).astype(np.int64)
 
     @property
@@ -193,7 +319,7 @@ class GoFResult:
         share = self.p_pool_sd
         if not share:
             return lo, hi
-        p_hat = self.n_above / self.n_toys
+        p_hat = self.n_above / self.n_used
         extra = (float(scipy.stats.norm.isf((1.0 - self.cl) / 2.0)) * share) ** 2
         return (max(0.0, p_hat - float(np.sqrt((p_hat - lo) ** 2 + extra))),
                 min(1.0, p_hat + float(np.sqrt((hi - p_hat) ** 2 + extra))))
@@ -241,28 +367,34 @@ class GoFResult:
 
     @cached_property
     def chi2_fit(self) -> ChiSquareFit:
-        """Scaled χ² ``a·χ²(ν)`` fitted to ``t_null`` by maximum likelihood."""
-        return fit_scaled_chi2(self.t_null)
+        """Scaled χ² ``a·χ²(ν)`` fitted by maximum likelihood to the toys that did not fail."""
+        return fit_scaled_chi2(self.t_null[self.toy_ok])
 
     @property
     def z_chi2(self) -> float:
-        """Z of t_obs under the fitted scaled χ²: an EXTRAPOLATION beyond the toys."""
+        """Z of t_obs under the fitted scaled χ²: an EXTRAPOLATION beyond the toys.
+
+        Raises:
+            FitError: the result failed (:attr:`failure`).
+        """
+        self._require_ok()
         return self.chi2_fit.z(self.t_obs)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (without the fitted parameters of the observed statistic)."""
-        chi2 = self.chi2_fit
-        return {
-            "t_obs": self.t_obs, "p_value": self.p_value, "p_interval": list(self.p_interval),
-            "cl": self.cl, "z": self.z, "z_interval": list(self.z_interval),
-            "z_is_lower_bound": self.z_is_bound, "z_chi2_extrapolated": self.z_chi2,
-            "chi2_scale": chi2.scale, "chi2_dof": chi2.dof, "n_toys": self.n_toys,
-            "n_failed": self.n_failed, "variant": self.variant, "centre": self.centre,
-            "seed": self.seed, "pool_size": self.pool_size, "n_test": self.n_test,
-            "overlap": self.overlap, "n_kernels": self.n_kernels, "poisson": self.poisson,
-            "n_pools": self.n_pools, "p_pool_sd": self.p_pool_sd,
-            "p_interval_total": list(self.p_interval_total),
-            "z_interval_total": list(self.z_interval_total),
+        """JSON-ready summary (without the fitted parameters of the observed statistic).
+
+        A failed result has ``"failure"`` (its step and one-line message) and no p, Z or χ²
+        extrapolation; the toys and their reasons are kept.
+        """
+        out: dict[str, Any] = {
+            "t_obs": self.t_obs, "cl": self.cl, "n_toys": self.n_toys,
+            "n_failed": self.n_failed, "n_used": self.n_used,
+            "failure_reasons": self.failure_reasons,
+            "max_failed_fraction": self.max_failed_fraction,
+            "observed_failure": self.observed_failure, "variant": self.variant,
+            "centre": self.centre, "seed": self.seed, "pool_size": self.pool_size,
+            "n_test": self.n_test, "overlap": self.overlap, "n_kernels": self.n_kernels,
+            "poisson": self.poisson, "n_pools": self.n_pools,
             "negative_mass": self.negative_mass,
             "negative_mass_error": self.negative_mass_error, "null": self.null,
             "pool_negative_mass": _nan_to_none(self.pool_negative_mass),
@@ -271,9 +403,32 @@ class GoFResult:
             "timings": dict(self.timings), "t_null": self.t_null.tolist(),
             "toy_index": self.toy_index.tolist(),
             "toy_converged": self.toy_converged.tolist(), "toy_size": self.toy_size.tolist(),
+            "toy_status": self.statuses.tolist(),
         }
+        failure = self.failure
+        if failure is not None:
+            out["failure"] = {"step": failure.step, "message": failure.message}
+            return out
+        chi2 = self.chi2_fit
+        out.update({
+            "p_value": self.p_value, "p_interval": list(self.p_interval),
+            "p_bounds": list(self.p_bounds), "z": self.z, "z_interval": list(self.z_interval),
+            "z_bounds": list(self.z_bounds), "z_is_lower_bound": self.z_is_bound,
+            "z_chi2_extrapolated": self.z_chi2, "chi2_scale": chi2.scale,
+            "chi2_dof": chi2.dof, "p_pool_sd": self.p_pool_sd,
+            "p_interval_total": list(self.p_interval_total),
+            "z_interval_total": list(self.z_interval_total),
+        })
+        return out
 
     def __repr__(self) -> str:
+        failure = self.failure
+        if failure is not None:
+            return (f"GoFResult(variant={self.variant!r}, centre={self.centre!r})\n"
+                    f"  FAILED, no p-value and no Z: {failure}\n"
+                    f"  t_obs = {self.t_obs:.4g}   N_test = {self.n_test}, "
+                    f"K = {self.n_kernels}\n"
+                    f"  toys: {self.n_toys} ({self.n_failed} failed), seed {self.seed}")
         lo, hi = self.p_interval
         zlo, zhi = self.z_interval
         bound = " (lower bound: t_obs beyond every toy)" if self.z_is_bound else ""
@@ -298,17 +453,32 @@ class GoFResult:
             f"{basis}"
             f"{'' if obs_ok else '   (observed fit NOT converged)'}\n"
             f"  p = {self.p_value:.4g}  [{lo:.3g}, {hi:.3g}] Clopper-Pearson "
-            f"{100 * self.cl:.1f}% CL, k = {self.n_above} of B = {self.n_toys}\n"
+            f"{100 * self.cl:.1f}% CL, k = {self.n_above} of B = {self.n_used}\n"
             f"{pools}"
             f"  Z = {self.z:.2f}  [{zlo:.2f}, {zhi:.2f}]{bound}\n"
             f"{extra}\n"
-            f"  toys: {self.n_toys} ({self.n_failed} not converged, kept), "
+            f"{self._failed_toys_line()}"
+            f"  toys: {self.n_toys} ({self.n_failed} failed, left out of p), "
             f"{'Poisson' if self.poisson else 'fixed'} size, pool {self.pool_size} events "
             f"x {self.n_pools} independent pool(s) (overlap {100 * self.overlap:.1f}%), "
             f"seed {self.seed}\n"
             f"{null}"
             f"  time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
         )
+
+    def _failed_toys_line(self) -> str:
+        if not self.n_failed:
+            return ""
+        lo, hi = self.p_bounds
+        why = ", ".join(f"{n} {reason}" for reason, n in self.failure_reasons.items())
+        return (f"  {self.n_failed} failed toys ({why}): p in [{lo:.3g}, {hi:.3g}] counting "
+                "them below or above t_obs\n")
+
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import gof_result_html
+        from genval.gof.statistic import VARIANT_LABELS
+
+        return gof_result_html(self, labels=VARIANT_LABELS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], observed: Any = None) -> GoFResult:
@@ -335,6 +505,10 @@ class GoFResult:
             cl=float(data.get("cl", 0.6827)), n_pools=int(data.get("n_pools", 1)),
             pool_negative_mass=_none_to_nan(data.get("pool_negative_mass", [])),
             pool_negative_mass_error=_none_to_nan(data.get("pool_negative_mass_error", [])),
+            toy_status=tuple(str(v) for v in data.get("toy_status", [])),
+            observed_failure=(None if data.get("observed_failure") is None
+                              else str(data["observed_failure"])),
+            max_failed_fraction=float(data.get("max_failed_fraction", MAX_FAILED_FRACTION)),
             kernel_basis=dict(data.get("kernel_basis") or {}),
         )
 
@@ -349,7 +523,7 @@ def _none_to_nan(values: Sequence[float | None]) -> NDArray[np.float64]:
 
 
 _MERGE_KEYS = ("variant", "centre", "seed", "pool_size", "n_test", "n_kernels", "poisson",
-               "n_pools", "kernel_basis")
+               "n_pools", "kernel_basis", "observed_failure", "max_failed_fraction")
 
 
 def merge_results(results: Sequence[GoFResult]) -> GoFResult:
@@ -368,7 +542,7 @@ def merge_results(results: Sequence[GoFResult]) -> GoFResult:
             if getattr(other, key) != getattr(first, key):
                 raise InputError(f"cannot merge: {key} differs ({getattr(first, key)!r} vs "
                                  f"{getattr(other, key)!r})")
-        if not np.isclose(other.t_obs, first.t_obs, rtol=1e-9, atol=1e-12):
+        if not np.isclose(other.t_obs, first.t_obs, rtol=1e-9, atol=1e-12, equal_nan=True):
             raise InputError(f"cannot merge: t_obs differs ({first.t_obs} vs {other.t_obs}); "
                              "different test data?")
     index = np.concatenate([r.toy_index for r in results])
@@ -387,6 +561,7 @@ def merge_results(results: Sequence[GoFResult]) -> GoFResult:
         toy_index=index[order],
         toy_converged=np.concatenate([r.toy_converged for r in results])[order],
         toy_size=np.concatenate([r.toy_size for r in results])[order],
+        toy_status=tuple(np.concatenate([r.statuses for r in results])[order].tolist()),
         timings=timings,
     )
 
@@ -417,10 +592,17 @@ class ZSummary:
 
 
 def summarize_z(results: Sequence[GoFResult] | ArrayLike) -> ZSummary:
-    """Median and 16/84 % quantiles of Z over several test sets (results or Z values)."""
+    """Median and 16/84 % quantiles of Z over several test sets (results or Z values).
+
+    Raises:
+        FitError: a result failed (no Z to summarise).
+        InputError: no test set, or a Z value that is NaN.
+    """
     zs = np.array([r.z if isinstance(r, GoFResult) else float(r) for r in results]) \
         if isinstance(results, Sequence) else np.asarray(results, dtype=np.float64)
     if zs.size < 1:
         raise InputError("need at least one test set")
+    if np.isnan(zs).any():
+        raise InputError(f"{int(np.isnan(zs).sum())} of {zs.size} Z values are NaN: no median")
     q16, q50, q84 = np.percentile(zs, [16, 50, 84])
     return ZSummary(float(q50), float(q16), float(q84), int(zs.size))

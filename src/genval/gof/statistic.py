@@ -58,6 +58,9 @@ class ProfileSettings:
         tol: convergence tolerance on each NLL (Newton decrement, absolute).
         max_iter: Newton iteration cap per fit.
         hessian_dtype: float32 (fast) or float64 accumulation of the data Hessian.
+        subsample_rows: while the alternative is far from its optimum, form its Hessian from
+            about this many rows when there are more (every row that carries much of it, a
+            stride through the others; see :mod:`genval.newton`); 0: every row always.
     """
 
     lam: float = LAMBDA_NET
@@ -65,6 +68,7 @@ class ProfileSettings:
     tol: float = 1e-10
     max_iter: int = 100
     hessian_dtype: type = np.float32
+    subsample_rows: int = 5000
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,41 @@ class PairSolution:
     @property
     def converged(self) -> bool:
         return self.null.converged and self.alt.converged
+
+    @property
+    def failure(self) -> str | None:
+        """Why t of this pair is not to be used, in one line; None when both fits converged
+        and t is finite."""
+        reasons = [f"{name} fit {_stop_reason(sol)}"
+                   for name, sol in (("null", self.null), ("alternative", self.alt))
+                   if not sol.converged]
+        if not np.isfinite(self.t):
+            reasons.append(f"t = {self.t}")
+        return "; ".join(reasons) if reasons else None
+
+
+def _amplitude_start(density: NDArray[np.float64], g: NDArray[np.float64], n: int,
+                     barrier: float) -> NDArray[np.float64]:
+    """Warm start of the kernel amplitudes: 0, except for kernels far above the null.
+
+    A kernel with no event near it and the null density s at its centre tiny next to its own
+    value G there (a centre far outside the members' support: G / s reached 3e35 on Pythia
+    multijet events) has its optimum where the barrier of weight μ balances the extended
+    term, ``s + G a = μ G / N``, i.e. ``a = μ / N − s / G`` > 0. From a = 0 Newton only
+    doubles ``s + G a`` per step (``log2(μ G / (N s))`` steps: 100 there, the iteration
+    cap); starting each such kernel there instead costs nothing elsewhere (a ≥ 0 keeps every
+    density positive, and μ / N is ~1e-7).
+    """
+    with np.errstate(divide="ignore"):
+        ratio = np.max(g / density[:, None], axis=0)  # largest G / s over the check points
+        return np.maximum(0.0, barrier / n - 1.0 / ratio)  # G = 0 at every point: a = 0
+
+
+def _stop_reason(sol: Solution) -> str:
+    """How a Newton fit stopped before its tolerance (one phrase)."""
+    how = ("stalled: no descent at float64 precision" if sol.line_search_failed
+           else "hit the iteration cap")
+    return f"{how} (after {sol.n_iter} steps, Newton decrement {sol.decrement:.3g})"
 
 
 def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: NDArray[np.float64],
@@ -103,7 +142,7 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
     # from a row subsample during its damped phase.
     null_options = NewtonOptions(tol=settings.tol, max_iter=settings.max_iter,
                                  hessian_dtype=settings.hessian_dtype, refresh=0.1)
-    alt_options = dataclasses.replace(null_options, subsample_rows=5000)
+    alt_options = dataclasses.replace(null_options, subsample_rows=settings.subsample_rows)
     n = c.shape[0] - n_ref
     k = a.shape[1] - rank
     weights = None
@@ -115,8 +154,10 @@ def profile_pair(c: NDArray[np.float64], a: NDArray[np.float64], rank: int, u0: 
                            options=null_options)
     b1 = np.concatenate([-u0, np.full(k, float(n))])
     q1 = np.concatenate([q0, np.full(k, 2.0 * lam * n)])
-    start = np.concatenate([null.theta, np.zeros(k)])  # warm start: the null optimum, a = 0
-    alt = minimize_convex(c, a, b1, q1, start, row_weights=weights, options=alt_options)
+    start = np.concatenate([null.theta, np.zeros(k)])  # the null optimum, a = 0
+    a0 = _amplitude_start(null.density[n:], a[n:, rank:], n, barrier) if n_ref else np.zeros(k)
+    alt = minimize_convex(c, a, b1, q1, np.concatenate([null.theta, a0]), row_weights=weights,
+                          options=alt_options)
     # t from per-event log ratios (not a difference of two ~N-sized sums): accurate to ~1e-12.
     diff = a @ (alt.theta - start)
     logs = np.log1p(diff / null.density)
@@ -136,6 +177,9 @@ class LRStatistic(float):
         converged: both fits met the tolerance.
         n_iter0, n_iter1: Newton iterations; decrement0/1: final Newton decrements.
         n_events: N.
+        failure: None, or why t is not to be used, in one line: which fit stopped and how,
+            t not finite, where the density comes closest to 0 (test event or kernel centre)
+            and the largest kernel amplitudes.
     """
 
     variant: str
@@ -150,6 +194,7 @@ class LRStatistic(float):
     decrement0: float
     decrement1: float
     n_events: int
+    failure: str | None
 
     def __new__(cls, t: float, **info: Any) -> LRStatistic:
         obj = super().__new__(cls, t)
@@ -163,6 +208,8 @@ class LRStatistic(float):
 
     def __repr__(self) -> str:
         status = "converged" if self.converged else "NOT CONVERGED"
+        if getattr(self, "failure", None):
+            status += f", FAILED: {self.failure}"
         return (f"LRStatistic(t={float(self):.6g}, variant={self.variant!r}, N={self.n_events}, "
                 f"NLL0={self.nll0:.6f}, NLL1={self.nll1:.6f}, K={self.a.size}, "
                 f"iterations={self.n_iter0}+{self.n_iter1}, {status})")
@@ -249,12 +296,15 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
             to stop it the exact optimum of Eq. (5) puts large negative mass there (t ~ 1e9
             when a kernel sits in an empty region). Requiring both densities to stay positive
             at the check points (a log-barrier of weight ``barrier`` per point, in both NLLs)
-            keeps the alternative a density. :func:`goodness_of_fit` always does this; without
-            check points the statistic is Eq. (5) verbatim.
+            keeps the alternative a density. Where f(x; ŵ) ≤ 0 at a check point the row
+            keeps only the kernels (:meth:`Constraint.project_checks`).
+            :func:`goodness_of_fit` always does this; without check points the statistic is
+            Eq. (5) verbatim.
         settings: :class:`ProfileSettings` (default: λ_net = 1e-6, barrier 1e-3, tol 1e-10,
             100 iterations, float32 Hessian accumulation).
         **overrides: any :class:`ProfileSettings` field (``lam``, ``barrier``, ``tol``,
-            ``max_iter``, ``hessian_dtype``), replacing the one in ``settings``.
+            ``max_iter``, ``hessian_dtype``, ``subsample_rows``), replacing the one in
+            ``settings``.
 
     Returns:
         :class:`LRStatistic`, a float with the fits attached.
@@ -269,7 +319,8 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
     Warns:
         NegativeDensityWarning: f(x; ŵ) ≤ 0 on some test events but other weights make the
             density positive there: the null is profiled from such a point (max-margin LP).
-        ConvergenceWarning: a fit hit ``max_iter`` (the result says which).
+        ConvergenceWarning: a fit stopped before its tolerance or t is not finite
+            (``LRStatistic.failure`` says which fit, how, and where).
         IllConditionedWarning: Cov(ŵ) singular on Σφ = 1 beyond what the fit reported.
 
     References:
@@ -287,8 +338,8 @@ def test_statistic(F: ArrayLike, G: ArrayLike, fit: Any = None, *,
             raise InputError("F_ref and G_ref must have the columns of F and G")
     stat = statistic_from_rows(rows, constraint, variant, constraint.whiten(z0), ref=ref,
                                settings=profile)
-    if not stat.converged:
-        warnings.warn(f"a profile fit of Eq. (5) stopped before its tolerance: {stat!r}",
+    if stat.failure is not None:
+        warnings.warn(f"the statistic of Eq. (5) is not to be used: {stat!r}",
                       ConvergenceWarning, stacklevel=2)
     return stat
 
@@ -312,8 +363,9 @@ def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
                         warn_negative: bool = True) -> LRStatistic:
     """:func:`test_statistic` on row-scaled data with a prepared constraint.
 
-    ``ref``: densities at the positivity check points; points where f(x; ŵ) ≤ 0 already
-    (signed weights) are left out, as the null cannot be positive there.
+    ``ref``: densities at the positivity check points (:meth:`Constraint.project_checks`:
+    where f(x; ŵ) ≤ 0 already, the kernels there may not take more than the largest member
+    density away).
     """
     n = rows.f.shape[0]
     c, a = constraint.project(rows)
@@ -321,12 +373,11 @@ def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
     n_ref = 0
     ref_log_s = np.zeros(0)
     if ref is not None:
-        c_ref, a_ref = constraint.project(ref)
-        ok = c_ref > 0
-        n_ref = int(ok.sum())
-        c = np.concatenate([c, c_ref[ok]])
-        a = np.concatenate([a, a_ref[ok]])
-        ref_log_s = ref.log_s[ok]
+        c_ref, a_ref = constraint.project_checks(ref)
+        n_ref = c_ref.size
+        c = np.concatenate([c, c_ref])
+        a = np.concatenate([a, a_ref])
+        ref_log_s = ref.log_s
     start = feasible_start(c, a[:, :constraint.rank]) if infeasible_at_hat else None
     pair = profile_pair(c, a, constraint.rank, u0, n_ref=n_ref, settings=settings,
                         null_start=start)
@@ -337,12 +388,33 @@ def statistic_from_rows(rows: ScaledRows, constraint: Constraint, variant: str,
     nll0 = -float(w @ np.log(pair.null.density)) + pair.null.penalty + const
     nll1 = -float(w @ np.log(pair.alt.density)) + pair.alt.penalty + const
     r, k = constraint.rank, rows.g.shape[1]
+    failure = pair.failure
+    if failure is not None:
+        failure = f"{failure}; {_where(pair, n, r)}"
     return LRStatistic(
         pair.t, variant=variant, nll0=nll0, nll1=nll1,
         phi0=constraint.weights_at(pair.null.theta), phi1=constraint.weights_at(pair.alt.theta[:r]),
         a=pair.alt.theta[r:r + k].copy(), converged=pair.converged, n_iter0=pair.null.n_iter,
         n_iter1=pair.alt.n_iter, decrement0=pair.null.decrement, decrement1=pair.alt.decrement,
-        n_events=n)
+        n_events=n, failure=failure)
+
+
+def _where(pair: PairSolution, n: int, rank: int) -> str:
+    """Where a failed pair of fits went wrong: the row whose density came closest to 0 (a
+    test event or a kernel centre, relative to the largest member density there) in each
+    fit, and the largest kernel amplitudes."""
+    parts = []
+    for name, sol in (("null", pair.null), ("alternative", pair.alt)):
+        density = np.where(np.isfinite(sol.density), sol.density, -np.inf)
+        i = int(np.argmin(density))
+        where = f"test event {i}" if i < n else f"kernel centre {i - n}"
+        parts.append(f"{name} density smallest at {where} ({sol.density[i]:.3g})")
+    amplitudes = pair.alt.theta[rank:]
+    if amplitudes.size:
+        top = np.argsort(-np.abs(np.nan_to_num(amplitudes, nan=np.inf)))[:3]
+        parts.append("largest kernel amplitudes " + ", ".join(
+            f"kernel {j}: {amplitudes[j]:.3g}" for j in top))
+    return "; ".join(parts)
 
 
 # The public name starts with "test": tell pytest it is not a test when a test module imports it.

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import sys
 import time
 import warnings
@@ -47,11 +46,18 @@ from tqdm.auto import tqdm
 
 from genval._settings import apply_overrides
 from genval._validation import as_event_weights, as_events
+from genval.compute import (
+    Executor,
+    SchedulerLike,
+    available_cores,
+    can_fork_workers,
+    open_executor,
+)
 from genval.errors import FitError, InputError, NegativeDensityWarning
 from genval.gof._blas import limit_blas_threads
 from genval.gof.constraint import Constraint
 from genval.gof.kernels import KernelBasis
-from genval.gof.result import GoFResult
+from genval.gof.result import MAX_FAILED_FRACTION, TOY_OK, GoFResult
 from genval.gof.statistic import (
     LRStatistic,
     ProfileSettings,
@@ -64,9 +70,9 @@ from genval.members import Members, log_density_matrix
 from genval.row_scaling import ScaledRows, scale_rows
 from genval.sampling import sample_mixture
 
-__all__ = ["goodness_of_fit", "prepare", "PreparedGoF", "GoFSettings", "ToyPool", "PoolRows",
-           "draw_pool", "draw_pool_rows", "run_toys", "pool_rng", "POOL_STREAM", "TOY_STREAM",
-           "MIN_POOL_RATIO", "require_unweighted"]
+__all__ = ["goodness_of_fit", "observed_statistic", "prepare", "PreparedGoF", "GoFSettings",
+           "ToyPool", "PoolRows", "draw_pool", "draw_pool_rows", "run_toys", "pool_rng",
+           "POOL_STREAM", "TOY_STREAM", "MIN_POOL_RATIO", "require_unweighted"]
 
 POOL_STREAM = 0x706F6F6C  # "pool": separates the pools' RNG streams from the toys'
 TOY_STREAM = 0x746F7973  # "toys"
@@ -102,13 +108,18 @@ class GoFSettings:
             f < 0, measured by the sampler on each pool) for which the toys, drawn from
             max(f, 0) / ∫max(f, 0), are accepted as its null; above it :class:`FitError`
             (config key ``gof.max_negative_mass``).
+        max_failed_fraction: largest fraction of toys that may fail (a fit stopped before
+            its tolerance, t not finite, an error; each recorded with its reason) for p and
+            Z to be quoted: they are left out of p, and ``GoFResult.p_bounds`` counts them
+            below and above t_obs. Above it the result is a failure (``GoFResult.failure``;
+            config key ``gof.max_failed_fraction``).
         profile: how the observed statistic is profiled (the toys use it with ``toy_tol``);
-            its fields (``lam``, ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``) can be
-            overridden by keyword like the fields above.
+            its fields (``lam``, ``barrier``, ``tol``, ``max_iter``, ``hessian_dtype``,
+            ``subsample_rows``) can be overridden by keyword like the fields above.
 
     Raises:
-        InputError: an unknown ``centre`` or ``toy_size``, ``n_pools < 1`` or a negative
-            ``max_negative_mass``.
+        InputError: an unknown ``centre`` or ``toy_size``, ``n_pools < 1``, a negative
+            ``max_negative_mass`` or a ``max_failed_fraction`` outside [0, 1].
     """
 
     centre: Centre = "redrawn"
@@ -121,6 +132,7 @@ class GoFSettings:
     toy_tol: float = 1e-8
     cl: float = 0.6827
     max_negative_mass: float = 1e-3
+    max_failed_fraction: float = MAX_FAILED_FRACTION
     profile: ProfileSettings = field(default_factory=ProfileSettings)
 
     def __post_init__(self) -> None:
@@ -132,6 +144,9 @@ class GoFSettings:
             raise InputError(f"n_pools must be >= 1, got {self.n_pools}")
         if not self.max_negative_mass >= 0:
             raise InputError(f"max_negative_mass must be >= 0, got {self.max_negative_mass}")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise InputError(f"max_failed_fraction must be in [0, 1], got "
+                             f"{self.max_failed_fraction}")
 
     @property
     def toy_profile(self) -> ProfileSettings:
@@ -253,16 +268,12 @@ def draw_pool_rows(members: Members, weights: ArrayLike, basis: KernelBasis, siz
 
 
 def project_pool(pool: PoolRows, constraint: Constraint, check: ScaledRows) -> ToyPool:
-    """The toys' form of a pool for one variant: ``c + A θ`` rows, then the check points.
-
-    Check points (kernel centres) where f(x; ŵ) ≤ 0 already are left out: the null cannot be
-    positive there.
-    """
+    """The toys' form of a pool for one variant: ``c + A θ`` rows, then the check points
+    (:meth:`Constraint.project_checks`, as for the observed statistic)."""
     c, a = constraint.project(pool.rows)
-    c_ref, a_ref = constraint.project(check)
-    ok = c_ref > 0
-    return ToyPool(np.concatenate([c, c_ref[ok]]), np.concatenate([a, a_ref[ok]]),
-                   constraint.rank, pool.acceptance, n_ref=int(ok.sum()),
+    c_ref, a_ref = constraint.project_checks(check)
+    return ToyPool(np.concatenate([c, c_ref]), np.concatenate([a, a_ref]),
+                   constraint.rank, pool.acceptance, n_ref=c_ref.size,
                    negative_mass=pool.negative_mass,
                    negative_mass_error=pool.negative_mass_error, index=pool.index)
 
@@ -277,16 +288,21 @@ def draw_pool(members: Members, constraint: Constraint, basis: KernelBasis, size
 
 @dataclass(frozen=True)
 class ToyBatch:
-    """Statistics of toys ``index`` (internal)."""
+    """Statistics of toys ``index`` (internal); ``status`` is "ok" or why the toy failed."""
 
     index: NDArray[np.int64]
     t: NDArray[np.float64]
     converged: NDArray[np.bool_]
     size: NDArray[np.int64]
+    status: tuple[str, ...]
+
+
+ToyRow = tuple[float, bool, int, str]
 
 
 def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centre: str,
-             settings: ProfileSettings) -> tuple[float, bool, int]:
+             settings: ProfileSettings) -> ToyRow:
+    """t of toy ``i``, whether it converged, its size, and "ok" or why it failed."""
     rng = np.random.default_rng([seed, TOY_STREAM, i])
     n = int(rng.poisson(n_test)) if poisson else n_test
     if n > pool.size:
@@ -295,17 +311,20 @@ def _one_toy(pool: ToyPool, i: int, seed: int, n_test: int, poisson: bool, centr
     u0 = rng.standard_normal(pool.rank) if centre == "redrawn" else np.zeros(pool.rank)
     if pool.n_ref:
         idx = np.concatenate([idx, np.arange(pool.size, pool.size + pool.n_ref)])
-    pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0, n_ref=pool.n_ref,
-                        settings=settings)
-    return pair.t, pair.converged, n
+    try:
+        pair = profile_pair(pool.c[idx], pool.a[idx], pool.rank, u0, n_ref=pool.n_ref,
+                            settings=settings)
+    except (FitError, np.linalg.LinAlgError) as exc:
+        # One toy that cannot be fitted is a failed toy (recorded, counted against
+        # max_failed_fraction), not the end of the calibration.
+        return float("nan"), False, n, f"error: {type(exc).__name__}: {exc}"
+    return pair.t, pair.converged, n, pair.failure or TOY_OK
 
 
 def _n_jobs(n_jobs: int) -> int:
     if n_jobs == -1:
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            return os.cpu_count() or 1
+        # the cores this process gets (a Dask worker's threads, a cgroup quota), never more
+        return available_cores()
     if n_jobs < 1:
         raise InputError(f"n_jobs must be >= 1 or -1 (all cores), got {n_jobs}")
     return n_jobs
@@ -314,7 +333,7 @@ def _n_jobs(n_jobs: int) -> int:
 _FORKED_STATE: tuple[Any, ...] | None = None
 
 
-def _forked_chunk(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
+def _forked_chunk(chunk: NDArray[np.int64]) -> list[ToyRow]:
     """Fit toys ``chunk`` in a forked worker: the pool is inherited, never pickled."""
     assert _FORKED_STATE is not None
     pool, seed, n_test, poisson, centre, settings = _FORKED_STATE
@@ -324,6 +343,8 @@ def _forked_chunk(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
 
 def _fork_context() -> multiprocessing.context.BaseContext | None:
     if sys.platform != "linux":  # fork is unsafe on macOS and absent on Windows
+        return None
+    if not can_fork_workers():  # a Dask worker (a daemon process) may not have children
         return None
     try:
         return multiprocessing.get_context("fork")
@@ -353,7 +374,7 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
     jobs = _n_jobs(n_jobs)
     context = _fork_context() if parallel == "processes" else None
 
-    def work(chunk: NDArray[np.int64]) -> list[tuple[float, bool, int]]:
+    def work(chunk: NDArray[np.int64]) -> list[ToyRow]:
         rows = []
         for i in chunk:
             rows.append(_one_toy(pool, int(i), seed, n_test, poisson, centre, fit_settings))
@@ -390,15 +411,16 @@ def run_toys(pool: ToyPool, indices: NDArray[np.int64], *, seed: int, n_test: in
                 out = [row for part in ex.map(work, chunks) for row in part]
         else:
             out = work(indices)
-    t, conv, size = (np.array(col) for col in zip(*out, strict=True)) if out else (
-        np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int64))
-    return ToyBatch(indices.astype(np.int64), t.astype(np.float64), conv.astype(bool),
-                    size.astype(np.int64))
+    t = np.array([row[0] for row in out], dtype=np.float64)
+    conv = np.array([row[1] for row in out], dtype=bool)
+    size = np.array([row[2] for row in out], dtype=np.int64)
+    return ToyBatch(indices.astype(np.int64), t, conv, size, tuple(row[3] for row in out))
 
 
 def _position_message(x: NDArray[np.float64], density: NDArray[np.float64]) -> str:
     bad = np.flatnonzero(~(density > 0))
-    where = "; ".join(f"row {i}: x = {np.array2string(x[i], precision=4)}" for i in bad[:5])
+    where = "; ".join(f"row {i}: x = {np.array2string(x[i], precision=4, max_line_width=10**6)}"
+                      for i in bad[:5])
     return (f"the mixture density f(x; ŵ) is <= 0 on {bad.size} of {density.size} test events "
             f"({where}{' ...' if bad.size > 5 else ''}): signed weights make the null no density "
             "there, so Eq. (5) is undefined; refit the weights with such events in range of the "
@@ -586,6 +608,7 @@ class _ToyTable:
     t: NDArray[np.float64] = field(init=False)
     converged: NDArray[np.bool_] = field(init=False)
     size: NDArray[np.int64] = field(init=False)
+    status: list[str] = field(init=False)
     negative_mass: NDArray[np.float64] = field(init=False)
     negative_mass_error: NDArray[np.float64] = field(init=False)
 
@@ -593,6 +616,7 @@ class _ToyTable:
         self.t = np.zeros(self.index.size)
         self.converged = np.zeros(self.index.size, dtype=bool)
         self.size = np.zeros(self.index.size, dtype=np.int64)
+        self.status = [""] * self.index.size
         self.negative_mass = np.full(self.n_pools, np.nan)
         self.negative_mass_error = np.full(self.n_pools, np.nan)
 
@@ -628,14 +652,92 @@ def _run_pool(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np
                      n_jobs=cfg.n_jobs, settings=cfg.toy_profile, bar=bar)
     table.t[sel], table.converged[sel], table.size[sel] = (batch.t, batch.converged,
                                                            batch.size)
+    for position, status in zip(np.flatnonzero(sel), batch.status, strict=True):
+        table.status[position] = status
     return pool_s + mid - start, toy_s + time.perf_counter() - mid
+
+
+#: Toy tasks per worker thread and pool: enough to balance uneven fits and to lose little when
+#: a worker dies, few enough that scheduling (milliseconds a task) costs nothing next to them.
+_TASKS_PER_THREAD = 8
+
+
+def _toy_task(pool: ToyPool, chunk: NDArray[np.int64], seed: int, n_test: int, poisson: bool,
+              centre: str, settings: ProfileSettings) -> list[ToyRow]:
+    """Fit toys ``chunk`` on a Dask worker (one thread each, like the fork pool's workers)."""
+    with limit_blas_threads(1):
+        return [_one_toy(pool, int(i), seed, n_test, poisson, centre, settings) for i in chunk]
+
+
+def _run_pools_on(executor: Executor, prepared: PreparedGoF, constraint: Constraint,
+                  indices: NDArray[np.int64], cfg: GoFSettings, progress: bool
+                  ) -> tuple[_ToyTable, float, float]:
+    """:func:`_run_pools` on a Dask cluster: the same toys, bit for bit.
+
+    Each pool is drawn here and sent once to every worker; its toys go out as ranges of
+    indices (each toy's stream is keyed by its index and the seed, both arguments) while the
+    next pool is drawn. A task whose worker dies is rerun elsewhere by the scheduler.
+    """
+    table = _ToyTable(indices, prepared.n_pools)
+    which = indices % prepared.n_pools
+    pools = np.unique(which)
+    per_pool = _TASKS_PER_THREAD * executor.n_threads
+    start = time.perf_counter()
+    pool_s = 0.0
+    futures, parts = [], []
+    with tqdm(total=int(indices.size), desc="toys", unit="toy", disable=not progress,
+              leave=False) as bar:
+        for j in pools:
+            drawn = time.perf_counter()
+            rows = prepared.pool_rows(constraint.weights, int(j))
+            _check_negative_mass(rows, cfg.max_negative_mass)
+            pool = project_pool(rows, constraint, prepared.check_rows)
+            table.negative_mass[j] = pool.negative_mass
+            table.negative_mass_error[j] = pool.negative_mass_error
+            pool_s += time.perf_counter() - drawn
+            shared = executor.share(pool)
+            sel = np.flatnonzero(which == j)
+            for part in np.array_split(sel, min(sel.size, per_pool)):
+                futures.append(executor.submit(
+                    _toy_task, shared, indices[part], prepared.seed, prepared.x.shape[0],
+                    cfg.toy_size == "poisson", cfg.centre, cfg.toy_profile))
+                parts.append(part)
+        results = executor.gather(futures, on_done=lambda _i, rows: bar.update(len(rows)))
+    for part, rows in zip(parts, results, strict=True):
+        t, conv, size, status = zip(*rows, strict=True)
+        table.t[part], table.converged[part], table.size[part] = t, conv, size
+        for position, reason in zip(part, status, strict=True):
+            table.status[position] = reason
+    return table, pool_s, time.perf_counter() - start - pool_s
+
+
+def observed_statistic(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,
+                       seed: int = 0, *, variant: Variant = "ensemble", member: int | None = None,
+                       settings: GoFSettings | None = None, prepared: PreparedGoF | None = None,
+                       **overrides: Any) -> LRStatistic:
+    """t of Eq. (5) on ``x_test`` exactly as :func:`goodness_of_fit` computes it, without toys.
+
+    What completing a test from toy ranges run elsewhere needs (``genval merge``): the
+    observed fits, bit for bit those of a full run. Arguments as for :func:`goodness_of_fit`.
+
+    Raises:
+        FitError: f(x; ŵ) ≤ 0 at test events and no weights near ŵ fix it.
+    """
+    cfg = apply_overrides(settings or GoFSettings(), overrides, "observed_statistic")
+    if prepared is None:
+        prepared = prepare(members, x_test, basis, seed, settings=cfg, keep_pools=False)
+    else:
+        prepared.check(members, x_test, basis, seed, cfg)
+    constraint = make_constraint(fit, members.n_members, variant, member)
+    return _observed_statistic(prepared, constraint, variant, cfg.profile)
 
 
 def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: KernelBasis,
                     n_toys: int = 1000, seed: int = 0, *, variant: Variant = "ensemble",
                     member: int | None = None, settings: GoFSettings | None = None,
                     prepared: PreparedGoF | None = None, progress: bool = False,
-                    event_weights: ArrayLike | None = None, **overrides: Any) -> GoFResult:
+                    event_weights: ArrayLike | None = None, scheduler: SchedulerLike = None,
+                    **overrides: Any) -> GoFResult:
     """Calibrated learned likelihood-ratio goodness-of-fit test of Eq. (5).
 
     Computes t on ``x_test`` and its null distribution from ``n_toys`` toys drawn from
@@ -660,14 +762,24 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         progress: show a progress bar of the toys on stderr.
         event_weights: per-event weights of ``x_test``, accepted only when all equal: the
             test needs unweighted events (:func:`require_unweighted` says why).
+        scheduler: where the toys run (:mod:`genval.compute`): None or ``"local"`` (this
+            process, ``n_jobs`` forked workers), ``"processes"``, ``"tcp://HOST:PORT"``,
+            ``"slurm"``, or an open :class:`~genval.compute.Executor`. Every choice gives the
+            same toys, bit for bit.
         **overrides: any field of :class:`GoFSettings` (``centre``, ``toy_size``,
             ``n_pools``, ``pool_size``, ``first_toy``, ``target_z``, ``n_jobs``, ``toy_tol``,
-            ``cl``, ``max_negative_mass``, ``profile``) or of its
+            ``cl``, ``max_negative_mass``, ``max_failed_fraction``, ``profile``) or of its
             :class:`~genval.gof.statistic.ProfileSettings` (``lam``, ``barrier``, ``tol``,
-            ``max_iter``, ``hessian_dtype``), replacing the one in ``settings``.
+            ``max_iter``, ``hessian_dtype``, ``subsample_rows``), replacing the one in
+            ``settings``.
 
     Returns:
-        :class:`~genval.gof.result.GoFResult`.
+        :class:`~genval.gof.result.GoFResult`. It can carry a failure
+        (``GoFResult.failure``, its step and cause in one line) instead of a p-value: the
+        observed statistic is not finite or its fit stopped before its tolerance, or more
+        than ``max_failed_fraction`` of the toys failed. p, Z and the χ² extrapolation of
+        such a result raise :class:`FitError`; every toy keeps its reason
+        (``GoFResult.toy_status``).
 
     Raises:
         InputError: bad input (non-finite events, shapes, settings, a pool below
@@ -700,7 +812,12 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
     t_obs_done = time.perf_counter()
 
     indices = np.arange(cfg.first_toy, cfg.first_toy + n_toys, dtype=np.int64)
-    toys, pool_s, toy_s = _run_pools(prepared, constraint, indices, cfg, progress)
+    with open_executor(scheduler) as executor:
+        if executor is None:
+            toys, pool_s, toy_s = _run_pools(prepared, constraint, indices, cfg, progress)
+        else:
+            toys, pool_s, toy_s = _run_pools_on(executor, prepared, constraint, indices, cfg,
+                                                progress)
     end = time.perf_counter()
     return GoFResult(
         t_obs=float(observed), t_null=toys.t, toy_index=toys.index,
@@ -710,4 +827,6 @@ def goodness_of_fit(members: Members, fit: Any, x_test: ArrayLike, basis: Kernel
         timings={"observed": t_obs_done - t_start, "pool": pool_s, "toys": toy_s,
                  "total": end - t_start}, cl=cfg.cl, n_pools=prepared.n_pools,
         pool_negative_mass=toys.negative_mass,
-        pool_negative_mass_error=toys.negative_mass_error, kernel_basis=basis.describe())
+        pool_negative_mass_error=toys.negative_mass_error, kernel_basis=basis.describe(),
+        toy_status=tuple(toys.status), observed_failure=observed.failure,
+        max_failed_fraction=cfg.max_failed_fraction)

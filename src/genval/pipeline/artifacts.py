@@ -14,9 +14,12 @@ data/events.npz             the event table (:mod:`genval.io`)            split
 data/weights.npz            per-event weights of the table, if weighted   split
 data/test_events.npz        separate test events, when configured         split
 data/test_weights.npz       their weights, if the test file has them      split
+data/input_events.npz       events given in memory (``data.path``)        run_pipeline
+data/input_test_events.npz  test events given in memory (``test_path``)   run_pipeline
 data/splits.npz             split indices and hash (:class:`Splits`)      split
 models/transform.json       the :class:`FeatureTransform` of the members  train
 models/kde.json             :class:`KdeSpec` (KDE members are rebuilt)    train
+models/python.json          :class:`PythonSpec` (factory, fingerprint)    train
 models/ensemble.safetensors the flow ensemble                             train
 models/history.npz          :class:`LearningCurves` of the flows          train
 fit/fit.npz, fit/fit.json   :class:`~genval.wifi.WeightFit`               fit
@@ -24,6 +27,9 @@ samples/OUTPUT, density.npz oversampled events with f̂ and σ_f̂ (Eq. 3)     s
 samples/sampler.json        the sampler's diagnostics, negative mass      sample
 coverage/coverage.npz|json  :class:`~genval.coverage.CoverageResult`      coverage
 gof/VARIANT.json            :class:`GofRecord` (GoFResult, Z band)        gof
+gof/deviations.json         where the alternative departs from REF        gof
+gof/parts/toys-A-B.json     :class:`GofPart`: toys A..B-1 of every        gof --toys A:B
+                            variant and test set
 ==========================  ============================================  ===============
 
 References:
@@ -32,6 +38,7 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -48,22 +55,26 @@ from genval.errors import ArtifactError, InputError
 from genval.gof import GoFResult, ZSummary
 from genval.io import EventTable, read_events, write_events
 from genval.members import KDEMembers, Members
-from genval.rundir import RunDir, to_jsonable
-from genval.splits import Splits
+from genval.pipeline.device import resolve_device
+from genval.rundir import RunDir, RunDirError, to_jsonable
+from genval.splits import Splits, hash_events
 from genval.transforms import FeatureTransform, TransformedMembers
 from genval.wifi import WeightFit
 
 __all__ = [
     "save_npz", "load_json",
     "save_events", "save_test_events", "split_events", "split_weights", "save_splits",
-    "load_splits",
+    "load_splits", "INPUTS", "input_path", "save_input_events",
     "KdeSpec", "save_kde", "load_kde", "save_ensemble", "load_members",
     "save_transform", "load_transform",
+    "PythonSpec", "save_python_members", "load_python_members",
     "LearningCurves", "save_history", "load_history",
     "save_fit", "has_fit", "load_fit", "save_samples", "load_samples",
     "save_sampler", "load_sampler",
     "CoverageRecord", "save_coverage", "load_coverage",
-    "GofRecord", "save_gof", "save_gof_error", "load_gof",
+    "GofRecord", "save_gof", "save_gof_error", "load_gof", "load_gof_json",
+    "save_deviations", "load_deviations",
+    "GofPart", "save_gof_part", "load_gof_parts", "fit_digest",
 ]
 
 
@@ -133,6 +144,46 @@ def save_test_events(run: RunDir, table: EventTable) -> Path:
     path = write_events(_test_events_path(run), table.x, table.names)
     _save_weights(run, table, test=True)
     return path
+
+
+INPUTS = ("events", "test_events")
+"""Event tables given in memory (``run_pipeline(events=..., test_events=...)``)."""
+
+
+def input_path(root: str | Path, which: str) -> Path:
+    """Where in-memory ``events`` or ``test_events`` are kept: ``data/input_WHICH.npz``.
+
+    The run's config points ``data.path`` (``data.test_path``) at this file, so the split
+    stage reads it like any event file and a resumed run, or ``genval`` on the run directory,
+    finds the same events.
+    """
+    if which not in INPUTS:
+        raise ValueError(f"unknown input {which!r}; one of {INPUTS}")
+    return Path(root) / "data" / f"input_{which}.npz"
+
+
+def save_input_events(run: RunDir, which: str, x: NDArray[np.float64], names: Sequence[str],
+                      *, replace: bool = False) -> bool:
+    """Keep in-memory events in the run directory; True when the file was (re)written.
+
+    Events identical to those already kept (same numbers and names) are not rewritten, so a
+    finished split stays finished.
+
+    Raises:
+        RunDirError: the run holds other events and ``replace`` is false: its finished
+            stages were computed from them.
+    """
+    path = input_path(run.root, which)
+    if path.is_file():
+        old = read_events(path)
+        if old.names == list(names) and hash_events(old.x) == hash_events(x):
+            return False
+        if not replace:
+            raise RunDirError(f"{run.root} holds a run on other {which.replace('_', ' ')}; "
+                              "use force=True to replace them, or choose another run directory")
+    run.dir("data")
+    write_events(path, x, names)
+    return True
 
 
 def save_splits(run: RunDir, splits: Splits) -> Path:
@@ -208,6 +259,78 @@ class KdeSpec:
                           event_weights=event_weights)
 
 
+FINGERPRINT_EVENTS = 32
+"""Training events whose member log-densities identify members built by a factory."""
+
+FINGERPRINT_TOLERANCE = 1e-4
+"""Largest change of a fingerprint log-density (about 1e-4 relative in the density) that still
+counts as the same members: enough for another device's rounding, far below any retraining."""
+
+
+@dataclass(frozen=True)
+class PythonSpec:
+    """Members of ``members.kind: python``: the factory that builds them and a fingerprint.
+
+    The factory is called again whenever a stage needs the members (nothing of a user's model
+    is pickled); the fingerprint, the log-densities of the members at the first
+    :data:`FINGERPRINT_EVENTS` training events, proves that it returned the same members.
+    """
+
+    factory: str
+    n_members: int
+    seed: int
+    fingerprint: NDArray[np.float64]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "python", "factory": self.factory, "n_members": self.n_members,
+                "seed": self.seed, "fingerprint": self.fingerprint.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PythonSpec:
+        return cls(str(data["factory"]), int(data["n_members"]), int(data["seed"]),
+                   np.asarray(data["fingerprint"], dtype=np.float64))
+
+    @staticmethod
+    def fingerprint_of(members: Members, x_train: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(members.log_prob(x_train[:FINGERPRINT_EVENTS]), dtype=np.float64)
+
+    def build(self, x_train: NDArray[np.float64], device: str,
+              event_weights: NDArray[np.float64] | None = None) -> Members:
+        """The members from the (transformed) train split, checked against the fingerprint.
+
+        Raises:
+            ArtifactError: the factory now returns other members than at training time.
+        """
+        from genval.adapters import build_members
+
+        members = build_members(self.factory, x_train, n_members=self.n_members,
+                                seed=self.seed, device=device, event_weights=event_weights)
+        now = self.fingerprint_of(members, x_train)
+        if now.shape != self.fingerprint.shape or not np.allclose(
+                now, self.fingerprint, rtol=0, atol=FINGERPRINT_TOLERANCE, equal_nan=True):
+            diff = np.nanmax(np.abs(now - self.fingerprint)) if now.shape == \
+                self.fingerprint.shape else float("nan")
+            raise ArtifactError(
+                f"members.factory {self.factory!r} returned other members than when the train "
+                f"stage ran (log-densities differ by up to {diff:.3g}); it must return the same "
+                "members on every call (load saved models, or seed its training); re-run "
+                "`genval train --force` if the models changed on purpose")
+        return members
+
+
+def _python_path(run: RunDir) -> Path:
+    return run.root / "models" / "python.json"
+
+
+def save_python_members(run: RunDir, spec: PythonSpec) -> Path:
+    run.dir("models")
+    return atomic_write_json(_python_path(run), to_jsonable(spec.to_dict()))
+
+
+def load_python_members(run: RunDir) -> PythonSpec:
+    return PythonSpec.from_dict(load_json(_python_path(run)))
+
+
 def _kde_path(run: RunDir) -> Path:
     return run.root / "models" / "kde.json"
 
@@ -258,25 +381,41 @@ def load_transform(run: RunDir) -> FeatureTransform:
         raise ArtifactError(f"{path}: {exc}") from None
 
 
-def load_members(run: RunDir) -> Members:
+def load_members(run: RunDir, *, device: str | None = None) -> Members:
     """The members saved by the train stage, in physical units.
 
-    KDE members are rebuilt from the transformed train split, flows loaded on the run's
-    device; with a feature transform they come wrapped in
+    KDE members are rebuilt from the transformed train split, factory members (``kind:
+    python``) rebuilt from it and checked, flows loaded on the device of the run's current
+    config; with a feature transform they come wrapped in
     :class:`~genval.transforms.TransformedMembers`, so every density carries the Jacobian and
-    every sample is in the features' own units.
+    every sample is in the features' own units. ``device`` overrides the config's device for
+    this process alone, without recording it in the run (a toy range of an array job).
     """
     transform = load_transform(run)
-    if run.config().members.kind == "kde":
+    kind = run.config().members.kind
+    if kind in ("kde", "python"):
         x_train, _ = split_events(run, "train")
-        base: Members = load_kde(run).build(transform.forward(x_train, name="train events"),
-                                            split_weights(run, "train"))
+        x_train = transform.forward(x_train, name="train events")
+    if kind == "kde":
+        base: Members = load_kde(run).build(x_train, split_weights(run, "train"))
+    elif kind == "python":
+        where = _member_device(run, device)
+        base = load_python_members(run).build(x_train, where, split_weights(run, "train"))
     else:
         from genval.flows import FlowEnsemble  # torch loads only for flow members
 
-        device = run.metadata().get("device", {}).get("resolved", "cpu")
-        base = FlowEnsemble.load(_ensemble_path(run), device=device)
+        base = FlowEnsemble.load(_ensemble_path(run), device=_member_device(run, device))
     return base if transform.is_identity else TransformedMembers(base, transform)
+
+
+def _member_device(run: RunDir, device: str | None) -> str:
+    """``device`` resolved, or the device of this process's config (``--device`` overrides it
+    on every run and resume), which is then recorded in the run's metadata."""
+    if device is not None:
+        return resolve_device(device)
+    resolved = resolve_device(run.config().device)
+    run.update_metadata(device={"resolved": resolved})
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -429,9 +568,12 @@ class GofRecord:
     Attributes:
         variant: "single", "frozen" or "ensemble".
         result: the :class:`~genval.gof.GoFResult` of the first test set (``observed`` is not
-            saved: None), or None when ``error`` is set.
+            saved: None); for a failed variant, the failed test set's result (its toys and
+            their reasons, no p); None when the variant is undefined.
         z_summary: Z over every test set when there were several.
-        error: why the variant is undefined (e.g. f(x; ŵ) <= 0 at a test event).
+        error: why the variant is undefined (e.g. f(x; ŵ) <= 0 at a test event) or failed
+            (``GoFResult.failure``: t_obs not finite or its fit stopped, too many failed
+            toys), in one line; None when it has a p-value.
     """
 
     variant: str
@@ -464,6 +606,13 @@ def save_gof_error(run: RunDir, variant: str, error: str) -> Path:
     return atomic_write_json(_gof_path(run, variant), {"variant": variant, "error": error})
 
 
+def load_gof_json(run: RunDir, variant: str) -> dict[str, Any] | None:
+    """``gof/VARIANT.json`` as written, without building a result: for showing what a record
+    holds when :func:`load_gof` cannot read it (a field missing, an older or newer schema)."""
+    path = _gof_path(run, variant)
+    return load_json(path) if path.is_file() else None
+
+
 def load_gof(run: RunDir, variant: str) -> GofRecord | None:
     """The saved GoF ``variant``, or None when it was not run."""
     path = _gof_path(run, variant)
@@ -475,4 +624,111 @@ def load_gof(run: RunDir, variant: str) -> GofRecord | None:
     band = record.get("z_summary")
     z_summary = None if band is None else ZSummary(
         float(band["median"]), float(band["lower"]), float(band["upper"]), int(band["n_sets"]))
-    return GofRecord(variant, GoFResult.from_dict(record), z_summary)
+    result = GoFResult.from_dict(record)
+    failure = result.failure  # recomputed from the toys and t_obs, never trusted from the file
+    return GofRecord(variant, result, z_summary, None if failure is None else str(failure))
+
+
+def _deviations_path(run: RunDir) -> Path:
+    return run.root / "gof" / "deviations.json"
+
+
+def save_deviations(run: RunDir, record: Mapping[str, Any]) -> Path:
+    """Where the learned alternative departs from the reference (figures of the gof stage).
+
+    ``record``: ``variant`` (whose alternative), ``n_events``, ``kernels`` (the largest |a_k|:
+    ``kernel``, ``a``, ``events`` = N a_k, ``centre`` per feature) and ``features`` (per
+    feature the largest |LRT RECO / REF − 1|: ``max_abs_deviation``, ``reco_over_ref``,
+    ``bin``, ``unit``).
+    """
+    run.dir("gof")
+    return atomic_write_json(_deviations_path(run), to_jsonable(dict(record)))
+
+
+def load_deviations(run: RunDir) -> dict[str, Any] | None:
+    """The record :func:`save_deviations` wrote, or None when there is none."""
+    path = _deviations_path(run)
+    return load_json(path) if path.is_file() else None
+
+
+# --- toy ranges of the gof stage (array jobs) -----------------------------------------------
+
+@dataclass(frozen=True)
+class GofPart:
+    """Toys ``first .. stop - 1`` of every GoF variant and test set, computed apart from the
+    stage (``genval gof RUN --toys A:B``, an array job) and merged by ``genval merge RUN``.
+
+    Attributes:
+        first, stop: the toy range.
+        config_hash: the run's configuration (a part of another config is refused).
+        fit_digest: :func:`fit_digest` of the weight fit the toys calibrate.
+        results: per variant, the :class:`~genval.gof.GoFResult` of each test set over the
+            range, or the message of the error that made the variant undefined.
+        path: the file it was read from (None before it is saved).
+    """
+
+    first: int
+    stop: int
+    config_hash: str
+    fit_digest: str
+    results: dict[str, list[GoFResult] | str]
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """The range as ``A:B``."""
+        return f"{self.first}:{self.stop}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "genval.gof.part", "toys": [self.first, self.stop],
+                "config_hash": self.config_hash, "fit_digest": self.fit_digest,
+                "variants": {v: ({"error": r} if isinstance(r, str)
+                                 else [to_jsonable(x.to_dict()) for x in r])
+                             for v, r in self.results.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> GofPart:
+        if data.get("format") != "genval.gof.part":
+            raise ArtifactError(f"{path}: not a genval GoF part file")
+        try:
+            results: dict[str, list[GoFResult] | str] = {
+                str(v): (str(r["error"]) if isinstance(r, dict)
+                         else [GoFResult.from_dict(x) for x in r])
+                for v, r in dict(data["variants"]).items()}
+            first, stop = (int(t) for t in data["toys"])
+            return cls(first, stop, str(data["config_hash"]), str(data["fit_digest"]),
+                       results, path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path}: corrupted GoF part file: {exc}") from exc
+
+
+def _parts_dir(run: RunDir) -> Path:
+    return run.root / "gof" / "parts"
+
+
+def save_gof_part(run: RunDir, part: GofPart) -> Path:
+    """Write a toy range (one file per range: parallel jobs never write the same file)."""
+    path = _parts_dir(run) / f"toys-{part.first:07d}-{part.stop:07d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, part.to_dict())
+
+
+def load_gof_parts(run: RunDir) -> list[GofPart]:
+    """Every saved toy range of the run, in file-name (toy) order.
+
+    Raises:
+        ArtifactError: a part file that cannot be read.
+    """
+    folder = _parts_dir(run)
+    if not folder.is_dir():
+        return []
+    return [GofPart.from_dict(load_json(path), path)
+            for path in sorted(folder.glob("toys-*.json"))]
+
+
+def fit_digest(fit: WeightFit) -> str:
+    """SHA-256 of ŵ and Cov(ŵ): which weight fit a set of toys calibrates."""
+    h = hashlib.sha256()
+    for array in (fit.weights, fit.cov):
+        h.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return h.hexdigest()

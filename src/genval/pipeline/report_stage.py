@@ -6,36 +6,46 @@ objects, so the report shows exactly what the stages computed and whatever subse
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from genval.config import Config
 from genval.gof.kernels import kernel_basis_text
 from genval.html_report import CoverageRow, GofRow, write_report
+from genval.paper import is_paper_toy
 from genval.pipeline.artifacts import (
     GofRecord,
     has_fit,
     load_coverage,
+    load_deviations,
     load_fit,
     load_gof,
+    load_gof_json,
     load_sampler,
 )
+from genval.pipeline.gof_figures import failure_of
+from genval.pipeline.gof_stage import failed_toys_line
 from genval.pipeline.log import Log, quiet
 from genval.rundir import STAGES, RunDir
 
 __all__ = ["stage_report"]
 
-_FIGURE_CAPTIONS = {
-    "marginals": "Marginals of REF (ensemble), DATA and LRT RECO with ±1σ/±2σ bands "
-                 "(paper Fig. 1)",
-    "null_single": "Null distribution, single member (paper Fig. 2)",
-    "null_frozen": "Null distribution, ensemble with frozen weights (paper Fig. 2)",
-    "null_ensemble": "Null distribution, ensemble with uncertainty (paper Fig. 2)",
-    "coverage": "Coverage of the first moment per feature (paper Fig. 3)",
-    "weights": "Fitted weights ŵ with ±1σ from Cov(ŵ)",
-    "training": "Training curves of the members",
-}
+_FIGURES = (
+    ("marginals", "Marginals of REF (ensemble), DATA and LRT RECO with the ±1σ/±2σ bands of "
+                  "REF; DATA with 68.3 % Poisson (Garwood) intervals", "Fig. 1"),
+    ("pairs", "DATA against REF in 2D for pairs of features, and the pull per bin; ▲/▼ mark "
+              "the centres of the alternative's strongest kernels (adding / removing events)",
+     None),
+    ("null_single", "Null distribution, single member", "Fig. 2"),
+    ("null_frozen", "Null distribution, ensemble with frozen weights", "Fig. 2"),
+    ("null_ensemble", "Null distribution, ensemble with uncertainty", "Fig. 2"),
+    ("coverage", "Coverage of the first moment per feature", "Fig. 3"),
+    ("weights", "Fitted weights ŵ with ±1σ from Cov(ŵ)", None),
+    ("training", "Training curves of the members", None),
+)
+"""(figure stem, caption, the paper's figure it reproduces: cited for the paper's toy only)."""
 
 _GOF_SETTINGS = ("n_kernels", "centre", "poisson", "n_pools", "pool_size", "n_test", "overlap",
                  "seed", "null")
@@ -47,52 +57,126 @@ _FIT_DIAGNOSTICS = ("converged", "n_iter", "nll", "grad_norm", "hessian_conditio
 
 
 def stage_report(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
-    """Write ``report.html`` from whatever the earlier stages produced."""
+    """Write ``report.html`` from whatever the earlier stages produced.
+
+    The paper's published numbers are shown only for the paper's toy study
+    (:func:`genval.paper.is_paper_toy`).
+    """
     cfg = run.config()
-    records = [r for r in (load_gof(run, v) for v in cfg.gof.variants) if r is not None]
-    gof_rows, settings, notes = _gof_section(cfg, records)
+    paper = is_paper_toy(cfg)
+    gof_rows, settings, notes = _gof_section(run, cfg)
     fit_info, fit_notes = _fit_section(run)
     notes += fit_notes + _stage_notes(run)
-    figures = _figures(run)
+    figures = _figures(run, paper)
     write_report(run.report_path, title=cfg.report.title, gof=gof_rows, gof_settings=settings,
                  coverage=_coverage_rows(run), figures=figures, fit=fit_info,
                  metadata=_provenance(run),
-                 config_yaml=run.config_path.read_text(encoding="utf-8"), notes=notes)
+                 config_yaml=run.config_path.read_text(encoding="utf-8"), notes=notes,
+                 paper=paper, deviations=_deviations(run))
     return {"figures": len(figures), "variants": [r.variant for r in gof_rows]}
 
 
-def _gof_section(cfg: Config, records: Sequence[GofRecord]
-                 ) -> tuple[list[GofRow], dict[str, Any], list[str]]:
-    """One row per variant (Eq. 5), the test's settings, and notes on failed toys and bounds."""
+def _get(value: Callable[[], Any]) -> Any:
+    """``value()``, or None when the saved result cannot give it (NaN t_obs, no toys, ...)."""
+    try:
+        return value()
+    except Exception:  # noqa: BLE001 -- the report shows "—" for what cannot be computed
+        return None
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _gof_section(run: RunDir, cfg: Config) -> tuple[list[GofRow], dict[str, Any], list[str]]:
+    """One row per variant (Eq. 5), the test's settings, and notes on failed toys and bounds.
+
+    Renders whatever each ``gof/VARIANT.json`` holds: a failed variant shows its message, a
+    file that cannot be read says so, non-finite numbers show as "—".
+    """
     rows: list[GofRow] = []
     settings: dict[str, Any] = {}
     notes: list[str] = []
-    for record in records:
-        res = record.result
-        if res is None:
-            nan = float("nan")
-            rows.append(GofRow(record.variant, nan, nan, nan,
-                               note=f"undefined: {record.error}"))
+    bases: list[dict[str, Any]] = []
+    for variant in cfg.gof.variants:
+        try:
+            record = load_gof(run, variant)
+        except Exception as exc:  # noqa: BLE001 -- one unreadable variant must not hide the rest
+            rows.append(_raw_gof_row(run, variant, exc))
             continue
-        z, band = res.z, None
-        if record.z_summary is not None:
-            z = record.z_summary.median
-            band = (record.z_summary.lower, record.z_summary.upper)
-        if res.n_failed:
-            notes.append(f"{record.variant}: {res.n_failed} toy fits did not converge")
-        rows.append(GofRow(record.variant, res.t_obs, res.p_value, z, z_chi2=res.z_chi2,
-                           n_toys=res.n_toys, z_band=band, z_is_bound=res.z_is_bound,
-                           p_interval=res.p_interval, p_interval_total=res.p_interval_total))
-        settings = {k: getattr(res, k) for k in _GOF_SETTINGS}
+        if record is None:
+            continue
+        # Failure texts from the file too: a field the result object does not (yet) hold.
+        raw = _get(lambda variant=variant: load_gof_json(run, variant)) or {}
+        row, found = _gof_row(record, failure_of(raw))
+        rows.append(row)
+        res = record.result
+        if res is not None:
+            bases.append(_get(lambda res=res: res.kernel_basis) or {})
+            n_failed = _get(lambda res=res: res.n_failed)
+            bounds = _get(lambda res=res: res.p_bounds)
+            if n_failed and bounds is not None and record.error is None:
+                notes.append(f"{record.variant}: {failed_toys_line(res)}, left out of p; p in "
+                             f"[{bounds[0]:.3g}, {bounds[1]:.3g}] counting them below or above "
+                             "t_obs")
+            elif n_failed:
+                notes.append(f"{record.variant}: {failed_toys_line(res)}")
+            if found:
+                settings = {k: _get(lambda res=res, k=k: getattr(res, k)) for k in _GOF_SETTINGS}
     if any(r.z_is_bound for r in rows):
         notes.append("Z marked ≥: t_obs exceeds every toy, so the toys only bound Z from below; "
                      "run more toys, or read the χ² column (an extrapolation)")
     if rows:
-        basis = next((r.result.kernel_basis for r in records if r.result is not None), {})
+        basis = next((b for b in bases if b), {})
         # Which kernel basis the test used (units, transformed coordinates), as it recorded it.
         settings["kernel basis"] = kernel_basis_text(basis) or f"σ = {cfg.gof.sigma:g}"
         settings["λ_net"] = cfg.gof.lambda_net
     return rows, settings, notes
+
+
+def _gof_row(record: GofRecord, saved_failure: str = "") -> tuple[GofRow, bool]:
+    """The table row of one saved variant, and whether it holds a result."""
+    nan = math.nan
+    res = record.result
+    failure = "; ".join(dict.fromkeys(t for t in (failure_of(record), saved_failure) if t))
+    if res is None:
+        return GofRow(record.variant, nan, nan, nan, failure=failure or "no result saved"), False
+    t_obs = _float(res.t_obs)
+    if math.isnan(t_obs):
+        # No observed statistic: p and Z computed against it would be numbers about nothing.
+        return GofRow(record.variant, nan, nan, nan, n_toys=_get(lambda: res.n_toys),
+                      failure=failure or "t_obs is undefined (NaN)"), True
+    z, band = _get(lambda: res.z), None
+    if record.z_summary is not None:
+        z = record.z_summary.median
+        band = (record.z_summary.lower, record.z_summary.upper)
+    return GofRow(record.variant, t_obs, _float(_get(lambda: res.p_value)), _float(z),
+                  z_chi2=_get(lambda: res.z_chi2), n_toys=_get(lambda: res.n_toys),
+                  z_band=band, z_is_bound=bool(_get(lambda: res.z_is_bound)),
+                  p_interval=_get(lambda: res.p_interval),
+                  p_interval_total=_get(lambda: res.p_interval_total),
+                  failure=failure), True
+
+
+def _raw_gof_row(run: RunDir, variant: str, exc: Exception) -> GofRow:
+    """What a ``gof/VARIANT.json`` that :func:`load_gof` cannot read still says."""
+    raw = _get(lambda: load_gof_json(run, variant))
+    raw = raw if isinstance(raw, dict) else {}
+    why = failure_of(raw)
+    toys = raw.get("t_null")
+    return GofRow(variant, _float(raw.get("t_obs")), _float(raw.get("p_value")),
+                  _float(raw.get("z")), z_chi2=_float(raw.get("z_chi2_extrapolated")),
+                  n_toys=len(toys) if isinstance(toys, list) else None,
+                  failure=(why + "; " if why else "") + "the saved result cannot be read "
+                          f"({type(exc).__name__}: {exc})")
+
+
+def _deviations(run: RunDir) -> dict[str, Any] | None:
+    """Where the alternative departs from REF, when the gof stage recorded it."""
+    return _get(lambda: load_deviations(run))
 
 
 def _coverage_rows(run: RunDir) -> list[CoverageRow]:
@@ -155,13 +239,15 @@ def _stage_notes(run: RunDir) -> list[str]:
     return notes
 
 
-def _figures(run: RunDir) -> dict[str, Path]:
-    """Caption to PNG of every figure that was drawn, in the report's order."""
+def _figures(run: RunDir, paper: bool) -> dict[str, Path]:
+    """Caption to PNG of every figure that was drawn, in the report's order (the paper's
+    figure number cited for the paper's toy study only)."""
     figures = {}
-    for stem, caption in _FIGURE_CAPTIONS.items():
+    for stem, caption, paper_figure in _FIGURES:
         png = run.root / "figures" / f"{stem}.png"
         if png.is_file():
-            figures[caption] = png
+            cite = f" (paper {paper_figure})" if paper and paper_figure else ""
+            figures[caption + cite] = png
     return figures
 
 

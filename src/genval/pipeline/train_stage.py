@@ -8,13 +8,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from genval import plots
+from genval.compute import Executor
 from genval.config import Config
 from genval.pipeline.artifacts import (
     KdeSpec,
     LearningCurves,
+    PythonSpec,
     save_ensemble,
     save_history,
     save_kde,
+    save_python_members,
     save_transform,
     split_events,
     split_weights,
@@ -29,11 +32,14 @@ from genval.transforms import FeatureTransform
 __all__ = ["stage_train"]
 
 
-def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
+def stage_train(run: RunDir, *, log: Log = quiet, executor: Executor | None = None
+                ) -> dict[str, Any]:
     """Train (or build) the M members on the train split and save them under ``models/``.
 
     With ``data.transforms`` the members learn ``y = T(x)``; the transform is saved beside
-    them (``models/transform.json``) and applied by every later stage.
+    them (``models/transform.json``) and applied by every later stage. With an ``executor``
+    (``compute.scheduler``), flow members train as sub-ensembles on its workers
+    (:mod:`genval.flows.shards`), the same members as in this process.
     """
     cfg = run.config()
     x_train, names = split_events(run, "train")
@@ -55,8 +61,13 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
         return {"kind": "kde", "n_members": cfg.members.n_members, **coordinates}
     device = resolve_device(cfg.device)
     run.update_metadata(device={"resolved": device})
-    log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}")
-    ensemble, history = _train_flows(cfg, x_train, w_train, seed, device)
+    if cfg.members.kind == "python":
+        return {**_build_python_members(run, cfg, x_train, w_train, seed, device, log),
+                **coordinates}
+    where = "" if executor is None else f" on {executor.n_workers} Dask worker(s)"
+    log(f"[train] {cfg.members.n_members} flows on {len(x_train)} events, device {device}"
+        f"{where}")
+    ensemble, history = _train_flows(cfg, x_train, w_train, seed, device, executor)
     save_ensemble(run, ensemble)
     curves = LearningCurves.from_history(history)
     save_history(run, curves)
@@ -66,8 +77,26 @@ def stage_train(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
             "diverged": int(np.sum(history.diverged)), **coordinates}
 
 
+def _build_python_members(run: RunDir, cfg: Config, x_train: NDArray[np.float64],
+                          w_train: NDArray[np.float64] | None, seed: int, device: str, log: Log
+                          ) -> dict[str, Any]:
+    """``members.kind: python``: call the factory on the (transformed, weighted) train split,
+    record it with the members' fingerprint."""
+    from genval.adapters import build_members
+
+    factory = str(cfg.members.factory)
+    log(f"[train] members from {factory} on {len(x_train)} events, device {device}")
+    members = build_members(factory, x_train, n_members=cfg.members.n_members, seed=seed,
+                            device=device, event_weights=w_train)
+    save_python_members(run, PythonSpec(factory, cfg.members.n_members, seed,
+                                        PythonSpec.fingerprint_of(members, x_train)))
+    return {"kind": "python", "factory": factory, "n_members": members.n_members,
+            "adapter": type(members).__name__, "device": device}
+
+
 def _train_flows(cfg: Config, x_train: NDArray[np.float64], w_train: NDArray[np.float64] | None,
-                 seed: int, device: str) -> tuple[Any, Any]:
+                 seed: int, device: str, executor: Executor | None = None
+                 ) -> tuple[Any, Any]:
     """The flow ensemble of ``members.flow`` trained on ``x_train`` (weighted by ``w_train``
     when the events are), and its history."""
     from genval import flows  # torch loads only for flow members
@@ -79,7 +108,8 @@ def _train_flows(cfg: Config, x_train: NDArray[np.float64], w_train: NDArray[np.
                           batch_size=fc.batch_size, lr=fc.learning_rate,
                           max_epochs=fc.max_epochs, patience=fc.patience, seed=seed,
                           device=device, progress=not cfg.quiet, bootstrap=fc.bootstrap,
-                          precision=fc.precision, event_weights=w_train)
+                          precision=fc.precision, event_weights=w_train,
+                          scheduler=executor)
     return ens, history
 
 
