@@ -44,6 +44,8 @@ EXPORTS = {
                  "PARALLEL_STAGES", "stage_executor", "run_gof_part", "merge_gof"],
     "compute": ["ComputeSettings", "SlurmSettings", "Executor", "open_executor",
                 "available_cores", "check_scheduler", "slurm_job_script", "SCHEDULERS"],
+    "io": ["FORMATS", "DataSpec", "EventTable", "Expression", "parse_spec", "expand_specs",
+           "read_events", "write_events"],
     "paper": ["PAPER_Z", "PAPER_COVERAGE", "PAPER_TOY_MEAN", "PAPER_TOY_STD",
               "PAPER_KERNEL_BASIS", "is_paper_toy"],
     "transforms": ["FeatureMap", "Identity", "Log", "Bounded", "FeatureTransform",

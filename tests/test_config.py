@@ -132,7 +132,14 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_overlapping_splits_are_refused():
     with pytest.raises(ConfigError, match=r"splits overlap: fractions sum to 1.1 > 1"):
+        parse_config({"splits": {"train": 0.7, "centres": 0.01}})
+    # centres: auto takes its share from train, so only the other three must fit.
+    with pytest.raises(ConfigError, match=r"splits overlap: fractions sum to 1.09 > 1"):
         parse_config({"splits": {"train": 0.7}})
+    assert parse_config({"splits": {"train": 0.61}}).splits.centres == "auto"
+    with pytest.raises(ConfigError, match="centres: auto needs fractions"):
+        parse_config({"splits": {"train": [0, 0.6], "weight_fit": [0.6, 0.8],
+                                 "test": [0.8, 1]}})
     with pytest.raises(ConfigError, match=r"splits 'train' \[0.0, 0.6\] and 'weight_fit' "
                                           r"\[0.5, 0.8\] overlap"):
         parse_config({"splits": {"train": [0, 0.6], "weight_fit": [0.5, 0.8],
@@ -142,7 +149,7 @@ def test_overlapping_splits_are_refused():
 
 
 def test_test_file_must_not_be_the_training_file():
-    with pytest.raises(ConfigError, match="is the file the training splits come from"):
+    with pytest.raises(ConfigError, match="is a file the training splits come from"):
         parse_config({"data": {"path": "a.h5:x", "test_path": "./a.h5:x"},
                       "splits": {"test": None}})
     cfg = parse_config({"data": {"path": "a.h5:x", "test_path": "a.h5:y"},
@@ -161,6 +168,24 @@ def test_cross_section_and_field_checks():
         parse_config({"data": {"features": ["a", "a"]}})
     with pytest.raises(ConfigError, match="unknown format"):
         parse_config({"sample": {"output": "out.txt"}})
+    with pytest.raises(ConfigError, match=r"data.selection applies to files, but data.path is "
+                                          "null"):
+        parse_config({"data": {"selection": "x0 > 0"}})
+    with pytest.raises(ConfigError, match=r"data.aliases name '2x' is not an identifier"):
+        parse_config({"data": {"path": "a.csv", "aliases": {"2x": "x0 * 2"}}})
+    with pytest.raises(ConfigError, match=r"data.selection: data.selection 'x0 >' is not a "
+                                          "valid expression"):
+        parse_config({"data": {"path": "a.csv", "selection": "x0 >"}})
+    with pytest.raises(ConfigError, match=r"data.aliases.y 'x0.real': attribute access"):
+        parse_config({"data": {"path": "a.csv", "aliases": {"y": "x0.real"}}})
+    with pytest.raises(ConfigError, match="uses no column"):
+        parse_config({"data": {"path": "a.csv", "selection": "1"}})
+    with pytest.raises(ConfigError, match="mix formats"):
+        parse_config({"data": {"path": ["a.csv", "b.root:t"]}})
+    cfg = parse_config({"data": {"path": ["a.root", "d/*.root"], "tree": "Events",
+                                 "aliases": {"y": "x0 * 2"}, "selection": "y > 1 && x0 < 3"}})
+    assert cfg.data.files() == ["a.root", "d/*.root"] and cfg.data.files("test_path") == []
+    assert parse_config(yaml.safe_load(dump_config(cfg, comments=True))) == cfg
     with pytest.raises(ConfigError, match="same non-zero length"):
         parse_config({"data": {"generate": {"mean": [0.0], "std": [1.0, 2.0]}}})
 

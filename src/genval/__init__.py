@@ -15,9 +15,13 @@ References:
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from genval._version import __version__
+
+# A library logs and lets the application decide what to show (genval._logging).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -10,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from genval.errors import InputError
 
 __all__ = ["as_events", "as_event_weights", "as_context", "as_rng", "check_device",
-           "MPS_UNSUPPORTED"]
+           "MPS_UNSUPPORTED", "check_feature_spread"]
 
 
 def as_events(x: ArrayLike, *, n_features: int | None = None, min_events: int = 1,
@@ -96,6 +97,46 @@ def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)
+
+
+def check_feature_spread(x: NDArray[np.float64], names: Sequence[str], *,
+                         source: str = "the events") -> None:
+    """Refuse a feature that cannot be standardised, naming it with its statistics.
+
+    Every member standardises the features (flows by their mean and standard deviation, KDEs
+    by a bandwidth proportional to it): a constant feature has no scale, and one whose
+    values reach ~1e154 (squares) or ~1e308 (sums, ranges) overflows float64 on the way.
+    Without this check both surface later as "bandwidth must be finite and positive" or as
+    NaN losses, which name the symptom, not the feature.
+
+    Raises:
+        InputError: naming the feature, its mean, standard deviation, minimum and maximum,
+            and what to do.
+    """
+    if x.shape[0] == 0:
+        return
+    with np.errstate(all="ignore"):  # overflow is what this looks for
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        width = hi - lo
+        scaled_ok = np.isfinite((x - mean) / std).all(axis=0)
+    for j, name in enumerate(names):
+        stats = (f"mean {mean[j]:.6g}, std {std[j]:.6g}, min {lo[j]:.6g}, max {hi[j]:.6g} over "
+                 f"{x.shape[0]} events")
+        if lo[j] == hi[j]:
+            raise InputError(f"feature {name!r} in {source} is constant ({stats}): it carries "
+                             "no information and cannot be standardised; drop it from "
+                             "data.features")
+        if not (np.isfinite(mean[j]) and np.isfinite(std[j]) and np.isfinite(width[j])):
+            raise InputError(f"feature {name!r} in {source} overflows float64 arithmetic "
+                             f"({stats}): its sum, spread or range exceeds 1.8e308; express it "
+                             "in other units (e.g. an alias in data.aliases such as "
+                             f"'{name}_scaled: {name} / 1e300')")
+        if std[j] == 0 or not scaled_ok[j]:
+            raise InputError(f"feature {name!r} in {source} is not finite after "
+                             f"standardisation ({stats}): its spread underflows float64; "
+                             "express it in other units (an alias in data.aliases)")
 
 
 MPS_UNSUPPORTED = ("device 'mps' is not supported: the flows return their densities and "

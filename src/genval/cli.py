@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import click
 
+from genval._logging import Log, messages_to, to_logger
 from genval._version import __version__
 from genval.config import (
     Config,
@@ -49,8 +50,17 @@ __all__ = ["main", "register"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _log(quiet: bool) -> Callable[[str], None]:
-    return (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+def _log(quiet: bool) -> Log:
+    """The stages' :data:`~genval._logging.Log` for this command: the ``genval`` logger, whose
+    messages are echoed on stderr (unless ``quiet``) until the command ends."""
+    ctx = click.get_current_context(silent=True)
+    if not quiet and ctx is not None and not ctx.meta.get(_ECHOING):
+        ctx.meta[_ECHOING] = True
+        ctx.with_resource(messages_to(functools.partial(click.echo, err=True)))
+    return to_logger
+
+
+_ECHOING = "genval.messages_echoed"
 
 
 def _errors(fn: F) -> F:

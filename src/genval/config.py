@@ -33,6 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genval._paths import check_relative_output
 from genval._validation import check_device
 from genval.compute import ComputeSettings, SlurmSettings, check_scheduler
 from genval.errors import InputError
@@ -60,13 +61,20 @@ __all__ = [
     "config_hash",
     "config_schema",
     "RUNTIME_KEYS",
+    "AUTO",
     "with_overrides",
 ]
 
 SplitSpec = float | tuple[float, float]
 """A split given as a fraction of the events, or as a ``[start, stop]`` range of fractions."""
+AUTO = "auto"
+"""The value of keys whose default adapts to the data (``splits.centres``): resolved by
+:mod:`genval.pipeline.adapt` once the number of events is known, and recorded in the run's
+metadata."""
 
 SPLIT_NAMES = ("train", "weight_fit", "centres", "test")
+RESERVED_SAMPLE_NAMES = ("density.npz", "sampler.json")
+"""Files the sample stage writes beside ``sample.output`` (f̂ and σ_f̂; the diagnostics)."""
 VARIANTS = ("single", "frozen", "ensemble")
 """GoF variants: one member; the ensemble at ŵ frozen; the ensemble with its uncertainty."""
 
@@ -104,15 +112,25 @@ class DataConfig(_Section):
 
     Attributes:
         path: ``file.npy``, ``file.npz[:key]``, ``file.csv``, ``file.parquet``,
-            ``file.h5:dataset`` or ``file.root:tree``; ``None`` generates :attr:`generate`.
-        features: feature (column, branch) names to read, in order; ``None`` reads all
-            (except :attr:`weight`).
-        weight: the column (branch) of ``path`` holding per-event weights (Monte-Carlo
-            weights, finite, possibly negative), read with the features and never one of
-            them; ``None``: unweighted events. ``test_path`` is read with the same column when
-            it has one (the GoF test refuses weighted test events), unweighted otherwise.
-        test_path: optional separate file for the test split (then ``splits.test`` must be
-            unset); it must not be the file the other splits come from.
+            ``file.h5:dataset`` or ``file.root:tree``, or a list of them (one format), read
+            as one table in order; file names may be glob patterns (``dir/*.root:Events``,
+            matches in sorted order; a pattern matching nothing is an error). ROOT files are
+            read with ``uproot.concatenate``. ``None`` generates :attr:`generate`.
+        features: feature (column, branch or alias) names to read, in order; ``None`` reads
+            every column of the file (except :attr:`weight`; aliases only when named here).
+        weight: the column (branch or alias) of ``path`` holding per-event weights
+            (Monte-Carlo weights, finite, possibly negative), read with the features, cut by
+            the same selection and never one of them; ``None``: unweighted events.
+            ``test_path`` is read with the same column when it has one (the GoF test refuses
+            weighted test events), unweighted otherwise.
+        test_path: optional separate file (or list) for the test split (then ``splits.test``
+            must be unset); it must not be a file the other splits come from.
+        tree: the ROOT tree of ``.root`` entries written without ``:tree``.
+        aliases: name -> expression of derived columns (``pt_gev: pt / 1000``), usable as
+            features, weight and in the selection (uproot's ``aliases=`` for ROOT).
+        selection: a cut (``pt > 20 and abs(eta) < 2.4``) applied to every file, the test
+            file included: uproot's ``cut=`` for ROOT TTrees, genval's evaluator of the same
+            grammar (:mod:`genval.io.expressions`) for every other format.
         generate: the generated source used when ``path`` is ``None``.
         transforms: per-feature maps applied before training (:mod:`genval.transforms`):
             ``{feature: "log" | "identity" | {log: {shift: X0}} | {bounded: [LO, HI]}}``;
@@ -123,16 +141,25 @@ class DataConfig(_Section):
         units: unit string per feature name (``"GeV"``); shown as ``label [unit]``.
     """
 
-    path: str | None = Field(
-        None, description="FILE.{npy,npz,csv,parquet} | FILE.h5:DATASET | FILE.root:TREE; "
-                           "null: generate")
+    path: str | list[str] | None = Field(
+        None, description="FILE.{npy,npz,csv,parquet} | FILE.h5:DATASET | FILE.root:TREE, or a "
+                          "list of them; globs allowed; null: generate")
     features: list[str] | None = Field(
-        None, description="feature (column, branch) names to read, in order; null: all")
+        None, description="feature (column, branch, alias) names to read, in order; null: all "
+                          "columns")
     weight: str | None = Field(
-        None, description="column (branch) of per-event weights, possibly negative; not a "
-                          "feature; null: unweighted")
-    test_path: str | None = Field(
-        None, description="separate file for the test events (then splits.test must be null)")
+        None, description="column (branch, alias) of per-event weights, possibly negative; not "
+                          "a feature; null: unweighted")
+    test_path: str | list[str] | None = Field(
+        None, description="separate file(s) for the test events (then splits.test must be "
+                          "null)")
+    tree: str | None = Field(None, description="ROOT tree of .root files given without :TREE")
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="NAME: EXPRESSION derived columns, usable as "
+                                          "features and in the selection")
+    selection: str | None = Field(
+        None, description="cut applied to every input, e.g. 'pt > 20 and abs(eta) < 2.4'; "
+                          "null: keep all")
     generate: GaussianSource = Field(
         default_factory=GaussianSource, description="the source used when path is null")
     transforms: dict[str, Any] = Field(
@@ -170,6 +197,57 @@ class DataConfig(_Section):
                 raise ValueError(f"duplicate feature names {dupes}")
         return value
 
+    @field_validator("path", "test_path")
+    @classmethod
+    def _known_formats(cls, value: str | list[str] | None) -> str | list[str] | None:
+        from genval.io import parse_spec
+
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list of files; give at least one (or null)")
+            if len({parse_spec(v).fmt for v in value}) > 1:
+                raise ValueError(f"the files {value} mix formats; give files of one format")
+        elif value is not None:
+            parse_spec(value)
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_parse(cls, value: dict[str, str]) -> dict[str, str]:
+        from genval.io.expressions import Expression, check_alias_name
+
+        for name, text in value.items():
+            check_alias_name(name, "data.aliases")
+            Expression(text, what=f"data.aliases.{name}")
+        return value
+
+    @field_validator("selection")
+    @classmethod
+    def _selection_parses(cls, value: str | None) -> str | None:
+        from genval.io.expressions import Expression
+
+        if value is not None and not Expression(value, what="data.selection").names:
+            raise ValueError(f"data.selection {value!r} uses no column: it would keep every "
+                             "event or none")
+        return value
+
+    @model_validator(mode="after")
+    def _file_keys_need_files(self) -> DataConfig:
+        if self.path is None and self.test_path is None:
+            unused = [k for k in ("selection", "tree") if getattr(self, k) is not None]
+            unused += ["aliases"] if self.aliases else []
+            if unused:
+                # The generated source has a known truth (the coverage study's O*); a cut
+                # would change it, so it is refused rather than silently ignored.
+                raise ValueError(f"data.{unused[0]} applies to files, but data.path is null "
+                                 "(generated events)")
+        return self
+
+    def files(self, which: Literal["path", "test_path"] = "path") -> list[str]:
+        """``path`` (or ``test_path``) as a list of specifications (empty when unset)."""
+        value = getattr(self, which)
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
     @model_validator(mode="after")
     def _weight_is_not_a_feature(self) -> DataConfig:
         if self.weight is not None:
@@ -193,8 +271,9 @@ class SplitsConfig(_Section):
         0.6, description="fraction (or [start, stop] range) of events to train the members")
     weight_fit: SplitSpec = Field(
         0.2, description="fraction (or range) to fit the weights ŵ and Cov(ŵ)")
-    centres: SplitSpec = Field(
-        0.01, description="fraction (or range) to draw the GoF kernel centres from")
+    centres: SplitSpec | Literal["auto"] = Field(
+        "auto", description="fraction (or range) to draw the GoF kernel centres from; auto: "
+                            "0.01, more for small data sets (from train)")
     test: SplitSpec | None = Field(
         0.19, description="fraction (or range) held out for the GoF test; null: data.test_path")
     shuffle: bool = Field(True, description="shuffle the events before cutting the splits")
@@ -204,7 +283,16 @@ class SplitsConfig(_Section):
     def _consistent(self) -> SplitsConfig:
         from genval.splits import check_split_specs  # splits imports nothing from config
 
-        check_split_specs({n: getattr(self, n) for n in SPLIT_NAMES})
+        specs = {n: getattr(self, n) for n in SPLIT_NAMES}
+        auto = specs["centres"] == AUTO
+        if auto:
+            # auto takes its share from train when the others leave too little (resolved
+            # once the number of events is known: genval.pipeline.adapt).
+            specs["centres"] = None
+        check_split_specs(specs)
+        if auto and any(isinstance(v, (tuple, list)) for v in specs.values()):
+            raise ValueError("splits.centres: auto needs fractions; with [start, stop] ranges "
+                             "give centres a range too")
         return self
 
 
@@ -277,15 +365,24 @@ class SampleConfig(_Section):
 
     n_events: int = Field(200_000, ge=1, description="events to draw from the fitted mixture")
     output: str = Field(
-        "samples.npy", description="file name under samples/; the extension picks the format")
+        "samples.npy", description="file under samples/ (relative, no '..'); the extension "
+                                   "picks the format")
 
     @field_validator("output")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        from genval.io import FORMATS
+        from genval.io import FORMATS, parse_spec
 
-        if Path(value.split(":", 1)[0]).suffix.lower() not in FORMATS:
-            raise ValueError(f"output {value!r} has an unknown format; use one of {FORMATS}")
+        try:
+            spec = parse_spec(value)
+        except InputError:
+            raise ValueError(f"output {value!r} has an unknown format; use one of "
+                             f"{FORMATS}") from None
+        # A config passed between collaborators must not write outside the run directory.
+        check_relative_output(str(spec.path), "path")
+        if spec.path.as_posix() in RESERVED_SAMPLE_NAMES:
+            raise ValueError(f"output {value!r} is the name of the sample stage's own "
+                             f"{spec.path} file; choose another name")
         return value
 
 
@@ -578,10 +675,11 @@ class Config(_Section):
                              "events come from that file)")
         if self.data.test_path is None and self.splits.test is None:
             raise ValueError("splits.test is null but data.test_path is not set: no test events")
-        if self.data.path is not None and self.data.test_path is not None:
-            if _same_file(self.data.path, self.data.test_path):
-                raise ValueError(f"data.test_path {self.data.test_path!r} is the file the "
-                                 "training splits come from: the test split would overlap them")
+        for train_spec in self.data.files("path"):
+            for test_spec in self.data.files("test_path"):
+                if _same_file(train_spec, test_spec):
+                    raise ValueError(f"data.test_path {test_spec!r} is a file the training "
+                                     "splits come from: the test split would overlap them")
         names = self.data.features or (None if self.data.path is not None else
                                        [f"x{j}" for j in range(len(self.data.generate.mean))])
         if self.data.transforms and names is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "GenvalError",
     "InputError",
+    "OutputPathError",
     "FitError",
     "ArtifactError",
     "GenvalWarning",
@@ -25,6 +26,10 @@ class GenvalError(Exception):
 
 class InputError(GenvalError, ValueError):
     """Input data or arguments that cannot be used (non-finite, wrong shape, too few events)."""
+
+
+class OutputPathError(InputError):
+    """An output path that would leave the run directory (absolute, ``..``, a symlink out)."""
 
 
 class FitError(GenvalError, RuntimeError):

@@ -161,8 +161,14 @@ def _bandwidth(replica: NDArray[np.float64], rule: str | float | ArrayLike,
         h = std * factor
     else:
         h = np.broadcast_to(np.asarray(rule, dtype=np.float64), (d,)).copy()
-    if not np.all(np.isfinite(h) & (h > 0)):
-        raise InputError(f"bandwidth must be finite and positive, got {h}")
+    bad = ~(np.isfinite(h) & (h > 0))
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        with np.errstate(all="ignore"):
+            lo, hi = replica[:, j].min(), replica[:, j].max()
+        raise InputError(f"bandwidth must be finite and positive, got {h}: feature {j} of a "
+                         f"member's bootstrap replica of {n} events spans [{lo:.6g}, {hi:.6g}] "
+                         "(constant, or beyond float64 arithmetic); drop or rescale it")
     return h
 
 

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 
 from genval._atomic import atomic_write_json, atomic_write_text
+from genval._logging import to_logger
+from genval._paths import resolve_inside
 from genval._version import __version__
 from genval.config import Config, config_hash, dump_config, load_config
 from genval.errors import ArtifactError
@@ -179,13 +181,14 @@ class RunDir:
         ``data``), created on first use."""
         if name not in ("data", "models", "fit", "samples", "coverage", "gof", "figures"):
             raise ValueError(f"unknown run-directory folder {name!r}")
-        path = self.root / name
+        # A folder that is a symlink out of the run would take every artifact with it.
+        path = resolve_inside(self.root, name, f"run-directory folder {name!r}")
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def _marker(self, stage: str) -> Path:
         _check_stage(stage)
-        return self.root / ".stages" / f"{stage}.json"
+        return resolve_inside(self.root, Path(".stages") / f"{stage}.json", "stage marker")
 
     # --- creation ---------------------------------------------------------------------------
 
@@ -327,12 +330,12 @@ class RunDir:
             stage: one of :data:`STAGES`.
             fn: does the work and writes the artifacts; may return a JSON-able info dict.
             force: re-run even if finished.
-            log: receives one-line progress messages (e.g. ``click.echo`` to stderr).
+            log: receives one-line progress messages; None: the ``genval`` logger.
 
         Raises:
             RunDirError: if a stage it depends on has not finished.
         """
-        say = log or (lambda _msg: None)
+        say = log or to_logger
         if not force and self.is_done(stage):
             record = self._marker_record(stage) or {}
             say(f"[{stage}] already done ({record.get('finished')}); skipping (use --force)")

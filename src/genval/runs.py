@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from genval._logging import handlers_configured, messages_to
 from genval.config import Config, load_config, parse_config, with_overrides
 from genval.errors import InputError
 from genval.rundir import STAGES, RunDir, to_jsonable
@@ -268,8 +270,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     return Run(path)
 
 
-_TEST_EVENTS_PENDING = "(the test_events given to genval.run)"
-"""``data.test_path`` while a mapping config is validated: ``run_pipeline`` sets the real one."""
+_TEST_EVENTS_PENDING = "(the test_events given to genval.run).npz"
+"""``data.test_path`` while a mapping config is validated: ``run_pipeline`` sets the real one.
+It names a format, as every ``data.test_path`` must."""
 
 
 def _as_config(config: Config | Mapping[str, Any] | str | os.PathLike[str] | None, *,
@@ -314,14 +317,16 @@ def run(events: ArrayLike | str | os.PathLike[str] | None = None, *,
         stages: the stages to run.
 
     Calling it again with the same inputs resumes (finished stages are skipped). Stage
-    messages go to stderr unless ``quiet``.
+    messages go to the ``genval`` logger; unless ``quiet``, they are also printed on stderr
+    while the application has configured no logging handler of its own.
     """
     from genval.pipeline import run_pipeline
 
     cfg = _as_config(config, test_events_given=test_events is not None)
     if overrides:
         cfg = with_overrides(cfg, dict(overrides))
-    result = run_pipeline(cfg, run_dir=run_dir, force=force, stages=stages,
-                          log=None if cfg.quiet else _stderr, events=events,
-                          test_events=test_events, features=features)
+    show = not cfg.quiet and not handlers_configured()
+    with messages_to(_stderr) if show else contextlib.nullcontext():
+        result = run_pipeline(cfg, run_dir=run_dir, force=force, stages=stages, log=None,
+                              events=events, test_events=test_events, features=features)
     return Run(result.root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from genval._atomic import atomic_write_bytes
 from genval.errors import ArtifactError, InputError
 
 __all__ = ["SPLIT_ORDER", "Splits", "check_split_specs", "check_disjoint", "make_splits",
-           "hash_events"]
+           "hash_events", "share_at_least"]
 
 SPLIT_ORDER = ("train", "weight_fit", "centres", "test")
 """Split names, in the order their blocks are cut from the (shuffled) events."""
@@ -173,6 +174,11 @@ def hash_events(x: NDArray[np.float64]) -> str:
     return h.hexdigest()
 
 
+def share_at_least(n_needed: int, n_events: int) -> float:
+    """The smallest fraction, rounded up to 4 decimals, whose split holds ``n_needed`` events."""
+    return math.ceil(n_needed / n_events * 1e4 - _TOL) / 1e4
+
+
 def make_splits(n_events: int, specs: Mapping[str, SplitSpec | None], *, seed: int | None = 0,
                 shuffle: bool = True, min_events: int = 1,
                 min_sizes: Mapping[str, tuple[int, str]] | None = None) -> Splits:
@@ -217,8 +223,12 @@ def make_splits(n_events: int, specs: Mapping[str, SplitSpec | None], *, seed: i
         if min_events > need:  # name the constraint that actually binds
             need, why = min_events, "splits.min_events"
         if hi - lo < need:
+            share = share_at_least(need, n_events)
+            fraction = isinstance(given[name], (int, float))
+            fix = (f"set splits.{name} to at least {share:g}" if fraction
+                   else f"widen the range of splits.{name} to at least {share:g}")
             raise InputError(f"split {name!r} would hold {hi - lo} of {n_events} events, fewer "
-                             f"than the {need} required ({why}); give it a larger share or "
-                             "provide more events")
+                             f"than the {need} required ({why}); {fix} (taking the share from "
+                             "another split) or provide more events")
     indices = {n: np.sort(order[lo:hi]).astype(np.int64) for n, (lo, hi) in bounds.items()}
     return Splits(n_events, indices, seed if shuffle else None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from genval._validation import as_event_weights, as_events
 from genval.compute import Executor, worker_threads

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from genval._allocator import retain_freed_memory
 from genval._settings import apply_overrides, setting_names

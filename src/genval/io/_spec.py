@@ -39,13 +39,24 @@ class DataSpec:
 class EventTable:
     """Events read from a file: ``x`` (N, D) float64 and the D feature names.
 
-    ``weights`` holds the per-event weights (N,) when a weight column was read (finite,
-    possibly negative), ``weight_name`` that column's name; both None for unweighted events.
+    Attributes:
+        x: the events, after the selection.
+        names: the D feature names.
+        source: where they came from, for messages (the first file of several).
+        files: every file read, in order (``path:key``).
+        n_read: with a selection, the events read before it; ``None`` without one.
+        selection: the selection applied, as written.
+        weights: the per-event weights (N,) when a weight column was read (finite, possibly
+            negative); None for unweighted events.
+        weight_name: that column's name, or None.
     """
 
     x: NDArray[np.float64]
     names: list[str]
     source: str
+    files: tuple[str, ...] = ()
+    n_read: int | None = None
+    selection: str | None = None
     weights: NDArray[np.float64] | None = None
     weight_name: str | None = None
 

@@ -8,7 +8,10 @@ extra to install (``pip install 'genval[root]'``).
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,83 +29,278 @@ from genval.io._spec import (
     parse_spec,
     select_columns,
 )
+from genval.io.expressions import Expression, check_alias_name, evaluate_aliases
 
-__all__ = ["read_events"]
+__all__ = ["read_events", "expand_specs"]
 
 Columns = tuple[list[str], Any]  # names, and a callable name-list -> list of 1D arrays
 
 
-def read_events(spec: str | Path, features: Sequence[str] | None = None, *,
-                n_features: int | None = None, min_events: int = 1,
-                weight: str | None = None, weight_required: bool = True) -> EventTable:
-    """Read events from ``spec`` = ``file.ext[:key]``.
+def read_events(spec: str | Path | Sequence[str | Path], features: Sequence[str] | None = None,
+                *, n_features: int | None = None, min_events: int = 1,
+                weight: str | None = None, weight_required: bool = True,
+                selection: str | Expression | None = None,
+                aliases: Mapping[str, str | Expression] | None = None,
+                tree: str | None = None) -> EventTable:
+    """Read events from ``spec`` = ``file.ext[:key]``, or a list of them, concatenated in order.
 
     Args:
         spec: ``.npy``; ``.npz[:array]``; ``.csv`` (header row of names, or none);
             ``.parquet``; ``.h5:dataset`` (2D, compound, or a group of 1D datasets);
-            ``.root:tree`` (a TTree or RNTuple of flat numeric branches).
-        features: names to read, in this order; ``None`` reads every column.
+            ``.root:tree`` (a TTree or RNTuple of flat numeric branches). A list of such
+            specifications (one format) is read as one table, in order; a file name may be a
+            glob pattern (``dir/*.root:Events``), its matches taken in sorted order.
+        features: names to read, in this order (columns, branches or ``aliases``); ``None``
+            reads every column of the (first) file.
         n_features: if given, the number of features the caller expects.
-        min_events: the fewest events accepted.
-        weight: the column (branch) holding per-event weights, read with the features and
-            never one of them (``features=None`` then reads every other column).
-        weight_required: a missing ``weight`` column is an error; False reads the file as
+        min_events: the fewest events accepted (after the selection).
+        weight: the column (branch or alias) holding per-event weights, read with the
+            features, cut by the same selection and never one of them (``features=None``
+            then reads every other column).
+        weight_required: a missing ``weight`` column is an error; False reads the files as
             unweighted instead (``EventTable.weights`` is None).
+        selection: a cut (:mod:`genval.io.expressions`): only events where it is non-zero are
+            kept. ROOT TTrees apply it in uproot (``cut=``), every other format in numpy.
+        aliases: name -> expression of derived columns, usable as features, weight and in
+            the selection (uproot's ``aliases=`` for TTrees).
+        tree: the ROOT tree of ``.root`` files given without ``:tree``.
 
     Returns:
-        :class:`EventTable` with float64 ``x`` (N, D), its feature names and the weights.
+        :class:`EventTable` with float64 ``x`` (N, D), its feature names, the weights, the
+        files read and, with a selection, how many events were read before it.
 
     Raises:
-        InputError: missing file, unknown key, feature or weight column (with a
-            did-you-mean), non-numeric or jagged columns, NaN/inf rows or weights, a feature
-            count other than ``n_features``, a weight column that is also a feature.
+        InputError: missing file, a glob matching nothing, mixed formats, unknown key,
+            feature or weight column (with a did-you-mean), non-numeric or jagged columns, no
+            events, NaN/inf values (naming the features) or weights, a selection keeping
+            nothing, a feature count other than ``n_features``, a weight column that is also
+            a feature.
         MissingDependencyError: if the format's optional library is not installed.
     """
-    ds = parse_spec(spec)
-    if not ds.path.is_file():
-        raise InputError(f"data file not found: {ds.path}")
-    reader = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv,
-              ".parquet": _read_parquet, ".h5": _read_h5, ".root": _read_root}[ds.fmt]
-    names, load = reader(ds)
-    if weight is not None and weight not in names:
-        if weight_required:
-            raise InputError(missing_feature_message(weight, list(names), str(ds))
-                             .replace("feature", "weight column", 1))
-        weight = None
-    if weight is not None and features is not None and weight in features:
-        raise InputError(f"{ds}: {weight!r} is both a feature and the weight column")
-    candidates = [n for n in names if n != weight]
-    chosen = [candidates[i] for i in select_columns(candidates, features, str(ds))]
-    # The weight column comes in the same read as the features (one pass over the file).
-    cols = load(chosen if weight is None else [*chosen, weight])
-    if not chosen:
-        raise InputError(f"{ds}: no columns to read")
+    specs = expand_specs(spec, tree=tree)
+    cut = _expression(selection, "selection")
+    derived = {name: _expression(text, f"alias {name!r}") for name, text in
+               (aliases or {}).items()}
+    for name in derived:
+        check_alias_name(name)
+    source = str(specs[0]) if len(specs) == 1 else f"{specs[0]} (+{len(specs) - 1} more files)"
+    wanted = _Wanted(features, weight, weight_required)
+    read = _read_root if specs[0].fmt == ".root" else _read_tables
+    chosen, weight, cols, n_read = read(specs, wanted, cut, derived, source)
+    if n_read == 0:
+        raise InputError(f"{source}: no events (the input holds no rows)")
+    if cut is not None and len(cols[0]) == 0:
+        raise InputError(f"{source}: the selection {cut.text!r} kept none of the {n_read} "
+                         "events")
     weights = None
-    if weight is not None:
-        weights = _stack(cols[-1:], [weight], str(ds))[:, 0]
+    if weight is not None:  # read as the last column, in the same pass as the features
+        weights = _stack(cols[-1:], [weight], source)[:, 0]
         cols = cols[:-1]
-    x = as_events(_stack(cols, chosen, str(ds)), n_features=n_features, min_events=min_events,
-                  name=f"events in {ds}")
+    x = _stack(cols, chosen, source)
+    _check_finite(x, chosen, source)
+    x = as_events(x, n_features=n_features, min_events=min_events, name=f"events in {source}")
     if weights is not None:
-        weights = as_event_weights(weights, x.shape[0], name=f"weights {weight!r} in {ds}",
+        weights = as_event_weights(weights, x.shape[0], name=f"weights {weight!r} in {source}",
                                    positive_total=False)
-    return EventTable(x=x, names=chosen, source=str(ds), weights=weights, weight_name=weight)
+    return EventTable(x=x, names=chosen, source=source, files=tuple(str(d) for d in specs),
+                      n_read=n_read if cut is not None else None,
+                      selection=None if cut is None else cut.text, weights=weights,
+                      weight_name=weight)
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What the caller asked for: the features (None: every column) and the weight column."""
+
+    features: Sequence[str] | None
+    weight: str | None
+    weight_required: bool
+
+    def resolve(self, names: list[str], derived: Mapping[str, Expression], source: str
+                ) -> tuple[list[str], str | None]:
+        """The features and the weight column (None when absent and not required) among the
+        file's ``names`` and the aliases.
+
+        Raises:
+            InputError: a missing feature or required weight column (with a did-you-mean),
+                a weight column that is also a feature, or nothing to read.
+        """
+        available = list(names) + [n for n in derived if n not in names]
+        weight = self.weight
+        if weight is not None and weight not in available:
+            if self.weight_required:
+                raise InputError(missing_feature_message(weight, available, source)
+                                 .replace("feature", "weight column", 1))
+            weight = None
+        if weight is not None and self.features is not None and weight in self.features:
+            raise InputError(f"{source}: {weight!r} is both a feature and the weight column")
+        candidates = [n for n in available if n != weight]
+        asked = self.features if self.features is not None else [n for n in names
+                                                                  if n != weight]
+        chosen = [candidates[i] for i in select_columns(candidates, asked, source)]
+        if not chosen:
+            raise InputError(f"{source}: no columns to read")
+        return chosen, weight
+
+
+def expand_specs(spec: str | Path | Sequence[str | Path], *, tree: str | None = None
+                 ) -> list[DataSpec]:
+    """Parse one specification or a list; expand globs; check every file exists.
+
+    Args:
+        spec: ``file.ext[:key]`` or a list of them; ``*``, ``?``, ``[...]`` and ``**`` in the
+            file name are glob patterns (matches in sorted order).
+        tree: the key of ``.root`` files given without one.
+
+    Raises:
+        InputError: an empty list, a missing file, a pattern matching no file, formats mixed
+            in one list, or a file (and key) listed twice (its events would count twice).
+    """
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if not items:
+        raise InputError("no data files given (an empty list)")
+    out: list[DataSpec] = []
+    for item in items:
+        ds = parse_spec(item)
+        if ds.key is None and tree is not None and ds.fmt == ".root":
+            ds = DataSpec(ds.path, ds.fmt, tree)
+        if glob.has_magic(str(ds.path)):
+            matches = [Path(m) for m in sorted(glob.glob(str(ds.path), recursive=True))
+                       if Path(m).is_file()]
+            if not matches:
+                raise InputError(f"{item}: the pattern {str(ds.path)!r} matches no file")
+            out += [DataSpec(m, ds.fmt, ds.key) for m in matches]
+        elif not ds.path.is_file():
+            raise InputError(f"data file not found: {ds.path}")
+        else:
+            out.append(ds)
+    formats = sorted({d.fmt for d in out})
+    if len(formats) > 1:
+        raise InputError(f"the data files mix formats {formats}; give files of one format")
+    seen: dict[tuple[str, str | None], DataSpec] = {}
+    for ds in out:
+        key = (os.path.realpath(ds.path), ds.key)
+        if key in seen:
+            raise InputError(f"{ds} is listed twice (as {seen[key]} too): its events would be "
+                             "counted twice")
+        seen[key] = ds
+    return out
+
+
+def _expression(text: str | Expression | None, what: str) -> Expression | None:
+    if text is None or isinstance(text, Expression):
+        return text
+    return Expression(str(text), what=what)
+
+
+def _closure(chosen: Sequence[str], cut: Expression | None,
+             derived: Mapping[str, Expression]) -> set[str]:
+    """Every name the features and the selection need, following aliases through aliases."""
+    todo = list(chosen) + sorted(cut.names if cut is not None else ())
+    need: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in need:
+            continue
+        need.add(name)
+        if name in derived:
+            todo += sorted(derived[name].names)
+    return need
+
+
+_Read = tuple[list[str], str | None, list[NDArray[Any]], int]
+"""The features, the weight column (or None), their columns after the cut (the weight's
+last) and the number of events read before it."""
+
+
+def _read_tables(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
+                 derived: Mapping[str, Expression], source: str) -> _Read:
+    """Every non-ROOT format: each file's columns, concatenated, then aliases and the cut."""
+    reader = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv,
+              ".parquet": _read_parquet, ".h5": _read_h5}[specs[0].fmt]
+    parts: list[dict[str, NDArray[Any]]] = []
+    chosen: list[str] = []
+    weight: str | None = None
+    needed: list[str] = []
+    for i, ds in enumerate(specs):
+        names, load = reader(ds)
+        if i == 0:
+            chosen, weight = wanted.resolve(names, derived, source)
+            closure = _closure(_outputs(chosen, weight), cut, derived)
+            needed = [n for n in names if n in closure and n not in derived]
+            for expr in [*derived.values(), *([cut] if cut is not None else [])]:
+                expr.require_names([*names, *derived])
+            # At least one column, to count the events when only constant aliases are wanted.
+            needed = needed or names[:1]
+        shadowing = sorted(set(derived) & set(names))
+        if shadowing:
+            raise InputError(f"alias {shadowing[0]!r} has the name of a column in {ds}; "
+                             "rename the alias")
+        missing = [n for n in needed if n not in names]
+        if missing:
+            raise InputError(missing_feature_message(missing[0], names, str(ds)))
+        cols = load(needed) if needed else []
+        lengths = {len(c) for c in cols}
+        if len(lengths) > 1:
+            raise InputError(f"{ds}: columns have different lengths {sorted(lengths)}")
+        parts.append({n: _column(c, n, str(ds)) for n, c in zip(needed, cols, strict=True)})
+    columns = {n: np.concatenate([p[n] for p in parts]) for n in needed}
+    return chosen, weight, *_derive(_outputs(chosen, weight), columns, cut, derived)
+
+
+def _outputs(chosen: list[str], weight: str | None) -> list[str]:
+    return chosen if weight is None else [*chosen, weight]
+
+
+def _derive(chosen: list[str], columns: dict[str, NDArray[Any]], cut: Expression | None,
+            derived: Mapping[str, Expression]) -> tuple[list[NDArray[Any]], int]:
+    """The chosen columns (aliases evaluated) of the events the cut keeps; events read."""
+    n_read = len(next(iter(columns.values()))) if columns else 0
+    values = {**columns, **evaluate_aliases(_closure(chosen, cut, derived), columns, derived,
+                                            n_read)}
+    out = [values[n] for n in chosen]
+    if cut is not None:
+        keep = _mask(cut.evaluate(values), n_read, cut)
+        out = [c[keep] for c in out]
+    return out, n_read
+
+
+def _mask(value: Any, n_events: int, cut: Expression) -> NDArray[np.bool_]:
+    """Events where the selection is non-zero (NaN counts as true, as in uproot)."""
+    arr = np.asarray(value)
+    if arr.shape != (n_events,):
+        raise InputError(f"the selection {cut.text!r} gives one value of shape {arr.shape}, "
+                         f"not one per event: it must use a column")
+    return np.asarray(arr != 0)
+
+
+def _column(col: Any, name: str, source: str) -> NDArray[Any]:
+    arr = np.asarray(col)
+    if arr.dtype == object or arr.ndim != 1:
+        raise InputError(f"{source}: column {name!r} is not one number per event (jagged or "
+                         "multi-dimensional); flatten or select other features")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise InputError(f"{source}: column {name!r} is not numeric (dtype {arr.dtype})")
+    return arr
 
 
 def _stack(cols: list[NDArray[Any]], names: list[str], source: str) -> NDArray[np.float64]:
-    lengths = {len(c) for c in cols}
-    if len(lengths) > 1:
-        raise InputError(f"{source}: columns have different lengths {sorted(lengths)}")
-    out = []
-    for name, col in zip(names, cols, strict=True):
-        arr = np.asarray(col)
-        if arr.dtype == object or arr.ndim != 1:
-            raise InputError(f"{source}: column {name!r} is not one number per event (jagged or "
-                             "multi-dimensional); flatten or select other features")
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise InputError(f"{source}: column {name!r} is not numeric (dtype {arr.dtype})")
-        out.append(arr.astype(np.float64))
+    if not cols:
+        raise InputError(f"{source}: no columns to read")
+    out = [_column(c, n, source).astype(np.float64) for n, c in zip(names, cols, strict=True)]
     return np.column_stack(out)
+
+
+def _check_finite(x: NDArray[np.float64], names: list[str], source: str) -> None:
+    """Name the features holding NaN or inf (the rows alone do not say which value is bad)."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad.any(axis=1))
+    counts = bad.sum(axis=0)
+    which = ", ".join(f"{names[j]!r} ({int(counts[j])})" for j in np.flatnonzero(counts))
+    raise InputError(f"events in {source} contain {rows.size} rows with NaN/inf (first at row "
+                     f"{rows[0]}); NaN/inf values per feature: {which}")
 
 
 def _from_array(arr: NDArray[Any], source: str, names: list[str] | None = None) -> Columns:
@@ -148,19 +346,26 @@ def _read_npz(ds: DataSpec) -> Columns:
 
 def _read_csv(ds: DataSpec) -> Columns:
     with open(ds.path, newline="", encoding="utf-8") as handle:
-        first = next(csv.reader(handle), None)
+        rows = csv.reader(handle)
+        first = next(rows, None)
+        second = next((r for r in rows if any(v.strip() for v in r)), None)  # skip blanks
     if first is None:
-        raise InputError(f"{ds}: empty CSV file")
+        raise InputError(f"{ds}: empty CSV file (no header, no events)")
     try:  # a first row of numbers means no header
         [float(v) for v in first]
         header = None
     except ValueError:
         header = [h.strip() for h in first]
+    if header is not None and second is None:  # loadtxt would see one column of nothing
+        return header, lambda chosen: [np.zeros(0) for _ in chosen]
     try:
         data = np.loadtxt(ds.path, delimiter=",", skiprows=0 if header is None else 1, ndmin=2,
                           dtype=np.float64)
     except ValueError as exc:
         raise InputError(f"{ds}: cannot parse as numbers: {exc}") from exc
+    if header is not None and len(header) != data.shape[1]:
+        raise InputError(f"{ds}: the header names {len(header)} columns ({', '.join(header)}) "
+                         f"but the rows hold {data.shape[1]} numbers")
     return _from_array(data, str(ds), header)
 
 
@@ -199,31 +404,80 @@ def _read_h5(ds: DataSpec) -> Columns:
     return _from_array(np.asarray(arr), str(ds), names_list)
 
 
-def _read_root(ds: DataSpec) -> Columns:
-    uproot = require("uproot", "root", purpose="reading .root files")
+@dataclass(frozen=True)
+class _RootTree:
+    """One ROOT tree to read: where it is, its class, entries and branch names."""
+
+    spec: DataSpec
+    classname: str
+    n_entries: int
+    branches: list[str]
+
+
+def _root_tree(uproot: Any, ds: DataSpec) -> _RootTree:
     with uproot.open(ds.path) as f:
         trees = [k.rsplit(";", 1)[0] for k, c in f.classnames().items()
                  if c in ("TTree", "ROOT::RNTuple")]
-    if ds.key is None:
-        if len(trees) != 1:
-            raise InputError(f"{ds.path} holds trees {trees}: name one as file.root:tree")
-        key = trees[0]
-    else:
-        key = ds.key
-    f = uproot.open(ds.path)
-    try:
-        tree = f[key]
-    except KeyError:
-        f.close()
-        raise InputError(missing_feature_message(key, trees, str(ds.path))
-                         .replace("feature", "tree", 1)) from None
-    names = list(tree.keys())
-
-    def load(chosen: list[str]) -> list[NDArray[Any]]:
+        if ds.key is None:
+            if len(trees) != 1:
+                raise InputError(f"{ds.path} holds trees {trees}: name one as file.root:tree "
+                                 "(or set data.tree)")
+            key = trees[0]
+        else:
+            key = ds.key
         try:
-            arrays = tree.arrays(chosen, library="np")
-            return [arrays[n] for n in chosen]
-        finally:
-            f.close()
+            obj = f[key]
+        except KeyError:
+            raise InputError(missing_feature_message(key, trees, str(ds.path))
+                             .replace("feature", "tree", 1)) from None
+        return _RootTree(DataSpec(ds.path, ds.fmt, key), str(obj.classname),
+                         int(obj.num_entries), [str(k) for k in obj.keys()])
 
-    return names, load
+
+def _read_root(specs: list[DataSpec], wanted: _Wanted, cut: Expression | None,
+               derived: Mapping[str, Expression], source: str) -> _Read:
+    """ROOT trees, concatenated by ``uproot.concatenate`` with the cut and aliases applied there.
+
+    RNTuples are read branch by branch and cut here: uproot (5.7) silently ignores ``cut=``
+    and ``aliases=`` for them.
+    """
+    uproot = require("uproot", "root", purpose="reading .root files")
+    trees = [_root_tree(uproot, ds) for ds in specs]
+    branches = trees[0].branches
+    chosen, weight = wanted.resolve(branches, derived, source)
+    outputs = _outputs(chosen, weight)
+    for expr in [*derived.values(), *([cut] if cut is not None else [])]:
+        expr.require_names([*branches, *derived])
+    shadowing = sorted(set(derived) & set(branches))
+    if shadowing:
+        raise InputError(f"alias {shadowing[0]!r} has the name of a branch; rename the alias")
+    closure = _closure(outputs, cut, derived)
+    needed = [n for n in branches if n in closure] or branches[:1]
+    for tree in trees:
+        missing = [n for n in needed if n not in tree.branches]
+        if missing:
+            raise InputError(missing_feature_message(missing[0], tree.branches, str(tree.spec)))
+    n_read = sum(t.n_entries for t in trees)
+    if n_read == 0:
+        return chosen, weight, [np.zeros(0) for _ in outputs], 0
+    if any(t.classname != "TTree" for t in trees):
+        columns: dict[str, list[NDArray[Any]]] = {n: [] for n in needed}
+        for tree in trees:
+            with uproot.open(tree.spec.path) as f:
+                arrays = f[tree.spec.key].arrays(needed, library="np")
+            for n in needed:
+                columns[n].append(_column(arrays[n], n, str(tree.spec)))
+        return chosen, weight, *_derive(outputs, {n: np.concatenate(c)
+                                                  for n, c in columns.items()}, cut, derived)
+    try:
+        with np.errstate(all="ignore"):  # inf and NaN are values, as in genval's evaluator
+            arrays = uproot.concatenate(
+                [{str(t.spec.path): t.spec.key} for t in trees], outputs,
+                cut=None if cut is None else cut.uproot(),
+                aliases={n: e.uproot() for n, e in derived.items()} or None, library="np")
+    except (uproot.KeyInFileError, ValueError, TypeError) as exc:
+        raise InputError(f"{source}: uproot could not read the branches, aliases or cut: "
+                         f"{exc}") from None
+    if not isinstance(arrays, dict):  # uproot returns [] when no event is left
+        arrays = {n: np.zeros(0) for n in outputs}
+    return chosen, weight, [np.asarray(arrays[n]) for n in outputs], n_read

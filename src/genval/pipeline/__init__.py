@@ -38,7 +38,7 @@ from genval.pipeline.artifacts import load_fit, load_members, split_events, spli
 from genval.pipeline.coverage_stage import stage_coverage
 from genval.pipeline.fit_stage import stage_fit
 from genval.pipeline.gof_stage import merge_gof_parts, run_gof_part, stage_gof
-from genval.pipeline.log import Log
+from genval.pipeline.log import Log, to_logger
 from genval.pipeline.report_stage import stage_report
 from genval.pipeline.sample_stage import stage_sample
 from genval.pipeline.seeds import stage_seed
@@ -99,9 +99,11 @@ def run_stage(run: RunDir, stage: str, *, force: bool = False, log: Log | None =
     """Run one stage unless finished; warnings it raises are logged and kept in its marker.
 
     ``executor`` (an open :class:`~genval.compute.Executor`) runs the parallel work of
-    :data:`PARALLEL_STAGES`; None runs it in this process.
+    :data:`PARALLEL_STAGES`; None runs it in this process. ``log`` receives the stage's
+    messages; None: the ``genval`` logger (a recorded warning at WARNING level, the rest at
+    INFO).
     """
-    say = log or (lambda _msg: None)
+    say = log or to_logger
     extra = {"executor": executor} if stage in PARALLEL_STAGES else {}
 
     def call() -> dict[str, Any]:
@@ -138,7 +140,7 @@ def run_pipeline(config: Config, *, run_dir: str | Path | None = None, force: bo
         run_dir: the run directory (default ``config.run_dir``).
         force: re-run finished stages; replace a run of another config or other events.
         stages: the stages to run, in order.
-        log: receives one-line stage messages.
+        log: receives one-line stage messages; None: the ``genval`` logger.
         events: the events instead of ``data.path``: an event file (``FILE[:KEY]``, as
             ``data.path``) or an array (N, D) (or a table with ``columns``, e.g. a pandas
             DataFrame), kept in the run directory (:func:`artifacts.input_path`) with
@@ -187,7 +189,7 @@ def run_pipeline(config: Config, *, run_dir: str | Path | None = None, force: bo
 def merge_gof(run: RunDir, *, log: Log | None = None) -> StageOutcome:
     """Complete the gof stage from its toy parts (:func:`merge_gof_parts`), as a stage run:
     the marker is written and the report marked stale. Take the run's lock around it."""
-    say = log or (lambda _msg: None)
+    say = log or to_logger
     return run.run_once("gof", _recorded("gof", lambda: merge_gof_parts(run, log=say), say),
                         force=True, log=log)
 
@@ -211,7 +213,10 @@ def _event_array(given: Any, features: Sequence[str] | None, fallback: Sequence[
 
 def _source_names(config: Config) -> list[str]:
     """The feature names of the events ``config`` reads (the file is read once for them)."""
-    if config.data.path is not None:
-        return read_events(config.data.path, config.data.features).names
+    data = config.data
+    if data.path is not None:
+        return read_events(data.files(), data.features, weight=data.weight,
+                           selection=data.selection, aliases=data.aliases,
+                           tree=data.tree).names
     return list(config.data.features or
                 [f"x{i}" for i in range(len(config.data.generate.mean))])

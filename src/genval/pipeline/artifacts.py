@@ -50,10 +50,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from genval._atomic import atomic_write_bytes, atomic_write_json
+from genval._paths import resolve_inside
 from genval.coverage import CoverageResult
 from genval.errors import ArtifactError, InputError
 from genval.gof import GoFResult, ZSummary
-from genval.io import EventTable, read_events, write_events
+from genval.io import EventTable, parse_spec, read_events, write_events
 from genval.members import KDEMembers, Members
 from genval.pipeline.device import resolve_device
 from genval.rundir import RunDir, RunDirError, to_jsonable
@@ -491,11 +492,23 @@ def load_fit(run: RunDir) -> WeightFit:
 
 # --- oversampled events (sample stage) -------------------------------------------------------
 
+def _samples_spec(run: RunDir, output: str) -> str:
+    """``samples/OUTPUT[:key]``, its file checked to resolve inside the run directory."""
+    spec = parse_spec(output)
+    path = resolve_inside(run.root, Path("samples") / spec.path, "sample.output")
+    return f"{path}:{spec.key}" if spec.key else str(path)
+
+
 def save_samples(run: RunDir, output: str, x: NDArray[np.float64], names: Sequence[str],
                  density: NDArray[np.float64], density_std: NDArray[np.float64]) -> Path:
-    """Events drawn from f(x; ŵ) in ``samples/OUTPUT`` and their f̂, σ_f̂ (Eq. 3)."""
+    """Events drawn from f(x; ŵ) in ``samples/OUTPUT`` and their f̂, σ_f̂ (Eq. 3).
+
+    Raises:
+        OutputPathError: if ``OUTPUT`` would leave the run directory (through ``..`` or a
+            symbolic link); the configuration refuses the first, this the second.
+    """
     out = run.dir("samples")
-    path = write_events(out / output, x, names)
+    path = write_events(_samples_spec(run, output), x, names)
     save_npz(out / "density.npz", density=density, density_std=density_std)
     return path
 
@@ -503,7 +516,7 @@ def save_samples(run: RunDir, output: str, x: NDArray[np.float64], names: Sequen
 def load_samples(run: RunDir) -> tuple[EventTable, NDArray[np.float64], NDArray[np.float64]]:
     """The oversampled events with their f̂ and σ_f̂."""
     out = run.root / "samples"
-    table = read_events(out / run.config().sample.output)
+    table = read_events(_samples_spec(run, run.config().sample.output))
     arrays = _load_npz(out / "density.npz")
     return table, arrays["density"], arrays["density_std"]
 
