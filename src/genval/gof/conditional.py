@@ -58,7 +58,7 @@ import multiprocessing
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +96,7 @@ from genval.gof.toys import (
 )
 from genval.members import Members, log_density_matrix, n_context_of
 from genval.row_scaling import ScaledRows, scale_rows
+from genval.transforms import FeatureTransform
 
 __all__ = ["ConditionalGoFResult", "conditional_goodness_of_fit", "look_elsewhere",
            "bin_kernel_bases"]
@@ -160,6 +161,36 @@ class ConditionalGoFResult:
                 "z_combined": self.z_combined, "per_bin_weights": self.per_bin_weights,
                 "candidates_per_event": self.n_pools_candidates,
                 "timings": dict(self.timings)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConditionalGoFResult:
+        """The result :meth:`to_dict` described (the observed fits are not saved: None).
+
+        As :meth:`GoFResult.from_dict <genval.gof.GoFResult.from_dict>` does, the derived
+        numbers are recomputed from the toys: the per-bin and combined p and Z by each
+        result, the look-elsewhere p from the toys usable in every bin.
+
+        Raises:
+            KeyError: a field is missing.
+        """
+        bins = ContextBins.from_dict(data["bins"])
+        per_bin = tuple(GoFResult.from_dict(dict(r)) for r in data["per_bin"])
+        combined = GoFResult.from_dict(dict(data["combined"]))
+        t_obs = np.array([r.t_obs for r in per_bin])
+        t_null = np.stack([r.t_null for r in per_bin], axis=1)
+        whole = (np.array([v == TOY_OK for v in combined.toy_status], dtype=bool)
+                 & combined.toy_converged & np.isfinite(t_null).all(axis=1))
+        p_min, p_global, bin_min = look_elsewhere(t_obs, t_null[whole]) if whole.any() else (
+            float("nan"), float("nan"), -1)
+        return cls(bins, per_bin, combined, p_min, p_global, bin_min,
+                   bool(data.get("per_bin_weights", False)),
+                   int(data.get("candidates_per_event", 0)),
+                   {str(k): float(v) for k, v in dict(data.get("timings", {})).items()})
+
+    def _repr_html_(self) -> str:  # notebook display, genval.display
+        from genval.display import conditional_gof_html
+
+        return conditional_gof_html(self)
 
     def __repr__(self) -> str:
         lines = [f"ConditionalGoFResult(variant={self.combined.variant!r}, "
@@ -332,7 +363,7 @@ def _kernel_log_pdf(kb: Kernels, x: NDArray[np.float64], ctx: NDArray[np.float64
 
 def bin_kernel_bases(x_heldout: ArrayLike, context_heldout: ArrayLike, bins: ContextBins,
                      n_kernels: int = 20, sigma: float = 0.3, *, standardize: bool = True,
-                     follow_context: bool = False,
+                     follow_context: bool = False, transform: FeatureTransform | None = None,
                      seed: np.random.Generator | int | None = None) -> list[Kernels]:
     """One kernel basis per context bin, its centres drawn from the bin's held-out events.
 
@@ -344,7 +375,9 @@ def bin_kernel_bases(x_heldout: ArrayLike, context_heldout: ArrayLike, bins: Con
     With ``follow_context`` the kernels are :class:`~genval.gof.ContextKernels` fitted on
     the bin's held-out events: Gaussians in the residual of x about an affine ``m(c)``,
     which move with the conditional mean inside the bin (σ then in units of the residuals'
-    spread).
+    spread). ``transform``: the feature transform of x the fixed kernels are Gaussian after
+    (:class:`~genval.gof.KernelBasis`, the members' coordinates); kernels following the
+    context are Gaussian in x itself.
 
     Raises:
         InputError: a bin with fewer held-out events than ``n_kernels``.
@@ -364,7 +397,8 @@ def bin_kernel_bases(x_heldout: ArrayLike, context_heldout: ArrayLike, bins: Con
                                                     standardize=standardize, seed=gen))
         else:
             bases.append(KernelBasis.from_events(rows, n_kernels, sigma,
-                                                 standardize=standardize, seed=gen))
+                                                 standardize=standardize, transform=transform,
+                                                 seed=gen))
     return bases
 
 
