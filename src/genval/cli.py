@@ -396,7 +396,9 @@ def _context_lines(context: dict[str, Any]) -> list[str]:
         lines.append(f"    {entry['bin']}: N = {entry['n_test']}, "
                      f"t_obs = {float(entry['t_obs']):.4g}, p = {float(entry['p_value']):.3g}, "
                      f"Z = {bound}{float(entry['z']):.2f}")
-    lines.append(f"    combined (sum of the bins' t): Z = {float(context['z_combined']):.2f}")
+    bound = ">= " if context.get("z_combined_is_lower_bound") else ""
+    lines.append(f"    combined (sum of the bins' t): Z = {bound}"
+                 f"{float(context['z_combined']):.2f}")
     if context["bin_min"] is not None:
         lines.append(f"    smallest p = {float(context['p_min']):.3g} in {context['bin_min']}; "
                      f"look-elsewhere corrected p = {float(context['p_global']):.3g}, "

@@ -302,7 +302,9 @@ def _context_summary(result: Any) -> dict[str, Any]:
         else:
             entry["error"] = str(res.failure)
         bins.append(entry)
-    return {"bins": bins, "z_combined": result.z_combined, "p_min": result.p_min,
+    return {"bins": bins, "z_combined": result.z_combined,
+            "z_combined_is_lower_bound": bool(result.combined.ok and result.combined.z_is_bound),
+            "p_min": result.p_min,
             "bin_min": None if result.bin_min < 0 else result.bins.labels[result.bin_min],
             "p_global": result.p_global, "z_global": result.z_global,
             "per_bin_weights": result.per_bin_weights}
