@@ -181,6 +181,21 @@ def test_eight_members_on_two_workers_equal_the_single_process_members(cluster):
     assert sharded.training_summary["settings"]["shards"] == 2
 
 
+def test_conditional_shards_equal_the_single_process_members(cluster):
+    gen = np.random.default_rng(1)
+    c = gen.exponential(size=(1200, 1))
+    x = np.column_stack([c[:, 0] + 0.3 * gen.normal(size=1200), gen.normal(size=1200)])
+    kw = dict(max_epochs=4, patience=2, lr=3e-2, batch_size=100, seed=5, progress=False)
+    arch = dict(layers=2, hidden=8, blocks=1, bins=5, seed=3, n_context=1)
+    alone, sharded = FlowEnsemble(2, 4, **arch), FlowEnsemble(2, 4, **arch)
+    h_alone = train(alone, x, context=c, **kw)
+    h_sharded = train(sharded, x, context=c, scheduler=cluster, **kw)
+    for p, q in zip(alone.parameters(), sharded.parameters(), strict=True):
+        assert torch.equal(p, q)
+    np.testing.assert_array_equal(alone.context_scale, sharded.context_scale)
+    np.testing.assert_array_equal(h_alone.val_loss, h_sharded.val_loss)
+
+
 def test_gpu_shards_need_workers_with_a_gpu(cluster):
     ens = FlowEnsemble(2, 2, layers=1, hidden=4, blocks=0, bins=4)
     x = np.random.default_rng(0).normal(size=(200, 2))

@@ -57,12 +57,14 @@ __all__ = [
     "load_run",
     "Run",
     "compute",
+    "conditional",
 ]
 
 _SUBMODULES = {"errors", "members", "linalg", "sampling", "stats", "wifi", "products", "coverage",
                "gof", "flows", "config", "presets", "io", "splits", "rundir", "plots",
                "html_report", "paper", "cli", "pipeline", "newton", "row_scaling",
-               "transforms", "adapters", "display", "runs", "identification", "compute"}
+               "transforms", "adapters", "display", "runs", "identification", "compute",
+               "conditional"}
 _RUNS = {"run", "load_run", "Run"}
 
 

@@ -10,8 +10,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval.errors import InputError
 
-__all__ = ["as_events", "as_event_weights", "as_rng", "check_device", "MPS_UNSUPPORTED",
-           "check_feature_spread"]
+__all__ = ["as_events", "as_event_weights", "as_context", "as_rng", "check_device",
+           "MPS_UNSUPPORTED", "check_feature_spread"]
 
 
 def as_events(x: ArrayLike, *, n_features: int | None = None, min_events: int = 1,
@@ -60,6 +60,35 @@ def as_event_weights(weights: ArrayLike, n_events: int, *, name: str = "event we
         raise InputError(f"{name} contain {rows.size} NaN/inf values (first at row {rows[0]})")
     if positive_total and not arr.sum() > 0:
         raise InputError(f"{name} sum to {arr.sum():.6g}: the total weight must be positive")
+    return np.ascontiguousarray(arr)
+
+
+def as_context(context: ArrayLike, n_events: int, n_context: int, *, name: str = "context",
+               broadcast: bool = False) -> NDArray[np.float64]:
+    """Per-event context features as a C-contiguous float64 (N, C) array, or raise.
+
+    ``context[n]`` is the observed context ``c_n`` of event ``n`` (the conditioning of
+    ``f(x | c)``). A 1D array is one context per event when ``C = 1``; with ``broadcast`` a
+    single context row ``(C,)`` is repeated for every event.
+
+    Raises:
+        InputError: non-numeric values, a shape other than (N, C), or NaN/inf.
+    """
+    try:
+        arr = np.asarray(context, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be numeric: {exc}") from exc
+    if arr.ndim == 1 and broadcast and arr.shape[0] == n_context:
+        arr = np.broadcast_to(arr, (n_events, n_context))
+    elif arr.ndim == 1 and n_context == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape != (n_events, n_context):
+        raise InputError(f"{name} must have shape ({n_events}, {n_context}) (one row of "
+                         f"{n_context} context features per event), got {arr.shape}")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise InputError(f"{name} contain {rows.size} rows with NaN/inf (first at row {rows[0]})")
     return np.ascontiguousarray(arr)
 
 

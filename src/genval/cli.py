@@ -361,11 +361,18 @@ def _results_text(summary: dict[str, Any]) -> str:
                             f"[{float(entry['p_bounds'][0]):.3g}, "
                             f"{float(entry['p_bounds'][1]):.3g}] counting them below or above "
                             "t_obs)" if entry["n_failed"] else ""))
+            if entry.get("context"):
+                lines += _context_lines(entry["context"])
             band = entry.get("z_summary")
             if band:
                 lines.append(f"    median Z over {band['n_sets']} test sets = "
                              f"{float(band['median']):.2f} (16-84 %: "
                              f"{float(band['lower']):.2f} to {float(band['upper']):.2f})")
+    for entry in summary.get("fit_per_bin", []):
+        lines.append(f"  w_i f_i fit in {entry['bin']}: "
+                     f"{'converged' if entry['converged'] else 'NOT converged'} in "
+                     f"{entry['n_iter']} iterations, N = {entry['n_events']}, "
+                     f"sum|w| = {float(entry['abs_weight_sum']):.3g}")
     coverage = summary.get("coverage")
     if coverage is not None:
         lines.append(f"coverage (Eq. 4) over {coverage['n_datasets']} data sets, intervals at "
@@ -377,6 +384,28 @@ def _results_text(summary: dict[str, Any]) -> str:
                                                  entry["intervals"], strict=True)]
             lines.append(f"  {name} (O* = {float(entry['truth']):.4g}): " + "; ".join(cells))
     return "\n".join(lines)
+
+
+def _context_lines(context: dict[str, Any]) -> list[str]:
+    """A conditional run's test: Z per context bin beside the combined Z, and the smallest p
+    corrected for the look elsewhere."""
+    lines = []
+    for entry in context["bins"]:
+        if "error" in entry:
+            lines.append(f"    {entry['bin']}: N = {entry['n_test']}, FAILED: {entry['error']}")
+            continue
+        bound = ">= " if entry["z_is_lower_bound"] else ""
+        lines.append(f"    {entry['bin']}: N = {entry['n_test']}, "
+                     f"t_obs = {float(entry['t_obs']):.4g}, p = {float(entry['p_value']):.3g}, "
+                     f"Z = {bound}{float(entry['z']):.2f}")
+    bound = ">= " if context.get("z_combined_is_lower_bound") else ""
+    lines.append(f"    combined (sum of the bins' t): Z = {bound}"
+                 f"{float(context['z_combined']):.2f}")
+    if context["bin_min"] is not None:
+        lines.append(f"    smallest p = {float(context['p_min']):.3g} in {context['bin_min']}; "
+                     f"look-elsewhere corrected p = {float(context['p_global']):.3g}, "
+                     f"Z = {float(context['z_global']):.2f}")
+    return lines
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

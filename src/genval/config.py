@@ -29,7 +29,7 @@ import os
 import re
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,6 +39,9 @@ from genval._validation import check_device
 from genval.compute import ComputeSettings, SlurmSettings, check_scheduler
 from genval.errors import InputError
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD
+
+if TYPE_CHECKING:
+    from genval.conditional import ContextBins
 
 __all__ = [
     "ConfigError",
@@ -56,6 +59,7 @@ __all__ = [
     "ReportConfig",
     "ComputeConfig",
     "SlurmConfig",
+    "ContextConfig",
     "load_config",
     "parse_config",
     "dump_config",
@@ -645,6 +649,85 @@ class ComputeConfig(_Section):
         return ComputeSettings.from_mapping(self.model_dump())
 
 
+class ContextConfig(_Section):
+    """Conditional members f(x | c): the context features, their bins, weights and kernels.
+
+    The features named here are the context c (read with ``data.features``, transformed by
+    ``data.transforms`` before the members see them); the other features are x. The members
+    learn f(x | c), the w_i f_i fit runs on the rows f_k(x_n | c_n) (``weights``: one weight
+    vector shared by every context, the paper's formulation, or one per bin), and the
+    goodness-of-fit test runs within each context bin with the bins' t combined and the
+    smallest p corrected for the look elsewhere, all from the same joint toys
+    (:func:`genval.gof.conditional_goodness_of_fit`). ``bins``: edges per context feature in
+    its physical units (``.inf`` / ``-.inf`` allowed); features without edges are not binned,
+    and no edges at all is one bin. ``kernels``: Gaussians ``fixed`` in x (in the members'
+    coordinates), or ``follow`` the conditional mean (in the residual of x given c). Each bin's
+    kernels are drawn from the centres split's events of that bin. The coverage study is not
+    defined for conditional members (set ``coverage.enabled: false``).
+    """
+
+    features: list[str] = Field(
+        min_length=1, description="the context features c (among data.features); the other "
+                                  "features are x")
+    bins: dict[str, list[float | str]] = Field(
+        default_factory=dict, description="{FEATURE: [edges]} in physical units (.inf "
+                                          "allowed); the test runs per bin; {}: one bin")
+    weights: Literal["shared", "per_bin"] = Field(
+        "shared", description="shared (one ŵ for every context, the paper) | per_bin")
+    kernels: Literal["fixed", "follow"] = Field(
+        "fixed", description="fixed (Gaussians in x) | follow (in the residual of x given c)")
+
+    @field_validator("features")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"context.features repeats a feature: {value}")
+        return value
+
+    @field_validator("bins")
+    @classmethod
+    def _edges(cls, value: dict[str, list[float | str]]) -> dict[str, list[float | str]]:
+        # Infinite edges are kept as the strings "inf" / "-inf": JSON (the resolved config,
+        # the config hash) has no infinity.
+        out: dict[str, list[float | str]] = {}
+        for name, edges in value.items():
+            try:
+                numbers = [float(v) for v in edges]
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: bin edges must be numbers (or inf), got {edges}"
+                                 ) from None
+            if len(numbers) < 2 or any(math.isnan(v) for v in numbers) or any(
+                    b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+                raise ValueError(f"{name}: bin edges must be at least two strictly increasing "
+                                 f"numbers, got {edges}")
+            out[str(name)] = [v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+                              for v in numbers]
+        return out
+
+    @model_validator(mode="after")
+    def _binned_are_context(self) -> ContextConfig:
+        unknown = sorted(set(self.bins) - set(self.features))
+        if unknown:
+            raise ValueError(f"context.bins names {unknown}, not context features "
+                             f"{self.features}")
+        return self
+
+    def edges(self, name: str) -> list[float]:
+        """The bin edges of context feature ``name`` as floats (``±inf`` included)."""
+        return [float(v) for v in self.bins[name]]
+
+    def context_bins(self) -> ContextBins:
+        """The :class:`~genval.conditional.ContextBins` of the test (physical units); one bin
+        holding every context when no feature has edges."""
+        from genval.conditional import ContextBins
+
+        binned = [f for f in self.features if f in self.bins]
+        if not binned:
+            return ContextBins.single(len(self.features), names=self.features)
+        return ContextBins([self.features.index(f) for f in binned],
+                           [self.edges(f) for f in binned], len(self.features), self.features)
+
+
 class Config(_Section):
     """A complete run configuration; every field has a default."""
 
@@ -664,6 +747,9 @@ class Config(_Section):
     gof: GofConfig = Field(default_factory=GofConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    context: ContextConfig | None = Field(
+        None, description="conditional members f(x | c): context features, bins, weights, "
+                          "kernels; null: unconditional")
 
     @field_validator("device")
     @classmethod
@@ -699,10 +785,34 @@ class Config(_Section):
             # Feature names read from a file are checked against its columns at the split.
             FeatureTransform.from_spec(self.data.transforms, names)
         self._check_feature_names()
+        if self.context is not None:
+            self._check_context(names)
         if "single" in self.gof.variants and self.gof.single_member >= self.members.n_members:
             raise ValueError(f"gof.single_member={self.gof.single_member} but there are only "
                              f"{self.members.n_members} members")
         return self
+
+    def _check_context(self, names: list[str] | None) -> None:
+        """Context features among the features, x left over, and what conditional runs lack."""
+        ctx = self.context
+        assert ctx is not None
+        if names is not None:
+            missing = [f for f in ctx.features if f not in names]
+            if missing:
+                raise ValueError(f"context.features names {missing}, not features; features: "
+                                 f"{', '.join(names)}")
+            if len(ctx.features) >= len(names):
+                raise ValueError("context.features takes every feature: x needs at least one")
+        if self.members.kind == "python":
+            raise ValueError("context: members.kind python is not supported for conditional "
+                             "members; use flow or kde")
+        if self.coverage.enabled:
+            raise ValueError("context: the coverage study is not defined for conditional "
+                             "members; set coverage.enabled: false")
+        if self.gof.n_test_sets != 1 or self.gof.toy_size != "fixed":
+            raise ValueError("context: the conditional test uses one test set "
+                             "(gof.n_test_sets: 1) and toys of the observed bin sizes "
+                             "(gof.toy_size: fixed)")
 
     def _check_feature_names(self) -> None:
         """Labels, units, log-y and pair features must be features (when they are known)."""
@@ -861,6 +971,9 @@ def _commented(model: BaseModel, depth: int) -> list[str]:
     return lines
 
 
+_HASHED_WHEN_SET = ("context",)
+"""Top-level keys hashed only when not null (added after runs were hashed without them)."""
+
 RUNTIME_KEYS = ("device", "quiet", "run_dir", "compute")
 """Top-level keys that change where and how loudly a run executes, not its results: they are
 left out of :func:`config_hash`, so a run can resume on another device, executor or from a
@@ -881,7 +994,10 @@ def config_schema() -> dict[str, Any]:
 def config_hash(config: Config | dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a config without :data:`RUNTIME_KEYS` (or of a dict)."""
     if isinstance(config, BaseModel):
-        obj = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUNTIME_KEYS}
+        # Sections that are null by default and absent from older configs are left out while
+        # null, so adding one does not change the hash of every existing run.
+        obj = {k: v for k, v in config.model_dump(mode="json").items()
+               if k not in RUNTIME_KEYS and not (k in _HASHED_WHEN_SET and v is None)}
     else:
         obj = config
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()

@@ -41,6 +41,7 @@ __all__ = [
     "figure_html",
     "weight_fit_html",
     "gof_result_html",
+    "conditional_gof_html",
     "coverage_html",
     "run_html",
 ]
@@ -394,6 +395,33 @@ def _gof_row(variant: str, record: Any, labels: Mapping[str, str]) -> list[str]:
             f"<b>{z_text}</b>", z_chi2, str(res.n_toys)]
 
 
+def conditional_gof_html(result: Any, *, labels: Mapping[str, str] | None = None,
+                         variant: str | None = None) -> str:
+    """A :class:`~genval.gof.ConditionalGoFResult`: Z per context bin beside the combined Z
+    and the look-elsewhere-corrected smallest p."""
+    name = variant or result.combined.variant
+    label = html.escape((labels or {}).get(name, name))
+    rows = []
+    for bin_label, res in [*zip(result.bins.labels, result.per_bin, strict=True),
+                           ("combined (sum of the bins' t)", result.combined)]:
+        if not res.ok:
+            rows.append([html.escape(bin_label), str(res.n_test),
+                         flag(False, f"FAILED: {res.failure}"), "—", "—"])
+            continue
+        p_lo, p_hi = res.p_interval
+        z = f"≥ {res.z:.2f}" if res.z_is_bound else f"{res.z:.2f}"
+        rows.append([html.escape(bin_label), str(res.n_test), f"{res.t_obs:.4g}",
+                     format_interval(res.p_value, p_lo, p_hi, html=True), f"<b>{z}</b>"])
+    lee = ""
+    if result.bin_min >= 0:
+        lee = _flags([html.escape(
+            f"smallest p = {result.p_min:.3g} in {result.bins.labels[result.bin_min]}; "
+            f"look-elsewhere corrected p = {result.p_global:.3g}, Z = {result.z_global:.2f} "
+            f"({result.n_toys} joint toys)")])
+    return (f"<b>Per context bin: {label}</b>"
+            + html_table(["context bin", "N", "t_obs", "p", "Z"], rows) + lee)
+
+
 def run_html(run: Any, *, coverage_cl: float, labels: Mapping[str, str] | None = None) -> str:
     """A :class:`~genval.runs.Run`: stage status, the GoF variants, coverage (intervals at
     ``coverage_cl``), the fit's flags, recorded warnings and the figures."""
@@ -426,6 +454,8 @@ def run_html(run: Any, *, coverage_cl: float, labels: Mapping[str, str] | None =
         parts.append("<b>Goodness of fit (Eq. 5)</b>" + html_table(
             ["variant", "checks", f"p [{cl}]", f"Z [{cl}]", "Z (χ² extrapolation)", "toys"],
             [_gof_row(v, r, labels) for v, r in records.items()]))
+    for variant, result in (run.conditional_gof if status["gof"].done else {}).items():
+        parts.append(conditional_gof_html(result, labels=labels, variant=variant))
     coverage = run.coverage if status["coverage"].done else None
     if coverage is not None:
         parts.append(coverage_html(coverage, cl=coverage_cl, features=run.coverage_features))

@@ -233,7 +233,8 @@ def render_report(*, title: str = "genval report", gof: Sequence[GofRow] = (),
                   figures: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
                   fit: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
                   config_yaml: str | None = None, notes: Sequence[str] = (),
-                  paper: bool = False, deviations: Mapping[str, Any] | None = None) -> str:
+                  paper: bool = False, deviations: Mapping[str, Any] | None = None,
+                  context: Mapping[str, Sequence[GofRow]] | None = None) -> str:
     """The report as one HTML string.
 
     Args:
@@ -250,6 +251,8 @@ def render_report(*, title: str = "genval report", gof: Sequence[GofRow] = (),
             paper's published Z and coverage beside genval's.
         deviations: where the alternative departs from REF (the gof stage's
             ``gof/deviations.json``), shown as tables.
+        context: conditional runs: per variant, one row per context bin, the combined test
+            and the look-elsewhere-corrected smallest p (Z per bin beside the combined Z).
     """
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
@@ -268,6 +271,13 @@ def render_report(*, title: str = "genval report", gof: Sequence[GofRow] = (),
         parts.append(_gof_table(gof, paper))
         if gof_settings:
             parts.append(_kv_table(gof_settings))
+    for variant, rows in (context or {}).items():
+        label = html.escape(VARIANT_LABELS.get(variant, variant))
+        parts.append(f"<h2>Per context bin: {label}</h2>"
+                     "<p>The test of Eq. (5) within each context bin of the conditional "
+                     "members, the sum of the bins' t, and the smallest p corrected for the "
+                     "look elsewhere, all calibrated with the same joint toys.</p>")
+        parts.append(_gof_table(rows, False))
     if coverage:
         parts.append("<h2>Coverage of the first moment (Eq. 4)</h2>")
         parts.append(_coverage_table(coverage, paper))

@@ -158,6 +158,27 @@ class Run:
         records = {v: artifacts.load_gof(self._run, v) for v in self.config.gof.variants}
         return {v: r for v, r in records.items() if r is not None}
 
+    @cached_property
+    def conditional_gof(self) -> dict[str, Any]:
+        """Conditional runs (``context:``): per variant that ran, its
+        :class:`~genval.gof.ConditionalGoFResult` (Z per context bin, the combined Z, the
+        look-elsewhere-corrected smallest p); empty for unconditional runs."""
+        from genval.pipeline import artifacts
+
+        if self.config.context is None:
+            return {}
+        records = {v: artifacts.load_conditional_gof(self._run, v)
+                   for v in self.config.gof.variants}
+        return {v: r for v, r in records.items() if r is not None}
+
+    @cached_property
+    def conditional_fit(self) -> Any:
+        """Conditional runs: the :class:`~genval.conditional.ConditionalWeightFit` (shared or
+        per-bin weights), None otherwise or before the fit stage ran."""
+        from genval.pipeline import artifacts
+
+        return artifacts.load_conditional_fit(self._run)
+
     @property
     def gof(self) -> dict[str, Any]:
         """Per variant, its :class:`~genval.gof.GoFResult` (first test set); undefined
@@ -259,8 +280,18 @@ class Run:
             except InputError:  # too few positive toy statistics to fit the scaled χ²
                 pass
             gof[variant] = entry
+        for variant, result in self.conditional_gof.items():
+            if variant in gof:
+                gof[variant]["context"] = _context_summary(result)
         if gof:
             out["gof"] = gof
+        cfit = self.conditional_fit
+        if cfit is not None and cfit.per_bin and self.config.context is not None:
+            labels = self.config.context.context_bins().labels
+            out["fit_per_bin"] = [{"bin": label, "converged": f.converged, "n_iter": f.n_iter,
+                                   "n_events": f.n_events, "abs_weight_sum": f.abs_weight_sum,
+                                   "effective_rank": f.effective_rank}
+                                  for label, f in zip(labels, cfit.fits, strict=True)]
         cov = self.coverage
         if cov is not None:
             bounds = cov.intervals(COVERAGE_CL)
@@ -273,6 +304,24 @@ class Run:
                                     "intervals": [list(b) for b in bounds[p]]}
                              for p, name in enumerate(names)}}
         return to_jsonable(out)
+
+
+def _context_summary(result: Any) -> dict[str, Any]:
+    """Z per context bin beside the combined Z and the look-elsewhere numbers (JSON-able)."""
+    bins = []
+    for label, res in zip(result.bins.labels, result.per_bin, strict=True):
+        entry: dict[str, Any] = {"bin": label, "n_test": res.n_test, "t_obs": res.t_obs}
+        if res.ok:
+            entry.update(p_value=res.p_value, z=res.z, z_is_lower_bound=res.z_is_bound)
+        else:
+            entry["error"] = str(res.failure)
+        bins.append(entry)
+    return {"bins": bins, "z_combined": result.z_combined,
+            "z_combined_is_lower_bound": bool(result.combined.ok and result.combined.z_is_bound),
+            "p_min": result.p_min,
+            "bin_min": None if result.bin_min < 0 else result.bins.labels[result.bin_min],
+            "p_global": result.p_global, "z_global": result.z_global,
+            "per_bin_weights": result.per_bin_weights}
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:

@@ -43,7 +43,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval._validation import as_events, as_rng
 from genval.errors import InputError
-from genval.members import Members
+from genval.members import Members, check_context, n_context_of
 
 __all__ = [
     "FeatureMap",
@@ -440,21 +440,33 @@ class TransformedMembers:
     genval (ŵ, Cov(ŵ), the band, sampling, coverage, the GoF) works on physical events and
     reports physical densities. Samples are ``T⁻¹`` of the base members' samples.
 
+    Conditional members ``f_y(y | u)`` trained on transformed contexts ``u = T_c(c)`` take a
+    ``context_transform`` T_c: contexts are given in physical units and mapped by it before
+    they reach the base members. The density stays one in x (no Jacobian of c: ``f(x | c)``
+    is ``f_y(T(x) | T_c(c)) |J(x)|``, normalised in x at every c).
+
     Args:
         base: members trained on transformed events ``T(x)``.
         transform: the transform ``T`` they were trained under.
+        context_transform: the transform of the contexts (None: contexts passed unchanged).
 
     Raises:
         InputError: the feature counts differ; in :meth:`log_prob`, events outside a feature's
             domain (a density of zero there would be a configuration error, not a value).
     """
 
-    def __init__(self, base: Members, transform: FeatureTransform) -> None:
+    def __init__(self, base: Members, transform: FeatureTransform,
+                 context_transform: FeatureTransform | None = None) -> None:
         if base.n_features != transform.n_features:
             raise InputError(f"members have {base.n_features} features, the transform "
                              f"{transform.n_features}")
+        if context_transform is not None and context_transform.n_features != n_context_of(base):
+            raise InputError(f"members take {n_context_of(base)} context features, the context "
+                             f"transform {context_transform.n_features}")
         self.base = base
         self.transform = transform
+        self.context_transform = (None if context_transform is None
+                                  or context_transform.is_identity else context_transform)
 
     @property
     def n_members(self) -> int:
@@ -464,15 +476,33 @@ class TransformedMembers:
     def n_features(self) -> int:
         return self.base.n_features
 
-    def log_prob(self, x: ArrayLike) -> NDArray[np.float64]:
+    @property
+    def n_context(self) -> int:
+        """The base members' context features (0: unconditional). Contexts are mapped by
+        ``context_transform`` alone: T acts on x, so the Jacobian is that of x."""
+        return n_context_of(self.base)
+
+    def _context(self, ctx: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
+        if ctx is None or self.context_transform is None:
+            return ctx
+        return self.context_transform.forward(ctx, name="contexts")
+
+    def log_prob(self, x: ArrayLike, *, context: ArrayLike | None = None
+                 ) -> NDArray[np.float64]:
         y, log_det = self.transform.forward_log_det(x)
-        log_f = np.asarray(self.base.log_prob(y), dtype=np.float64)
+        ctx = self._context(check_context(self.n_context, context, y.shape[0]))
+        log_f = np.asarray(self.base.log_prob(y) if ctx is None
+                           else self.base.log_prob(y, context=ctx), dtype=np.float64)
         # The Jacobian is one factor per event, the same for every member.
         return log_f + log_det[None, :]
 
-    def sample(self, n: int, member: int, rng: np.random.Generator | int | None = None
-               ) -> NDArray[np.float64]:
-        return self.transform.inverse(self.base.sample(n, member, as_rng(rng)))
+    def sample(self, n: int, member: int, rng: np.random.Generator | int | None = None, *,
+               context: ArrayLike | None = None) -> NDArray[np.float64]:
+        ctx = self._context(check_context(self.n_context, context, int(n), broadcast=True))
+        draws = (self.base.sample(n, member, as_rng(rng)) if ctx is None
+                 else self.base.sample(n, member, as_rng(rng), context=ctx))
+        return self.transform.inverse(draws)
 
     def __repr__(self) -> str:
-        return f"TransformedMembers({self.base!r}, {self.transform!r})"
+        ctx = "" if self.context_transform is None else f", {self.context_transform!r}"
+        return f"TransformedMembers({self.base!r}, {self.transform!r}{ctx})"

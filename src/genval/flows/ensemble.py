@@ -17,6 +17,13 @@ One member is the nflows flow ::
 preceded by a fixed affine standardisation of the features (training mean and standard
 deviation), whose Jacobian is part of the density.
 
+**Conditional flows** (``n_context = C > 0``): every MADE takes the standardised context as an
+extra, unmasked input (:mod:`genval.flows.made`), so member m is a density ``f_m(x | c)`` in x
+for every context c: ``log_prob(x, context=c)`` evaluates N pairs ``(x_n, c_n)`` and
+``sample(n, member, rng, context=c)`` draws ``x | c``. The context is standardised with its
+training mean and standard deviation, which is no change of variables of x (no Jacobian).
+With ``n_context = 0`` (the default) nothing differs from an unconditional ensemble.
+
 References:
     Badaracco et al., "An end-to-end pipeline for uncertainty-aware validation of generative
     AI", Step 1 (ensemble of flows with bootstrap and independent initialisations) and Sec. 3
@@ -37,7 +44,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
-from genval._validation import MPS_UNSUPPORTED, as_events, as_rng
+from genval._validation import MPS_UNSUPPORTED, as_context, as_events, as_rng
 from genval.errors import ArtifactError, InputError
 from genval.flows import io as flow_io
 from genval.flows.made import EnsembleMADE
@@ -47,6 +54,7 @@ from genval.flows.spline import (
     DEFAULT_MIN_DERIVATIVE,
     rational_quadratic_spline,
 )
+from genval.members import check_context
 
 __all__ = ["FlowEnsemble", "PAPER_ARCHITECTURE", "PRECISIONS", "save", "load"]
 
@@ -89,6 +97,7 @@ class FlowEnsemble(nn.Module):
         seed: derives one seed per member (initial weights) and the random permutations.
         member_seeds: explicit per-member seeds instead of deriving them from ``seed``.
         min_bin_width, min_bin_height, min_derivative: spline floors (nflows, 1e-3).
+        n_context: context features C of conditional members ``f_m(x | c)`` (0: unconditional).
 
     The defaults (3 layers, 32 hidden, 2 blocks, 8 bins) train in minutes on a laptop CPU;
     :meth:`paper` builds the paper's configuration.
@@ -100,8 +109,10 @@ class FlowEnsemble(nn.Module):
                  member_seeds: Sequence[int] | None = None,
                  min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
                  min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
-                 min_derivative: float = DEFAULT_MIN_DERIVATIVE) -> None:
+                 min_derivative: float = DEFAULT_MIN_DERIVATIVE, n_context: int = 0) -> None:
         super().__init__()
+        if int(n_context) != n_context or n_context < 0:
+            raise InputError(f"n_context must be an integer >= 0, got {n_context!r}")
         for name, value, low in [("n_features", n_features, 1), ("n_members", n_members, 1),
                                  ("layers", layers, 1), ("hidden", hidden, 1),
                                  ("blocks", blocks, 0), ("bins", bins, 1)]:
@@ -121,13 +132,16 @@ class FlowEnsemble(nn.Module):
             "min_bin_width": float(min_bin_width), "min_bin_height": float(min_bin_height),
             "min_derivative": float(min_derivative),
         }
+        if n_context:  # recorded only when conditional: unconditional files are unchanged
+            self.config["n_context"] = int(n_context)
         seeds = _member_seeds(seed, n_members) if member_seeds is None else list(member_seeds)
         if len(seeds) != n_members:
             raise InputError(f"{len(seeds)} member_seeds for {n_members} members")
         self.member_seeds: list[int] = [int(s) for s in seeds]
         d = int(n_features)
         self.mades = nn.ModuleList(
-            [EnsembleMADE(n_members, d, hidden, blocks, 3 * bins - 1) for _ in range(layers)])
+            [EnsembleMADE(n_members, d, hidden, blocks, 3 * bins - 1, int(n_context))
+             for _ in range(layers)])
         perm_rng = np.random.default_rng(seed)
         perms = []
         for _ in range(layers):
@@ -141,12 +155,17 @@ class FlowEnsemble(nn.Module):
         # Standardisation y = (x - loc) / scale, kept in float64 outside the module's dtype.
         self.loc: NDArray[np.float64] = np.zeros(d)
         self.scale: NDArray[np.float64] = np.ones(d)
+        # Context standardisation c' = (c - context_loc) / context_scale (conditional only).
+        self.context_loc: NDArray[np.float64] = np.zeros(int(n_context))
+        self.context_scale: NDArray[np.float64] = np.ones(int(n_context))
         self.training_summary: dict[str, Any] | None = None
         self._precision = "float32"  # see the precision property
         for m, s in enumerate(self.member_seeds):
             gen = torch.Generator().manual_seed(s)
             for made in self.mades:
                 made.reset_member(m, gen)
+            for made in self.mades:  # after every other weight: see reset_context_member
+                made.reset_context_member(m, gen)
 
     @classmethod
     def paper(cls, n_features: int, n_members: int = 60, **kwargs: Any) -> FlowEnsemble:
@@ -161,6 +180,11 @@ class FlowEnsemble(nn.Module):
     @property
     def n_features(self) -> int:
         return int(self.config["n_features"])
+
+    @property
+    def n_context(self) -> int:
+        """Context features C of conditional members (0: unconditional)."""
+        return int(self.config.get("n_context", 0))
 
     @property
     def device(self) -> torch.device:
@@ -215,7 +239,8 @@ class FlowEnsemble(nn.Module):
         return (f"n_features={c['n_features']}, n_members={c['n_members']}, "
                 f"layers={c['layers']}, hidden={c['hidden']}, blocks={c['blocks']}, "
                 f"bins={c['bins']}, tail_bound={c['tail_bound']}, "
-                f"permutation={c['permutation']!r}")
+                f"permutation={c['permutation']!r}"
+                + (f", n_context={c['n_context']}" if c.get("n_context") else ""))
 
     def __repr__(self) -> str:
         # nn.Module's default repr lists every stacked parameter; one line says more.
@@ -237,21 +262,52 @@ class FlowEnsemble(nn.Module):
             raise InputError(f"features {np.flatnonzero(scale <= 0).tolist()} are constant")
         self.loc, self.scale = events.mean(axis=0), scale
 
+    def set_context_standardisation(self, context: ArrayLike) -> None:
+        """Standardise contexts with the mean and standard deviation of ``context`` (training).
+
+        Raises:
+            InputError: unconditional ensemble, or a constant context feature.
+        """
+        if not self.n_context:
+            raise InputError("this ensemble is unconditional (n_context = 0)")
+        ctx = as_context(context, np.shape(context)[0], self.n_context,
+                         name="training contexts")
+        scale = ctx.std(axis=0)
+        if not np.all(scale > 0):
+            raise InputError(f"context features {np.flatnonzero(scale <= 0).tolist()} are "
+                             "constant")
+        self.context_loc, self.context_scale = ctx.mean(axis=0), scale
+
+    def _context_array(self, context: ArrayLike | None, n: int, *, broadcast: bool = False
+                       ) -> NDArray[np.float64] | None:
+        """Standardised float64 contexts (n, C), or None for an unconditional ensemble."""
+        ctx = check_context(self.n_context, context, n, broadcast=broadcast)
+        return None if ctx is None else (ctx - self.context_loc) / self.context_scale
+
+    def _context_tensor(self, context: Tensor | None, like: Tensor) -> Tensor | None:
+        """Data-space context tensor -> standardised, in ``like``'s dtype and device."""
+        if context is None:
+            return None
+        loc = torch.as_tensor(self.context_loc, dtype=like.dtype, device=like.device)
+        scale = torch.as_tensor(self.context_scale, dtype=like.dtype, device=like.device)
+        return (context.to(dtype=like.dtype, device=like.device) - loc) / scale
+
     @property
     def log_det_standardisation(self) -> float:
         """``log |dy/dx| = -Σ log scale`` of the standardisation, part of every density."""
         return float(-np.log(self.scale).sum())
 
     # -- transforms on standardised features ---------------------------------------------
-    def _spline_params(self, layer: int, y: Tensor, members: slice | None) -> Tensor:
+    def _spline_params(self, layer: int, y: Tensor, members: slice | None,
+                       context: Tensor | None = None) -> Tensor:
         made = self.mades[layer]
         autocast = _AUTOCAST[self._precision]
         if autocast is not None:
             with torch.autocast(device_type=y.device.type, dtype=autocast):
-                out = made(y, members)
+                out = made(y, members, context)
             out = out.to(y.dtype)
         else:
-            out = made(y, members)
+            out = made(y, members, context)
         return out.unflatten(-1, (self.n_features, made.multiplier))
 
     def _spline(self, y: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
@@ -262,13 +318,14 @@ class FlowEnsemble(nn.Module):
             tail_bound=c["tail_bound"], min_bin_width=c["min_bin_width"],
             min_bin_height=c["min_bin_height"], min_derivative=c["min_derivative"])
 
-    def forward_standardised(self, y: Tensor, members: slice | None = None
-                             ) -> tuple[Tensor, Tensor]:
+    def forward_standardised(self, y: Tensor, members: slice | None = None,
+                             context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Standardised features -> base space.
 
         Args:
             y: ``(N, D)`` shared by all members, or ``(M', N, D)`` one set per member.
             members: restrict to these members (a slice: the weights stay views).
+            context: standardised contexts ``(N, C)`` or ``(M', N, C)`` (conditional only).
 
         Returns:
             ``z`` of shape ``(M', N, D)`` and ``log |det dz/dy|`` of shape ``(M', N)``.
@@ -276,22 +333,28 @@ class FlowEnsemble(nn.Module):
         logdet = y.new_zeros(())
         for layer in range(len(self.mades)):
             y = y[..., self.permutations[layer]]
-            y, ld = self._spline(y, self._spline_params(layer, y, members), inverse=False)
+            y, ld = self._spline(y, self._spline_params(layer, y, members, context),
+                                 inverse=False)
             logdet = logdet + ld.sum(dim=-1)
         return y, logdet
 
-    def inverse_standardised(self, z: Tensor, members: slice | None = None) -> Tensor:
-        """Base space ``(M', N, D)`` -> standardised features, D MADE passes per layer."""
+    def inverse_standardised(self, z: Tensor, members: slice | None = None,
+                             context: Tensor | None = None) -> Tensor:
+        """Base space ``(M', N, D)`` -> standardised features, D MADE passes per layer
+        (``context``: standardised, as in :meth:`forward_standardised`)."""
         for layer in reversed(range(len(self.mades))):
             y = torch.zeros_like(z)
             for _ in range(self.n_features):  # fills one more autoregressive feature per pass
-                y, _ = self._spline(z, self._spline_params(layer, y, members), inverse=True)
+                y, _ = self._spline(z, self._spline_params(layer, y, members, context),
+                                    inverse=True)
             z = y[..., torch.argsort(self.permutations[layer])]
         return z
 
-    def log_prob_standardised(self, y: Tensor, members: slice | None = None) -> Tensor:
-        """``log p(y)`` of standardised features, ``(M', N)`` (no standardisation Jacobian)."""
-        z, logdet = self.forward_standardised(y, members)
+    def log_prob_standardised(self, y: Tensor, members: slice | None = None,
+                              context: Tensor | None = None) -> Tensor:
+        """``log p(y)`` (``log p(y | c)``) of standardised features, ``(M', N)`` (no
+        standardisation Jacobian; ``context`` standardised)."""
+        z, logdet = self.forward_standardised(y, members, context)
         return logdet - 0.5 * (z.square().sum(dim=-1) + self.n_features * _LOG_2PI)
 
     # -- data space (torch) ----------------------------------------------------------------
@@ -299,21 +362,29 @@ class FlowEnsemble(nn.Module):
         return (torch.as_tensor(self.loc, dtype=like.dtype, device=like.device),
                 torch.as_tensor(self.scale, dtype=like.dtype, device=like.device))
 
-    def forward(self, x: Tensor, members: slice | None = None) -> tuple[Tensor, Tensor]:
-        """Data space -> base space: ``z (M', N, D)`` and ``log |det dz/dx| (M', N)``."""
+    def forward(self, x: Tensor, members: slice | None = None, context: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """Data space -> base space: ``z (M', N, D)`` and ``log |det dz/dx| (M', N)``
+        (``context``: data-space contexts, for conditional ensembles)."""
         loc, scale = self._loc_scale(x)
-        z, logdet = self.forward_standardised((x - loc) / scale, members)
+        z, logdet = self.forward_standardised((x - loc) / scale, members,
+                                              self._context_tensor(context, x))
         return z, logdet + self.log_det_standardisation
 
-    def inverse(self, z: Tensor, members: slice | None = None) -> Tensor:
-        """Base space ``(M', N, D)`` -> data space."""
+    def inverse(self, z: Tensor, members: slice | None = None, context: Tensor | None = None
+                ) -> Tensor:
+        """Base space ``(M', N, D)`` -> data space (given data-space ``context``)."""
         loc, scale = self._loc_scale(z)
-        return self.inverse_standardised(z, members) * scale + loc
+        return self.inverse_standardised(z, members, self._context_tensor(context, z)) \
+            * scale + loc
 
-    def log_prob_tensor(self, x: Tensor, members: slice | None = None) -> Tensor:
-        """Differentiable ``log f_m(x)``, ``(M', N)``, in the module's dtype and device."""
+    def log_prob_tensor(self, x: Tensor, members: slice | None = None,
+                        context: Tensor | None = None) -> Tensor:
+        """Differentiable ``log f_m(x)`` (``log f_m(x | c)`` given data-space ``context``),
+        ``(M', N)``, in the module's dtype and device."""
         loc, scale = self._loc_scale(x)
-        return self.log_prob_standardised((x - loc) / scale, members) \
+        return self.log_prob_standardised((x - loc) / scale, members,
+                                          self._context_tensor(context, x)) \
             + self.log_det_standardisation
 
     # -- members protocol (numpy, float64) -------------------------------------------------
@@ -330,45 +401,64 @@ class FlowEnsemble(nn.Module):
         return max(64, budget // (self.n_members * width * itemsize * passes))
 
     @torch.no_grad()
-    def log_prob(self, x: ArrayLike, *, chunk_size: int | None = None) -> NDArray[np.float64]:
-        """``log f_m(x_n)`` for every member, float64 array ``(M, N)``.
+    def log_prob(self, x: ArrayLike, *, context: ArrayLike | None = None,
+                 chunk_size: int | None = None) -> NDArray[np.float64]:
+        """``log f_m(x_n)`` (``log f_m(x_n | c_n)`` with ``context`` (N, C)) for every member,
+        float64 array ``(M, N)``.
 
         Standardisation happens in float64 before the cast to the module's dtype; events are
         processed in chunks so that memory stays bounded for any N.
+
+        Raises:
+            InputError: malformed events, or a context that does not match ``n_context``.
         """
         events = as_events(x, n_features=self.n_features, min_events=0)
+        ctx = self._context_array(context, len(events))
         y = (events - self.loc) / self.scale
         out = np.empty((self.n_members, len(y)))
         step = self._chunk(chunk_size)
         for start in range(0, len(y), step):
             block = torch.as_tensor(y[start:start + step], dtype=self.dtype, device=self.device)
+            cblock = None if ctx is None else torch.as_tensor(
+                ctx[start:start + step], dtype=self.dtype, device=self.device)
             out[:, start:start + len(block)] = \
-                self.log_prob_standardised(block).double().cpu().numpy()
+                self.log_prob_standardised(block, None, cblock).double().cpu().numpy()
         return out + self.log_det_standardisation
 
     @torch.no_grad()
-    def _sample_padded(self, z: NDArray[np.float64], members: slice) -> NDArray[np.float64]:
-        """Invert base draws ``z (M', n, D)`` for the given members, in chunks of events."""
+    def _sample_padded(self, z: NDArray[np.float64], members: slice,
+                       context: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+        """Invert base draws ``z (M', n, D)`` for the given members, in chunks of events
+        (``context``: standardised ``(M', n, C)``, conditional ensembles only)."""
         out = np.empty_like(z)
         step = self._chunk(None, passes=self.n_features)
         for start in range(0, z.shape[1], step):
             block = torch.as_tensor(z[:, start:start + step], dtype=self.dtype,
                                     device=self.device)
+            cblock = None if context is None else torch.as_tensor(
+                context[:, start:start + step], dtype=self.dtype, device=self.device)
             out[:, start:start + block.shape[1]] = \
-                self.inverse_standardised(block, members).double().cpu().numpy()
+                self.inverse_standardised(block, members, cblock).double().cpu().numpy()
         return out * self.scale + self.loc
 
-    def sample(self, n: int, member: int, rng: np.random.Generator | int | None = None
-               ) -> NDArray[np.float64]:
-        """``n`` events ``(n, D)`` from member ``member`` (base draws from numpy's ``rng``)."""
+    def sample(self, n: int, member: int, rng: np.random.Generator | int | None = None, *,
+               context: ArrayLike | None = None) -> NDArray[np.float64]:
+        """``n`` events ``(n, D)`` from member ``member`` (base draws from numpy's ``rng``);
+        conditional ensembles draw row i given ``context[i]`` (or one context row (C,) for
+        all)."""
         if not 0 <= member < self.n_members:
             raise InputError(f"member {member} out of range 0..{self.n_members - 1}")
+        ctx = self._context_array(context, int(n), broadcast=True)
         z = as_rng(rng).standard_normal((1, int(n), self.n_features))
-        return self._sample_padded(z, slice(member, member + 1))[0]
+        return self._sample_padded(z, slice(member, member + 1),
+                                   None if ctx is None else ctx[None])[0]
 
-    def sample_members(self, counts: ArrayLike, rng: np.random.Generator | int | None = None
-                       ) -> NDArray[np.float64]:
+    def sample_members(self, counts: ArrayLike, rng: np.random.Generator | int | None = None,
+                       *, context: ArrayLike | None = None) -> NDArray[np.float64]:
         """``counts[m]`` events from every member in one batched pass, grouped in member order.
+
+        Conditional ensembles take ``context`` (sum(counts), C) in the same grouped order: the
+        first ``counts[0]`` rows condition member 0's events, and so on.
 
         Returns:
             ``(sum(counts), D)``: first ``counts[0]`` events of member 0, then member 1, ...
@@ -378,6 +468,7 @@ class FlowEnsemble(nn.Module):
             raise InputError(f"counts must be {self.n_members} non-negative integers")
         c = c.astype(np.int64)
         gen = as_rng(rng)
+        ctx = self._context_array(context, int(c.sum()))
         nonzero = np.flatnonzero(c)
         if nonzero.size == 0:
             return np.empty((0, self.n_features))
@@ -386,7 +477,13 @@ class FlowEnsemble(nn.Module):
         z = np.zeros((hi - lo, int(c.max()), self.n_features))
         for m in range(lo, hi):
             z[m - lo, :c[m]] = gen.standard_normal((c[m], self.n_features))
-        x = self._sample_padded(z, slice(lo, hi))
+        padded = None
+        if ctx is not None:
+            padded = np.zeros((hi - lo, int(c.max()), self.n_context))
+            offsets = np.concatenate([[0], np.cumsum(c)])
+            for m in range(lo, hi):
+                padded[m - lo, :c[m]] = ctx[offsets[m]:offsets[m + 1]]
+        x = self._sample_padded(z, slice(lo, hi), padded)
         return np.concatenate([x[m - lo, :c[m]] for m in range(lo, hi)])
 
     # -- structure -------------------------------------------------------------------------
@@ -405,6 +502,7 @@ class FlowEnsemble(nn.Module):
                 p_new.copy_(p_old.index_select(0, index))
             new.permutations.copy_(self.permutations)
         new.loc, new.scale = self.loc.copy(), self.scale.copy()
+        new.context_loc, new.context_scale = self.context_loc.copy(), self.context_scale.copy()
         return new
 
     # -- persistence ---------------------------------------------------------------------
@@ -424,6 +522,9 @@ class FlowEnsemble(nn.Module):
             "standardisation": {"loc": self.loc.tolist(), "scale": self.scale.tolist()},
             "training": self.training_summary,
         }
+        if self.n_context:
+            fields["context_standardisation"] = {"loc": self.context_loc.tolist(),
+                                                 "scale": self.context_scale.tolist()}
         return self._state_tensors(), fields
 
     def _state_tensors(self) -> dict[str, Tensor]:
@@ -431,6 +532,11 @@ class FlowEnsemble(nn.Module):
         out["permutations"] = self.permutations.detach().to("cpu").contiguous()
         out["standardisation.loc"] = torch.as_tensor(self.loc, dtype=torch.float64)
         out["standardisation.scale"] = torch.as_tensor(self.scale, dtype=torch.float64)
+        if self.n_context:
+            out["context_standardisation.loc"] = torch.as_tensor(self.context_loc,
+                                                                 dtype=torch.float64)
+            out["context_standardisation.scale"] = torch.as_tensor(self.context_scale,
+                                                                   dtype=torch.float64)
         return out
 
     @classmethod
@@ -466,6 +572,9 @@ class FlowEnsemble(nn.Module):
             ensemble.permutations.copy_(tensors["permutations"])
         ensemble.loc = tensors["standardisation.loc"].numpy().copy()
         ensemble.scale = tensors["standardisation.scale"].numpy().copy()
+        if ensemble.n_context:
+            ensemble.context_loc = tensors["context_standardisation.loc"].numpy().copy()
+            ensemble.context_scale = tensors["context_standardisation.scale"].numpy().copy()
         ensemble.training_summary = fields.get("training")
         return ensemble
 

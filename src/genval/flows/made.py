@@ -13,6 +13,12 @@ nflows flow reproduce its outputs:
 * final masked linear ``H -> D * multiplier`` whose outputs for feature ``i`` are contiguous
   (degrees ``1,1,..,2,2,..``) and see only features ``< i``.
 
+With ``n_context = C > 0`` the MADE is a conditioner of ``x | c``: an unmasked linear
+``C -> H`` of the (standardised) context is added to the initial layer's output, as nflows'
+``MADE(context_features=C)`` does (nflows also gates each residual block by the context; here
+the context enters once, at the input). Every hidden unit then sees the whole context and
+outputs still see only features ``< i``, so the autoregressive property holds for every c.
+
 References:
     M. Germain et al., "MADE: Masked autoencoder for distribution estimation", ICML 2015;
     C. Durkan et al., "Neural spline flows", NeurIPS 2019 (nflows); Badaracco et al., Step 1.
@@ -67,10 +73,11 @@ class EnsembleMADE(nn.Module):
         hidden: hidden features H (nflows ``hidden_features``).
         blocks: residual blocks (nflows ``num_blocks``).
         multiplier: outputs per feature (``3 * bins - 1`` for linear-tail splines).
+        n_context: context features C (0: unconditional, no context weights).
     """
 
     def __init__(self, n_members: int, n_features: int, hidden: int, blocks: int,
-                 multiplier: int) -> None:
+                 multiplier: int, n_context: int = 0) -> None:
         super().__init__()
         m, d, h = n_members, n_features, hidden
         self.n_members, self.n_features, self.hidden = m, d, h
@@ -94,6 +101,11 @@ class EnsembleMADE(nn.Module):
             [nn.Parameter(torch.empty(m, 1, h)) for _ in range(2 * blocks)])
         self.w_out = nn.Parameter(torch.empty(m, d * multiplier, h))
         self.b_out = nn.Parameter(torch.empty(m, 1, d * multiplier))
+        # Registered last, and only when conditional: an unconditional MADE keeps exactly its
+        # parameters (names, order, initial values) of before.
+        self.n_context = int(n_context)
+        self.w_context: nn.Parameter | None = (
+            nn.Parameter(torch.empty(m, h, self.n_context)) if self.n_context else None)
 
     @torch.no_grad()
     def reset_member(self, member: int, generator: torch.Generator) -> None:
@@ -115,12 +127,27 @@ class EnsembleMADE(nn.Module):
         self.w_out[member].copy_(_uniform(self.w_out.shape[1:], 1 / math.sqrt(h), generator))
         self.b_out[member].copy_(_uniform(self.b_out.shape[1:], 1 / math.sqrt(h), generator))
 
-    def forward(self, x: Tensor, members: slice | None = None) -> Tensor:
+    @torch.no_grad()
+    def reset_context_member(self, member: int, generator: torch.Generator) -> None:
+        """Initialise member ``member``'s context weights like ``nn.Linear(C, H)``.
+
+        Called after :meth:`reset_member` of every layer, so a conditional ensemble's other
+        parameters equal those of the unconditional ensemble with the same seeds.
+        """
+        if self.w_context is not None:
+            self.w_context[member].copy_(
+                _uniform((self.hidden, self.n_context), 1 / math.sqrt(self.n_context),
+                         generator))
+
+    def forward(self, x: Tensor, members: slice | None = None, context: Tensor | None = None
+                ) -> Tensor:
         """Autoregressive parameters for every member.
 
         Args:
             x: inputs ``(M', N, D)`` (one event set per member) or ``(N, D)`` (shared).
             members: evaluate only these members (a slice, so weights stay views).
+            context: the conditioning ``(N, C)`` or ``(M', N, C)``; required exactly when the
+                MADE was built with ``n_context > 0``.
 
         Returns:
             ``(M', N, D * multiplier)``; output ``[..., i * multiplier + k]`` depends only on
@@ -142,6 +169,12 @@ class EnsembleMADE(nn.Module):
                 h = torch.matmul(x, w_in.transpose(1, 2)) + take(self.b_in)
             else:
                 h = torch.baddbmm(take(self.b_in), x, w_in.transpose(1, 2))
+            if self.w_context is not None:
+                if context is None:
+                    raise ValueError("this MADE is conditional: pass the context")
+                h = h + torch.matmul(context, take(self.w_context).transpose(1, 2))
+            elif context is not None:
+                raise ValueError("this MADE is unconditional: it takes no context")
         weights = [take(w) for w in self.w_blocks]
         if not self._hidden_dense:
             weights = [w * self.mask_hidden for w in weights]

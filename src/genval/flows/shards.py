@@ -40,7 +40,9 @@ def shard_members(n_members: int, n_shards: int) -> list[NDArray[np.int64]]:
 def _train_shard(state: bytes, x: NDArray[np.float64], x_val: NDArray[np.float64] | None,
                  settings: TrainSettings, device: str | None,
                  weights: NDArray[np.float64] | None = None,
-                 val_weights: NDArray[np.float64] | None = None
+                 val_weights: NDArray[np.float64] | None = None,
+                 context: NDArray[np.float64] | None = None,
+                 context_val: NDArray[np.float64] | None = None
                  ) -> tuple[bytes, TrainingHistory]:
     """Train one shard on a worker: the bytes of the trained shard and its history."""
     before = torch.get_num_threads()
@@ -51,7 +53,8 @@ def _train_shard(state: bytes, x: NDArray[np.float64], x_val: NDArray[np.float64
         meta, tensors = flow_io.from_bytes(state, source="shard")
         shard = FlowEnsemble.from_state(tensors, meta)
         history = train(shard, x, x_val=x_val, settings=settings, device=device,
-                        progress=False, event_weights=weights, val_event_weights=val_weights)
+                        progress=False, event_weights=weights, val_event_weights=val_weights,
+                        context=context, context_val=context_val)
     finally:
         torch.set_num_threads(before)
     return flow_io.to_bytes(*shard.cpu().to_state()), history
@@ -99,14 +102,15 @@ def train_sharded(ensemble: FlowEnsemble, x: ArrayLike, *, executor: Executor,
                   x_val: ArrayLike | None = None, settings: TrainSettings | None = None,
                   device: str | torch.device | None = None, shards: int | None = None,
                   progress: bool = True, event_weights: ArrayLike | None = None,
-                  val_event_weights: ArrayLike | None = None) -> TrainingHistory:
+                  val_event_weights: ArrayLike | None = None, context: ArrayLike | None = None,
+                  context_val: ArrayLike | None = None) -> TrainingHistory:
     """Train ``ensemble`` in place as shards on the workers of ``executor`` (paper Step 1).
 
     Args:
         ensemble: the ensemble (its initial weights and member seeds go to the shards); it
             stays on its device, and receives each member's best parameters.
-        x, x_val, settings, event_weights, val_event_weights: as for
-            :func:`genval.flows.train` (events and weights sent once per worker).
+        x, x_val, settings, event_weights, val_event_weights, context, context_val: as for
+            :func:`genval.flows.train` (events, weights and contexts sent once per worker).
         executor: an open :class:`~genval.compute.Executor`.
         device: where each shard trains on its worker; ``"cuda"`` asks every shard for a
             worker ``GPU`` resource (one GPU per shard).
@@ -138,10 +142,15 @@ def train_sharded(ensemble: FlowEnsemble, x: ArrayLike, *, executor: Executor,
     shared_x = executor.share(events)
     shared_val = None if val is None else executor.share(val)
     shared_w = None if weights is None else executor.share(weights)
+    # Contexts are checked by train() on the workers (shapes against the events).
+    shared_c = None if context is None else executor.share(np.asarray(context,
+                                                                      dtype=np.float64))
+    ctx_val = None if context_val is None else np.asarray(context_val, dtype=np.float64)
     where = None if device is None else str(device)
     futures = [executor.submit(_train_shard, flow_io.to_bytes(*ensemble.subset(g).to_state()),
                                shared_x, shared_val, settings, where, shared_w, val_weights,
-                               resources={"GPU": 1} if gpu else None) for g in groups]
+                               shared_c, ctx_val, resources={"GPU": 1} if gpu else None)
+               for g in groups]
     with tqdm(total=ensemble.n_members, desc="flow ensemble (shards)", unit="member",
               disable=not progress, dynamic_ncols=True) as bar:
         done = executor.gather(futures, on_done=lambda i, _out: bar.update(len(groups[i])))
@@ -165,4 +174,6 @@ def _gather_shard(ensemble: FlowEnsemble, members: NDArray[np.int64], state: byt
         for p, q in zip(ensemble.parameters(), shard.parameters(), strict=True):
             p.index_copy_(0, index, q.to(device=p.device, dtype=p.dtype))
     ensemble.loc, ensemble.scale = shard.loc.copy(), shard.scale.copy()
+    ensemble.context_loc = shard.context_loc.copy()
+    ensemble.context_scale = shard.context_scale.copy()
 

@@ -14,6 +14,11 @@ with Adam, batch 512 and early stopping after 10 epochs without validation impro
   ``patience`` epochs stops and is removed from the computation (the working ensemble is
   compacted together with its Adam state), so stopped members cost nothing.
 
+**Conditional ensembles** (``FlowEnsemble(..., n_context=C)``) train on pairs ``(x_n, c_n)``:
+``train(ens, x, context=c)`` minimises ``−Σ log f_m(x_n | c_n)``; the contexts travel with their
+events through the validation split, the bootstrap replicas and the batches, and are
+standardised with the training split's mean and standard deviation.
+
 **Weighted events** (``event_weights``: Monte-Carlo weights ``s_n``, possibly negative). The
 loss is the weighted NLL ``−Σ s_n log f(x_n) / Σ s_n``, an unbiased estimate of the
 cross-entropy ``−∫ p log f`` of the density p the weighted sample represents, negative weights
@@ -44,7 +49,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,11 +59,12 @@ from tqdm.auto import tqdm
 
 from genval._allocator import retain_freed_memory
 from genval._settings import apply_overrides, setting_names
-from genval._validation import MPS_UNSUPPORTED, as_event_weights, as_events
+from genval._validation import MPS_UNSUPPORTED, as_context, as_event_weights, as_events
 from genval.compute import SchedulerLike, open_executor
 from genval.errors import InputError
 from genval.flows.ensemble import PRECISIONS, FlowEnsemble
 from genval.flows.optim import ALIGN, MemberAdam
+from genval.members import check_context
 
 __all__ = ["PAPER_TRAINING", "TrainSettings", "TrainingHistory", "train", "bootstrap_replicas"]
 
@@ -287,13 +293,15 @@ def _validation_chunk(ensemble: FlowEnsemble) -> int:
 
 
 @torch.no_grad()
-def _nll(work: FlowEnsemble, y: torch.Tensor, chunk: int, weights: torch.Tensor | None = None
-         ) -> torch.Tensor:
-    """Each member's mean NLL on ``y``; weighted by ``weights`` (float64, mean one) if given."""
+def _nll(work: FlowEnsemble, y: torch.Tensor, chunk: int, weights: torch.Tensor | None = None,
+         context: torch.Tensor | None = None) -> torch.Tensor:
+    """Each member's mean NLL on ``y`` (given standardised ``context``); weighted by
+    ``weights`` (float64, mean one) if given."""
     total = torch.zeros(work.n_members, dtype=torch.float64, device=y.device)
     for start in range(0, len(y), chunk):
         block, n = _aligned(y[start:start + chunk], axis=0)
-        log_p = work.log_prob_standardised(block)[:, :n].double()
+        cb = None if context is None else _aligned(context[start:start + chunk], axis=0)[0]
+        log_p = work.log_prob_standardised(block, None, cb)[:, :n].double()
         if weights is not None:
             log_p = log_p * weights[start:start + chunk]
         total -= log_p.sum(dim=1)
@@ -310,6 +318,17 @@ class _Split:
     held_out: bool  # validation events taken from x (False: given as x_val)
     w_train: NDArray[np.float64] | None = None  # event weights (None: unweighted)
     w_val: NDArray[np.float64] | None = None
+    c_train: NDArray[np.float64] | None = None  # contexts (None: unconditional)
+    c_val: NDArray[np.float64] | None = None
+
+
+def _split_contexts(split: _Split, context: NDArray[np.float64] | None,
+                    context_val: NDArray[np.float64] | None) -> _Split:
+    """The contexts of the split's training and validation events (same rows as the events)."""
+    if context is None:
+        return split
+    c_val = context_val if not split.held_out else context[split.val_indices]
+    return replace(split, c_train=context[split.train_indices], c_val=c_val)
 
 
 def _split_validation(events: NDArray[np.float64], x_val: ArrayLike | None,
@@ -365,6 +384,10 @@ class _TrainingData:
     # the events are unweighted.
     weights: torch.Tensor | None = None
     val_weights: torch.Tensor | None = None
+    # Standardised contexts of the training split and the validation events (None:
+    # unconditional), in the ensemble's dtype.
+    c_train: torch.Tensor | None = None
+    c_val: torch.Tensor | None = None
 
 
 def _replica_weights(w_train: NDArray[np.float64], replicas: NDArray[np.int64],
@@ -401,6 +424,11 @@ def _training_data(ensemble: FlowEnsemble, split: _Split, settings: TrainSetting
     if split.w_val is not None:
         val_weights = torch.as_tensor(split.w_val / split.w_val.mean(), dtype=torch.float64,
                                       device=dev)
+    c_train = c_val = None
+    if split.c_train is not None and split.c_val is not None:
+        loc, scale = ensemble.context_loc, ensemble.context_scale
+        c_train = torch.as_tensor((split.c_train - loc) / scale, dtype=dtype, device=dev)
+        c_val = torch.as_tensor((split.c_val - loc) / scale, dtype=dtype, device=dev)
     return _TrainingData(
         y_train=torch.as_tensor((split.x_train - ensemble.loc) / ensemble.scale, dtype=dtype,
                                 device=dev),
@@ -408,7 +436,7 @@ def _training_data(ensemble: FlowEnsemble, split: _Split, settings: TrainSetting
                               device=dev),
         replicas=torch.as_tensor(replicas, device=dev), shufflers=shufflers,
         const=ensemble.log_det_standardisation, val_chunk=_validation_chunk(ensemble),
-        weights=weights, val_weights=val_weights)
+        weights=weights, val_weights=val_weights, c_train=c_train, c_val=c_val)
 
 
 # -- step 3: one epoch -------------------------------------------------------------------------
@@ -434,12 +462,14 @@ def _train_epoch(work: FlowEnsemble, opt: MemberAdam, data: _TrainingData,
     with work.compute_precision(settings.precision):
         for start in range(0, n_tr, batch):
             xb = data.y_train[rows[:, start:start + batch]]  # (M', b, D)
+            cb = None if data.c_train is None else data.c_train[rows[:, start:start + batch]]
             wb = None if weights is None else weights[:, start:start + batch]  # (M', b)
             opt.zero_grad()
             for ms in range(0, xb.shape[1], micro):
                 # Sum of the members' mean NLLs: member m's gradient is its own alone.
                 piece, n = _aligned(xb[:, ms:ms + micro], axis=1)
-                log_p = work.log_prob_standardised(piece)[:, :n]
+                cpiece = None if cb is None else _aligned(cb[:, ms:ms + micro], axis=1)[0]
+                log_p = work.log_prob_standardised(piece, None, cpiece)[:, :n]
                 if wb is not None:
                     log_p = log_p * wb[:, ms:ms + micro]
                 nll = -log_p.sum(dim=1)
@@ -454,8 +484,8 @@ def _train_epoch(work: FlowEnsemble, opt: MemberAdam, data: _TrainingData,
 def _validation_loss(work: FlowEnsemble, data: _TrainingData) -> NDArray[np.float64]:
     """Each active member's mean NLL (weighted, with event weights) on the validation events."""
     with work.compute_precision("float32"):
-        return (_nll(work, data.y_val, data.val_chunk, data.val_weights).cpu().numpy()
-                - data.const)
+        return (_nll(work, data.y_val, data.val_chunk, data.val_weights,
+                     data.c_val).cpu().numpy() - data.const)
 
 
 # -- step 4: early-stopping bookkeeping --------------------------------------------------------
@@ -568,10 +598,36 @@ def _history(record: _EarlyStopping, split: _Split, settings: TrainSettings,
                   "device": str(device), "weighted": split.w_train is not None})
 
 
+def _contexts(ensemble: FlowEnsemble, n_events: int, context: ArrayLike | None,
+              x_val: ArrayLike | None, context_val: ArrayLike | None, split: _Split
+              ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
+    """Checked contexts of ``x`` and of ``x_val`` for the ensemble's ``n_context``.
+
+    Raises:
+        InputError: a context for an unconditional ensemble, none for a conditional one, a
+            ``context_val`` without ``x_val`` (or missing with it), or malformed contexts.
+    """
+    ctx = check_context(ensemble.n_context, context, n_events, name="training contexts")
+    if ctx is None:
+        if context_val is not None:
+            raise InputError("context_val given for an unconditional ensemble")
+        return None, None
+    if x_val is None:
+        if context_val is not None:
+            raise InputError("context_val needs x_val (held-out validation events take their "
+                             "contexts from context)")
+        return ctx, None
+    if context_val is None:
+        raise InputError("a conditional ensemble with x_val needs context_val")
+    return ctx, as_context(context_val, len(split.x_val), ensemble.n_context,
+                           name="validation contexts")
+
+
 def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = None,
           settings: TrainSettings | None = None, device: str | torch.device | None = None,
           progress: bool = True, event_weights: ArrayLike | None = None,
           val_event_weights: ArrayLike | None = None, scheduler: SchedulerLike = None,
+          context: ArrayLike | None = None, context_val: ArrayLike | None = None,
           **overrides: Any) -> TrainingHistory:
     """Train every member of ``ensemble`` in place (paper Step 1).
 
@@ -595,6 +651,9 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
             into sub-ensembles trained on the workers (:mod:`genval.flows.shards`; on a CPU
             the members equal those of a single-process run bit for bit), and ``device`` is
             where each shard trains on its worker.
+        context: (N, C) contexts of ``x``, required exactly when the ensemble is conditional
+            (``n_context = C > 0``): member m learns ``f_m(x | c)``.
+        context_val: (N_val, C) contexts of ``x_val`` (conditional ensembles with ``x_val``).
         **overrides: :class:`TrainSettings` fields given by name (``lr=1e-3, patience=5``),
             applied on top of ``settings``.
 
@@ -604,8 +663,9 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
 
     Raises:
         TypeError: a keyword that is not a :class:`TrainSettings` field.
-        InputError: invalid settings, events or weights (NaN/inf, wrong length, a training,
-            validation or replica total weight ≤ 0).
+        InputError: invalid settings, events, contexts or weights (NaN/inf, wrong length, a
+            training, validation or replica total weight ≤ 0; a context for an unconditional
+            ensemble or none for a conditional one).
     """
     settings = (settings if settings is not None else TrainSettings()).replace(**overrides)
     if scheduler is not None:
@@ -616,14 +676,19 @@ def train(ensemble: FlowEnsemble, x: ArrayLike, *, x_val: ArrayLike | None = Non
                 return train_sharded(ensemble, x, executor=executor, x_val=x_val,
                                      settings=settings, device=device, progress=progress,
                                      event_weights=event_weights,
-                                     val_event_weights=val_event_weights)
+                                     val_event_weights=val_event_weights, context=context,
+                                     context_val=context_val)
     events = as_events(x, n_features=ensemble.n_features, min_events=2, name="training events")
     weights = None if event_weights is None else as_event_weights(
         event_weights, len(events), name="training event weights")
     split = _split_validation(events, x_val, settings, ensemble.n_features, weights,
                               val_event_weights)
+    ctx, ctx_val = _contexts(ensemble, len(events), context, x_val, context_val, split)
+    split = _split_contexts(split, ctx, ctx_val)
     if settings.standardise:
         ensemble.set_standardisation(split.x_train)
+        if split.c_train is not None:
+            ensemble.set_context_standardisation(split.c_train)
     dev = torch.device(device) if device is not None else ensemble.device
     if dev.type == "mps":
         raise InputError(MPS_UNSUPPORTED)

@@ -4,6 +4,8 @@
 ``t = 2 (min NLL0 − min NLL1)`` on (F, G) with exact Newton profiles, ``goodness_of_fit``
 calibrates it with toys from f(x; ŵ) and returns p, Z and a scaled-χ² extrapolation.
 ``prepare`` evaluates the test events and the toy pools once for several variants.
+``conditional_goodness_of_fit`` runs the test within each context bin of conditional members
+and combines the evidence (``gof.conditional``).
 ``ProfileSettings`` and ``GoFSettings`` gather their settings.
 
 References:
@@ -13,7 +15,14 @@ References:
 
 from __future__ import annotations
 
+from genval.gof.conditional import (
+    ConditionalGoFResult,
+    bin_kernel_bases,
+    conditional_goodness_of_fit,
+    look_elsewhere,
+)
 from genval.gof.constraint import Constraint
+from genval.gof.context_kernels import ContextKernels
 from genval.gof.kernels import (
     MIN_KERNEL_EVENTS,
     KernelBasis,
@@ -63,6 +72,11 @@ __all__ = [
     "test_statistic",
     "goodness_of_fit",
     "observed_statistic",
+    "conditional_goodness_of_fit",
+    "ConditionalGoFResult",
+    "look_elsewhere",
+    "bin_kernel_bases",
+    "ContextKernels",
     "prepare",
     "require_unweighted",
     "PreparedGoF",

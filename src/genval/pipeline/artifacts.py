@@ -23,10 +23,16 @@ models/python.json          :class:`PythonSpec` (factory, fingerprint)    train
 models/ensemble.safetensors the flow ensemble                             train
 models/history.npz          :class:`LearningCurves` of the flows          train
 fit/fit.npz, fit/fit.json   :class:`~genval.wifi.WeightFit`               fit
+                            (conditional runs: the shared fit only)
+fit/conditional.json        :class:`~genval.conditional.ConditionalWeightFit` fit
+                            (conditional runs, ``context:``)
 samples/OUTPUT, density.npz oversampled events with f̂ and σ_f̂ (Eq. 3)     sample
 samples/sampler.json        the sampler's diagnostics, negative mass      sample
 coverage/coverage.npz|json  :class:`~genval.coverage.CoverageResult`      coverage
 gof/VARIANT.json            :class:`GofRecord` (GoFResult, Z band)        gof
+                            (conditional runs: the combined test)
+gof/VARIANT-context.json    :class:`~genval.gof.ConditionalGoFResult`:    gof
+                            Z per context bin, combined, look-elsewhere
 gof/deviations.json         where the alternative departs from REF        gof
 gof/parts/toys-A-B.json     :class:`GofPart`: toys A..B-1 of every        gof --toys A:B
                             variant and test set
@@ -51,11 +57,13 @@ from numpy.typing import ArrayLike, NDArray
 
 from genval._atomic import atomic_write_bytes, atomic_write_json
 from genval._paths import resolve_inside
+from genval.conditional import ConditionalWeightFit
 from genval.coverage import CoverageResult
 from genval.errors import ArtifactError, InputError
-from genval.gof import GoFResult, ZSummary
+from genval.gof import ConditionalGoFResult, GoFResult, ZSummary
 from genval.io import EventTable, parse_spec, read_events, write_events
 from genval.members import KDEMembers, Members
+from genval.pipeline.context import ContextLayout
 from genval.pipeline.device import resolve_device
 from genval.rundir import RunDir, RunDirError, to_jsonable
 from genval.splits import Splits, hash_events
@@ -70,10 +78,12 @@ __all__ = [
     "save_transform", "load_transform",
     "PythonSpec", "save_python_members", "load_python_members",
     "LearningCurves", "save_history", "load_history",
-    "save_fit", "has_fit", "load_fit", "save_samples", "load_samples", "load_prior_share",
+    "save_fit", "has_fit", "load_fit", "save_conditional_fit", "load_conditional_fit",
+    "save_samples", "load_samples", "load_prior_share", "context_layout",
     "save_sampler", "load_sampler",
     "CoverageRecord", "save_coverage", "load_coverage",
     "GofRecord", "save_gof", "save_gof_error", "load_gof", "load_gof_json",
+    "save_conditional_gof", "load_conditional_gof",
     "save_deviations", "load_deviations",
     "GofPart", "save_gof_part", "load_gof_parts", "fit_digest",
 ]
@@ -254,10 +264,12 @@ class KdeSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> KdeSpec:
         return cls(int(data["n_members"]), data["bandwidth"], int(data["seed"]))
 
-    def build(self, x_train: ArrayLike, event_weights: ArrayLike | None = None) -> KDEMembers:
-        """The members on the train split (with its event weights, when weighted)."""
+    def build(self, x_train: ArrayLike, event_weights: ArrayLike | None = None, *,
+              context: ArrayLike | None = None) -> KDEMembers:
+        """The members on the train split (with its event weights, when weighted; conditional
+        on the train split's contexts when given)."""
         return KDEMembers(x_train, self.n_members, bandwidth=self.bandwidth, seed=self.seed,
-                          event_weights=event_weights)
+                          event_weights=event_weights, context=context)
 
 
 FINGERPRINT_EVENTS = 32
@@ -394,6 +406,9 @@ def load_members(run: RunDir, *, device: str | None = None) -> Members:
     """
     transform = load_transform(run)
     kind = run.config().members.kind
+    layout = context_layout(run)
+    if layout is not None:
+        return _conditional_members(run, layout, transform, device)
     if kind in ("kde", "python"):
         x_train, _ = split_events(run, "train")
         x_train = transform.forward(x_train, name="train events")
@@ -407,6 +422,32 @@ def load_members(run: RunDir, *, device: str | None = None) -> Members:
 
         base = FlowEnsemble.load(_ensemble_path(run), device=_member_device(run, device))
     return base if transform.is_identity else TransformedMembers(base, transform)
+
+
+def context_layout(run: RunDir) -> ContextLayout | None:
+    """The x / context columns of a conditional run (``context:``), None when unconditional."""
+    cfg = run.config()
+    if cfg.context is None:
+        return None
+    return ContextLayout.of(cfg, read_events(_events_path(run)).names)
+
+
+def _conditional_members(run: RunDir, layout: ContextLayout, transform: FeatureTransform,
+                         device: str | None) -> Members:
+    """Conditional members f(x | c) in physical units of x and c (``context:`` runs)."""
+    t_x, t_c = layout.transforms(transform)
+    if run.config().members.kind == "kde":
+        x_train, c_train = layout.split(split_events(run, "train")[0])
+        base: Members = load_kde(run).build(
+            t_x.forward(x_train, name="train events"), split_weights(run, "train"),
+            context=t_c.forward(c_train, name="train contexts"))
+    else:
+        from genval.flows import FlowEnsemble  # torch loads only for flow members
+
+        base = FlowEnsemble.load(_ensemble_path(run), device=_member_device(run, device))
+    if t_x.is_identity and t_c.is_identity:
+        return base
+    return TransformedMembers(base, t_x, t_c)
 
 
 def _member_device(run: RunDir, device: str | None) -> str:
@@ -488,6 +529,34 @@ def load_fit(run: RunDir) -> WeightFit:
     """The :class:`~genval.wifi.WeightFit` saved by the fit stage (arrays exact, from npz)."""
     npz, json_path = _fit_paths(run)
     return WeightFit.from_dict({**load_json(json_path), **_load_npz(npz)})
+
+
+def _conditional_fit_path(run: RunDir) -> Path:
+    return run.root / "fit" / "conditional.json"
+
+
+def save_conditional_fit(run: RunDir, fit: ConditionalWeightFit) -> Path:
+    """The weights of a conditional run: every fit (shared or per bin) and the bin counts in
+    ``fit/conditional.json``; a shared fit also in ``fit/fit.npz`` / ``fit.json``, so every
+    reader of the fit (``genval results``, the report) shows it; per-bin fits only there."""
+    run.dir("fit")
+    if not fit.per_bin:
+        save_fit(run, fit.fits[0])
+    else:  # no one weight vector describes every context: no fit.npz (nor an earlier one)
+        for path in _fit_paths(run):
+            path.unlink(missing_ok=True)
+    return atomic_write_json(_conditional_fit_path(run), to_jsonable(fit.to_dict()))
+
+
+def load_conditional_fit(run: RunDir) -> ConditionalWeightFit | None:
+    """The :class:`~genval.conditional.ConditionalWeightFit` of a conditional run, or None."""
+    path = _conditional_fit_path(run)
+    if not path.is_file():
+        return None
+    try:
+        return ConditionalWeightFit.from_dict(load_json(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc!r}") from exc
 
 
 # --- oversampled events (sample stage) -------------------------------------------------------
@@ -623,8 +692,10 @@ def save_gof(run: RunDir, results: Sequence[GoFResult], z_summary: ZSummary | No
 
 
 def save_gof_error(run: RunDir, variant: str, error: str) -> Path:
-    """Record that ``variant`` is undefined, and why."""
+    """Record that ``variant`` is undefined, and why (a conditional run's bins of an earlier
+    attempt go with it)."""
     run.dir("gof")
+    _conditional_gof_path(run, variant).unlink(missing_ok=True)
     return atomic_write_json(_gof_path(run, variant), {"variant": variant, "error": error})
 
 
@@ -649,6 +720,30 @@ def load_gof(run: RunDir, variant: str) -> GofRecord | None:
     result = GoFResult.from_dict(record)
     failure = result.failure  # recomputed from the toys and t_obs, never trusted from the file
     return GofRecord(variant, result, z_summary, None if failure is None else str(failure))
+
+
+def _conditional_gof_path(run: RunDir, variant: str) -> Path:
+    return run.root / "gof" / f"{variant}-context.json"
+
+
+def save_conditional_gof(run: RunDir, result: ConditionalGoFResult) -> Path:
+    """A conditional run's test of one variant: the combined result in ``gof/VARIANT.json``
+    (what every reader of a variant shows), the bins, each bin's result and the
+    look-elsewhere numbers in ``gof/VARIANT-context.json``."""
+    save_gof(run, [result.combined], None)
+    return atomic_write_json(_conditional_gof_path(run, result.combined.variant),
+                             to_jsonable(result.to_dict()))
+
+
+def load_conditional_gof(run: RunDir, variant: str) -> ConditionalGoFResult | None:
+    """The saved conditional test of ``variant``, or None (not run, or unconditional)."""
+    path = _conditional_gof_path(run, variant)
+    if not path.is_file():
+        return None
+    try:
+        return ConditionalGoFResult.from_dict(load_json(path))
+    except (KeyError, TypeError, ValueError, InputError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc!r}") from exc
 
 
 def _deviations_path(run: RunDir) -> Path:

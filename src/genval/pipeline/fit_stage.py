@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from genval import plots
+from genval.conditional import fit_conditional_weights
 from genval.identification import members_precision
-from genval.members import log_density_matrix
-from genval.pipeline.artifacts import load_members, save_fit, split_events, split_weights
+from genval.members import Members, log_density_matrix
+from genval.pipeline.artifacts import (
+    context_layout,
+    load_members,
+    save_conditional_fit,
+    save_fit,
+    split_events,
+    split_weights,
+)
+from genval.pipeline.context import ContextLayout
 from genval.pipeline.figures import draw
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
@@ -29,6 +41,9 @@ def stage_fit(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     cfg = run.config()
     members = load_members(run)
     x_fit, _ = split_events(run, "weight_fit")
+    layout = context_layout(run)
+    if layout is not None:
+        return _conditional_fit(run, members, layout, x_fit, log)
     log_f = log_density_matrix(members, x_fit)
     # Flows compute log-densities in their own dtype (float32): the Hessian's precision floor.
     precision = members_precision(members)
@@ -53,3 +68,33 @@ def stage_fit(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
             "abs_weight_sum": fit.abs_weight_sum, "negative_mass": negative,
             "negative_mass_error": negative_err, "ridge": float(fit.ridge),
             "n_regularised": int(fit.n_regularised), "unsupported": list(fit.unsupported)}
+
+
+def _conditional_fit(run: RunDir, members: Members, layout: ContextLayout,
+                     events: NDArray[np.float64], log: Log) -> dict[str, Any]:
+    """Eqs. (1)–(2) on the rows ``f_k(x_n | c_n)`` (``context:`` runs): one ŵ shared by every
+    context, or one per context bin (:func:`genval.conditional.fit_conditional_weights`)."""
+    cfg = run.config()
+    x_fit, c_fit = layout.split(events)
+    index = layout.bins.assign(c_fit)
+    log_f = log_density_matrix(members, x_fit, c_fit)
+    fit = fit_conditional_weights(log_f, index, n_bins=layout.bins.n_bins,
+                                  per_bin=layout.per_bin, log=True, max_iter=cfg.wifi.max_iter,
+                                  tol=cfg.wifi.tol,
+                                  event_weights=split_weights(run, "weight_fit"))
+    save_conditional_fit(run, fit)
+    if not fit.per_bin:
+        draw(run, "weights", plots.plot_weights, weights=fit.fits[0].weights,
+             cov=fit.fits[0].cov)
+    kind = "per-bin weights" if fit.per_bin else "shared weights"
+    log(f"[fit] x | c with {kind}: {'converged' if fit.converged else 'NOT converged'} on "
+        f"{len(x_fit)} events in {layout.bins.n_bins} context bin(s) "
+        f"({', '.join(str(int(n)) for n in fit.bin_counts)} events); "
+        + "; ".join(f"{'' if not fit.per_bin else f'bin {b}: '}{f.n_iter} Newton iterations, "
+                    f"effective rank {f.effective_rank:.2f} of {f.n_members}, "
+                    f"sum|w| = {f.abs_weight_sum:.3g}" for b, f in enumerate(fit.fits)))
+    return {"converged": bool(fit.converged), "per_bin": fit.per_bin,
+            "bin_counts": fit.bin_counts.tolist(),
+            "n_iter": [int(f.n_iter) for f in fit.fits],
+            "nll": [float(f.nll) for f in fit.fits],
+            "abs_weight_sum": [f.abs_weight_sum for f in fit.fits]}

@@ -23,17 +23,21 @@ from genval.errors import FitError, GenvalWarning, InputError, WeakKernelWarning
 from genval.members import Members
 from genval.pipeline.artifacts import (
     GofPart,
+    context_layout,
     fit_digest,
+    load_conditional_fit,
     load_fit,
     load_gof_parts,
     load_members,
     load_transform,
+    save_conditional_gof,
     save_gof,
     save_gof_error,
     save_gof_part,
     split_events,
     split_weights,
 )
+from genval.pipeline.context import ContextLayout
 from genval.pipeline.gof_figures import alternative_figures, null_figure
 from genval.pipeline.log import Log, quiet
 from genval.pipeline.seeds import stage_seed
@@ -120,6 +124,9 @@ def stage_gof(run: RunDir, *, log: Log = quiet, executor: Executor | None = None
     cfg = run.config()
     if not cfg.gof.enabled:
         return {"skipped": "gof.enabled is false"}
+    layout = context_layout(run)
+    if layout is not None:
+        return _conditional_gof(run, layout, log)
     inputs = _GofInputs.load(run, log=log)
     parts = _reusable_parts(run, inputs, log)
     missing = missing_ranges([(p.first, p.stop) for p in parts], cfg.gof.n_toys)
@@ -151,6 +158,7 @@ def run_gof_part(run: RunDir, first: int, stop: int, *, log: Log = quiet,
     if not cfg.gof.enabled:
         raise RunDirError("gof.enabled is false in this run's config: no toys to run")
     run.require("gof")
+    _refuse_parts_of_conditional(cfg)
     if not 0 <= first < stop <= cfg.gof.n_toys:
         raise RunDirError(f"toy range {first}:{stop} is not within 0:{cfg.gof.n_toys} "
                           "(gof.n_toys)")
@@ -174,6 +182,7 @@ def merge_gof_parts(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
     cfg = run.config()
     if not cfg.gof.enabled:
         raise RunDirError("gof.enabled is false in this run's config: nothing to merge")
+    _refuse_parts_of_conditional(cfg)
     inputs = _GofInputs.load(run, log=log)
     parts = load_gof_parts(run)
     if not parts:
@@ -197,6 +206,75 @@ def merge_gof_parts(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                           f"`genval gof {run.root} --toys A:B` for each")
     log(f"[gof] merging {len(parts)} part(s): {', '.join(p.label for p in ordered)}")
     return _record(run, inputs, _run_variants(inputs, [], ordered, None), log)
+
+
+def _refuse_parts_of_conditional(cfg: Config) -> None:
+    if cfg.context is not None:
+        raise RunDirError("toy ranges (--toys A:B, merge) are not available for conditional "
+                          "runs (context:); run the gof stage whole")
+
+
+def _conditional_gof(run: RunDir, layout: ContextLayout, log: Log) -> dict[str, Any]:
+    """``context:`` runs: Eq. (5) within each context bin, the bins' t combined and the
+    smallest p corrected for the look elsewhere, from one set of joint toys per variant
+    (:func:`genval.gof.conditional_goodness_of_fit`).
+
+    Each bin's kernels have their centres drawn from the centres split's events of that bin
+    (:func:`genval.gof.bin_kernel_bases`): fixed Gaussians in the members' coordinates of x,
+    or following the conditional mean (``context.kernels: follow``). Writes
+    ``gof/VARIANT.json`` (the combined test, read by every reader of a variant) and
+    ``gof/VARIANT-context.json`` (Z per bin, combined, look-elsewhere) and the null figure of
+    the combined t; an undefined variant is recorded, warned about and the others go on.
+    """
+    cfg = run.config()
+    events, _ = split_events(run, "test")
+    gof.require_unweighted(split_weights(run, "test"), len(events),
+                           name=f"test events (data.weight {cfg.data.weight!r})")
+    x_test, c_test = layout.split(events)
+    x_centres, c_centres = layout.split(split_events(run, "centres")[0])
+    members = load_members(run)
+    fit = load_conditional_fit(run)
+    if fit is None:
+        raise RunDirError(f"{run.root / 'fit'} holds no conditional fit: run the fit stage "
+                          f"(`genval fit {run.root}`) again")
+    seed = stage_seed(cfg, "gof")
+    t_x, _ = layout.transforms(load_transform(run))
+    bases = gof.bin_kernel_bases(
+        x_centres, c_centres, layout.bins, cfg.gof.n_kernels, cfg.gof.sigma,
+        standardize=cfg.gof.kernel_units == "standardised", follow_context=layout.follow,
+        transform=None if layout.follow else t_x, seed=seed)
+    log(f"[gof] x | c in {layout.bins.n_bins} context bin(s): "
+        f"{', '.join(layout.bins.labels)}; K = {cfg.gof.n_kernels} kernels per bin "
+        f"({'following the context' if layout.follow else 'fixed in x'}), "
+        f"{cfg.gof.n_toys} joint toys")
+    settings = _settings(cfg)
+    summary: dict[str, Any] = {}
+    for variant in cfg.gof.variants:
+        member = cfg.gof.single_member if variant == "single" else None
+        try:
+            result = gof.conditional_goodness_of_fit(
+                members, fit, x_test, c_test, bases, layout.bins, n_toys=cfg.gof.n_toys,
+                seed=seed, variant=variant, member=member, settings=settings)
+        except FitError as exc:
+            summary[variant] = _record_undefined(run, variant, exc, log)
+            continue
+        save_conditional_gof(run, result)
+        for line in repr(result).splitlines()[1:]:
+            log(f"[gof] {variant}: {line.strip()}")
+        combined = result.combined
+        if not combined.ok:
+            message = one_line(str(combined.failure))
+            warnings.warn(f"GoF variant {variant!r} failed: {message}", GofVariantWarning,
+                          stacklevel=3)
+            summary[variant] = {"error": message}
+            continue
+        null_figure(run, variant, [combined], None)
+        summary[variant] = {"t_obs": float(combined.t_obs), "z": float(combined.z),
+                            "z_per_bin": result.z_per_bin.tolist(),
+                            "p_global": float(result.p_global),
+                            "n_failed_toys": combined.n_failed}
+    run.update_metadata(seeds={"gof": seed})
+    return summary
 
 
 def missing_ranges(ranges: Sequence[tuple[int, int]], n_toys: int) -> list[tuple[int, int]]:
@@ -224,6 +302,17 @@ def _reusable_parts(run: RunDir, inputs: _GofInputs, log: Log) -> list[GofPart]:
     return keep
 
 
+def _record_undefined(run: RunDir, variant: str, error: FitError, log: Log) -> dict[str, str]:
+    """One variant undefined (e.g. a signed mixture <= 0 at test events) must not cost the
+    others: record why, warn, and go on. Returns the variant's entry of the stage summary."""
+    message = one_line(str(error))
+    save_gof_error(run, variant, message)
+    warnings.warn(f"GoF variant {variant!r} undefined: {message}", GofVariantWarning,
+                  stacklevel=4)
+    log(f"[gof] {variant}: UNDEFINED: {message}")
+    return {"error": message}
+
+
 def _record(run: RunDir, inputs: _GofInputs, outcome: dict[str, list[gof.GoFResult] | FitError],
             log: Log) -> dict[str, Any]:
     """Save every variant's results and figures; the stage's summary."""
@@ -233,14 +322,7 @@ def _record(run: RunDir, inputs: _GofInputs, outcome: dict[str, list[gof.GoFResu
     for variant in cfg.gof.variants:
         results = outcome[variant]
         if isinstance(results, FitError):
-            # One variant undefined (e.g. a signed mixture <= 0 at test events) must not cost
-            # the others: record why, warn, and go on.
-            message = one_line(str(results))
-            save_gof_error(run, variant, message)
-            warnings.warn(f"GoF variant {variant!r} undefined: {message}", GofVariantWarning,
-                          stacklevel=3)
-            log(f"[gof] {variant}: UNDEFINED: {message}")
-            summary[variant] = {"error": message}
+            summary[variant] = _record_undefined(run, variant, results, log)
             continue
         failed = [(i, r) for i, r in enumerate(results) if not r.ok]
         if failed:
@@ -300,6 +382,16 @@ def _warn_weak_kernels(prepared: gof.PreparedGoF, fit: WeightFit, test_set: int)
             f"(docs/choosing-kernels.md)", WeakKernelWarning, stacklevel=2)
 
 
+def _settings(cfg: Config) -> gof.GoFSettings:
+    """The :class:`~genval.gof.GoFSettings` of ``cfg.gof``."""
+    return gof.GoFSettings(
+        centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size, n_pools=cfg.gof.n_pools,
+        pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs,
+        max_negative_mass=cfg.gof.max_negative_mass,
+        max_failed_fraction=cfg.gof.max_failed_fraction,
+        profile=gof.ProfileSettings(lam=cfg.gof.lambda_net))
+
+
 def _run_variants(inputs: _GofInputs, ranges: Sequence[tuple[int, int]],
                   parts: Sequence[GofPart], executor: Executor | None
                   ) -> dict[str, list[gof.GoFResult] | FitError]:
@@ -313,12 +405,7 @@ def _run_variants(inputs: _GofInputs, ranges: Sequence[tuple[int, int]],
     """
     cfg, members, fit, basis = inputs.config, inputs.members, inputs.fit, inputs.basis
     out: dict[str, list[gof.GoFResult] | FitError] = {v: [] for v in cfg.gof.variants}
-    settings = gof.GoFSettings(
-        centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size, n_pools=cfg.gof.n_pools,
-        pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs,
-        max_negative_mass=cfg.gof.max_negative_mass,
-        max_failed_fraction=cfg.gof.max_failed_fraction,
-        profile=gof.ProfileSettings(lam=cfg.gof.lambda_net))
+    settings = _settings(cfg)
     for i, chunk in enumerate(inputs.chunks):
         prepared = gof.prepare(members, chunk, basis, inputs.seed + i, settings=settings)
         _warn_weak_kernels(prepared, fit, i)

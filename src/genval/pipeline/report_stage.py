@@ -21,6 +21,7 @@ from genval.paper import is_paper_toy
 from genval.pipeline.artifacts import (
     GofRecord,
     has_fit,
+    load_conditional_gof,
     load_coverage,
     load_deviations,
     load_fit,
@@ -76,7 +77,7 @@ def stage_report(run: RunDir, *, log: Log = quiet) -> dict[str, Any]:
                  coverage=_coverage_rows(run), figures=figures, fit=fit_info,
                  metadata=_provenance(run),
                  config_yaml=run.config_path.read_text(encoding="utf-8"), notes=notes,
-                 paper=paper, deviations=_deviations(run))
+                 paper=paper, deviations=_deviations(run), context=_context_rows(run, cfg))
     return {"figures": len(figures), "variants": [r.variant for r in gof_rows]}
 
 
@@ -180,6 +181,29 @@ def _raw_gof_row(run: RunDir, variant: str, exc: Exception) -> GofRow:
                           f"({type(exc).__name__}: {exc})")
 
 
+def _context_rows(run: RunDir, cfg: Config) -> dict[str, list[GofRow]]:
+    """Conditional runs: per variant, a row per context bin, the combined test (the sum of
+    the bins' t) and the look-elsewhere-corrected smallest p."""
+    if cfg.context is None:
+        return {}
+    out: dict[str, list[GofRow]] = {}
+    for variant in cfg.gof.variants:
+        result = _get(lambda variant=variant: load_conditional_gof(run, variant))
+        if result is None:
+            continue
+        rows = [_gof_row(GofRecord(label, res))[0]
+                for label, res in zip(result.bins.labels, result.per_bin, strict=True)]
+        rows.append(_gof_row(GofRecord("combined (sum of the bins' t)", result.combined))[0])
+        rows.append(GofRow("smallest p, look-elsewhere corrected", math.nan,
+                           _float(result.p_global), _float(result.z_global),
+                           n_toys=result.n_toys,
+                           note=f"smallest per-bin p = {result.p_min:.3g} in "
+                                f"{result.bins.labels[result.bin_min]}"
+                           if result.bin_min >= 0 else ""))
+        out[variant] = rows
+    return out
+
+
 def _deviations(run: RunDir) -> dict[str, Any] | None:
     """Where the alternative departs from REF, when the gof stage recorded it."""
     return _get(lambda: load_deviations(run)) if run.has_results("gof") else None
@@ -219,6 +243,7 @@ def _negative_mass_rows(run: RunDir) -> dict[str, str]:
     sampler = load_sampler(run) if run.is_done("sample") else None
     if sampler is not None:
         rows["negative mass of f (samples)"] = _mass(sampler)
+    if sampler is not None and "method" in sampler:  # the conditional sampler has no method
         rows["sampler"] = (f"{sampler['method']}: "
                            f"{float(sampler['evaluations_per_event']):.2f} evaluations per "
                            f"event, envelope C = {float(sampler['envelope']):.3g}, "
