@@ -133,6 +133,9 @@ def test_shared_fit_is_the_paper_fit_on_conditional_rows(rng):
     assert shared.weights.sum() == pytest.approx(1.0, abs=1e-12)
 
 
+# A bin's fit may add the ridge on weakly identified directions (genval.identification) and
+# say so; the block structure checked here holds either way.
+@pytest.mark.filterwarnings("ignore::genval.errors.IllConditionedWarning")
 def test_per_bin_fit_is_block_diagonal_and_matches_each_bin(rng):
     members = linear_members()
     x, c = draw(members, [0.3, 0.3, 0.4], 4000, rng)
