@@ -48,7 +48,7 @@ from genval.errors import InputError
 __all__ = ["SCHEDULERS", "SlurmSettings", "ComputeSettings", "Executor", "SchedulerLike",
            "open_executor", "check_scheduler", "available_cores", "worker_threads",
            "can_fork_workers",
-           "slurm_job_kwargs", "slurm_job_script"]
+           "slurm_job_kwargs", "slurm_job_script", "WORKER_ENVIRONMENT"]
 
 SCHEDULERS = ("local", "processes", "slurm")
 """Named schedulers; any ``tcp://HOST:PORT`` (or ``tls://``) address is accepted as well."""
