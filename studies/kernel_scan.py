@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from genval.errors import FitError
-from genval.gof import KernelBasis, test_statistic
+from genval.gof import KernelBasis, kernel_effective_events, test_statistic
 from genval.members import log_density_matrix
 from genval.pipeline.artifacts import (
     load_fit,
@@ -35,6 +35,7 @@ from genval.pipeline.artifacts import (
     load_transform,
     split_events,
 )
+from genval.row_scaling import scale_rows
 from genval.rundir import RunDir
 from genval.sampling import sample_mixture
 
@@ -44,13 +45,8 @@ DEFAULT_GRID = "10:1,20:1,20:0.7,50:0.5,100:0.2"
 def _effective_events(log_g: np.ndarray, log_f: np.ndarray, weights: np.ndarray
                       ) -> np.ndarray:
     """Kish effective sample size of G_k / f per kernel over events drawn from f."""
-    scale = log_f.max(axis=1, keepdims=True)
-    f = np.exp(log_f - scale) @ weights
-    keep = f > 0
-    log_r = log_g[keep] - (np.log(f[keep])[:, None] + scale[keep])
-    log_r -= log_r.max(axis=0, keepdims=True)
-    r = np.exp(log_r)
-    return r.sum(axis=0) ** 2 / (r ** 2).sum(axis=0)
+    rows = scale_rows(log_f, log_g, log=True)
+    return kernel_effective_events(rows.f, rows.g, weights)
 
 
 def scan(run: RunDir, grid: Sequence[tuple[int, float]], *, n_sets: int = 4,
