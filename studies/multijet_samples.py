@@ -31,6 +31,7 @@ import numpy as np
 
 import genval as gv
 from genval.pipeline import artifacts, stage_seed
+from genval.pipeline.gof_stage import _settings as gof_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "multijet"))
 from generate import COLUMNS  # noqa: E402  (the generator's column order)
@@ -74,12 +75,7 @@ def main() -> None:
         x_centres, args.n_kernels or cfg.gof.n_kernels, args.sigma or cfg.gof.sigma,
         standardize=cfg.gof.kernel_units == "standardised",
         transform=artifacts.load_transform(rundir), seed=seed)
-    settings = gv.gof.GoFSettings(
-        centre=cfg.gof.constraint_centre, toy_size=cfg.gof.toy_size, n_pools=cfg.gof.n_pools,
-        pool_size=cfg.gof.pool_size, n_jobs=cfg.gof.n_jobs,
-        max_negative_mass=cfg.gof.max_negative_mass,
-        max_failed_fraction=cfg.gof.max_failed_fraction,
-        profile=gv.gof.ProfileSettings(lam=cfg.gof.lambda_net))
+    settings = gof_settings(cfg)  # the GoF stage's own settings of this config
 
     out: dict = {"run_dir": str(args.run_dir), "n_test": n_test, "toys": args.toys,
                  "kernels": basis.describe(), "samples": {},
