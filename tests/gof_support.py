@@ -8,14 +8,20 @@ Eq. (5).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import pytest
 import scipy.optimize
 from numpy.typing import NDArray
 
 from genval.linalg import sum_to_one_basis
 from genval.members import GaussianMembers
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -139,3 +145,23 @@ def reference_t(F, G, fit, variant, z0, lam=1e-6, F_ref=None, G_ref=None, barrie
     nll0 = solve(False, np.zeros(p))
     nll1 = solve(True, np.zeros(p + k))
     return 2.0 * (nll0 - nll1), nll0, nll1
+
+
+def within(seconds: float, fn: Callable[[], T]) -> T:
+    """``fn()``, failing (not hanging the suite) when it takes longer than ``seconds``."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 -- re-raised below
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"no result within {seconds} s")
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["value"]  # type: ignore[return-value]

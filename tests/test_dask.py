@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 
 import numpy as np
 import pytest
@@ -35,7 +37,7 @@ from genval.members import log_density_matrix  # noqa: E402
 from genval.pipeline import artifacts  # noqa: E402
 from genval.rundir import RunDir  # noqa: E402
 from genval.sampling import sample_mixture  # noqa: E402
-from gof_support import gaussian_ensemble, quick_fit  # noqa: E402
+from gof_support import gaussian_ensemble, quick_fit, within  # noqa: E402
 
 # Functions of this module (the truth sampler) travel to the workers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -89,6 +91,28 @@ def test_cluster_is_local_and_without_dashboard(cluster):
                ) == {WORKER_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"]}
 
 
+def test_a_second_cluster_beside_the_first_warns_of_no_port(cluster):
+    """Two clusters at once (two notebooks, overlapping test sessions): the second one's HTTP
+    server takes a free port of 127.0.0.1 instead of asking for Dask's 8787 and warning that it
+    is taken. Port 8787 is held here so the old behaviour would warn whoever else holds it."""
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))
+        holder.listen(1)
+    except OSError:
+        pass  # someone else holds it: just as good for this test
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with open_executor(ComputeSettings(scheduler="processes", n_workers=1,
+                                               threads_per_worker=1)) as second:
+                http = second.cluster.scheduler.http_server
+                assert http.address == "127.0.0.1" and http.port != 8787
+                assert second.client.submit(int, "7").result() == 7
+    finally:
+        holder.close()
+
+
 def test_toys_equal_serial_fork_and_dask(cluster, test_problem):
     serial = _toys(test_problem, n_toys=40, n_jobs=1)
     _same_toys(serial, _toys(test_problem, n_toys=40, n_jobs=2))
@@ -99,26 +123,6 @@ def test_toys_equal_serial_fork_and_dask(cluster, test_problem):
     parts = [_toys(test_problem, n_toys=15, first_toy=25, scheduler=cluster),
              _toys(test_problem, n_toys=25, n_jobs=1)]
     _same_toys(serial, merge_results(parts))
-
-
-def _within(seconds: float, fn):
-    """``fn()``, failing (not hanging the suite) when it takes longer than ``seconds``."""
-    out: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 -- re-raised below
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"no result within {seconds} s")
-    if "error" in out:
-        raise out["error"]  # type: ignore[misc]
-    return out["value"]
 
 
 def test_a_killed_worker_does_not_change_the_toys(cluster, test_problem):
@@ -139,7 +143,7 @@ def test_a_killed_worker_does_not_change_the_toys(cluster, test_problem):
 
     watcher = threading.Thread(target=kill_when_busy, daemon=True)
     watcher.start()
-    on_cluster = _within(300, lambda: _toys(test_problem, n_toys=120, scheduler=cluster))
+    on_cluster = within(300, lambda: _toys(test_problem, n_toys=120, scheduler=cluster))
     watcher.join()
     assert killed.is_set(), "the worker was never seen busy"
     _same_toys(serial, on_cluster)

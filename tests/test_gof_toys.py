@@ -278,24 +278,29 @@ def test_constraint_projection(setup):
 
 def test_prepared_pools_shared_by_frozen_and_ensemble(setup, monkeypatch):
     """One preparation: test rows evaluated once, frozen and ensemble draw their pools once,
-    and each variant's result equals a separate call with the same seed."""
+    and each variant's result equals a separate call with the same seed. The pools may be
+    drawn here or in forked workers (3 pools, 2 workers), so what is counted is what the
+    preparation keeps, and the second variant may not draw at all (a draw would raise, in a
+    worker too: it inherits this module's state)."""
     import genval.gof.toys as toys
     from genval.gof import prepare
 
     members, fit, basis, x_test = setup
-    draws = []
-    real = toys.draw_pool_rows
-
-    def counted(*args, **kw):
-        draws.append(kw.get("pool"))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(toys, "draw_pool_rows", counted)
     prep = prepare(members, x_test, basis, seed=7, pool_size=4000, n_pools=3)
-    shared = {v: goodness_of_fit(members, fit, x_test, basis, n_toys=9, seed=7, variant=v,
-                                 pool_size=4000, n_pools=3, prepared=prep)
-              for v in ("frozen", "ensemble")}
-    assert sorted(draws) == [0, 1, 2]  # three pools drawn, once for both variants
+    shared = {"frozen": goodness_of_fit(members, fit, x_test, basis, n_toys=9, seed=7,
+                                        variant="frozen", pool_size=4000, n_pools=3,
+                                        prepared=prep, n_jobs=2)}
+    assert [prep.has_pool(fit.weights, j) for j in range(4)] == [True, True, True, False]
+    assert prep.seconds > 0
+
+    def no_draw(*args, **kw):
+        raise AssertionError(f"pool {kw.get('pool')} drawn a second time")
+
+    monkeypatch.setattr(toys, "draw_pool_rows", no_draw)
+    shared["ensemble"] = goodness_of_fit(members, fit, x_test, basis, n_toys=9, seed=7,
+                                         variant="ensemble", pool_size=4000, n_pools=3,
+                                         prepared=prep, n_jobs=2)
+    monkeypatch.undo()
     for variant, res in shared.items():
         alone = _run(setup, n_toys=9, variant=variant, n_pools=3)
         assert res.t_obs == pytest.approx(alone.t_obs, rel=1e-12, abs=1e-12)
@@ -397,3 +402,38 @@ def test_negative_mass_recorded_and_limited(setup, monkeypatch):
     partial = merge_results([_run(setup, n_toys=2, max_negative_mass=0.01),
                              _run(setup, n_toys=2, first_toy=2, max_negative_mass=0.01)])
     np.testing.assert_array_equal(partial.pool_negative_mass, np.full(4, 0.004))
+
+
+def test_pools_drawn_in_forked_workers_equal_serial_also_for_torch_members():
+    """Four pools on two workers: each worker draws whole pools and fits their toys. With torch
+    members evaluated here first (torch's OpenMP threads running), the forked workers must not
+    hang on them (torch's pool does not survive fork; each worker goes single-threaded) and
+    give the toys of one process bit for bit, with the progress counted and warnings kept."""
+    torch = pytest.importorskip("torch")
+    from genval.flows import FlowEnsemble
+    from gof_support import within
+
+    rng = np.random.default_rng(5)
+    members = FlowEnsemble(2, 3, layers=2, hidden=8, blocks=1, bins=4, seed=2)
+    members.loc, members.scale = np.zeros(2), np.ones(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x_fit = rng.standard_normal((1500, 2))
+        members.log_prob(x_fit)  # torch's intra-op threads started in this process
+        fit = quick_fit(np.exp(log_density_matrix(members, x_fit)))
+        x_test = rng.standard_normal((200, 2))
+        basis = KernelBasis.from_events(rng.standard_normal((300, 2)), 6, 0.5, seed=rng)
+
+        def run(jobs):
+            return goodness_of_fit(members, fit, x_test, basis, n_toys=12, seed=3,
+                                   pool_size=1000, n_pools=4, n_jobs=jobs)
+
+        serial = run(1)
+        forked = within(240, lambda: run(2))
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(forked.t_null, serial.t_null)
+    np.testing.assert_array_equal(forked.pool_negative_mass, serial.pool_negative_mass)
+    assert forked.t_obs == serial.t_obs and forked.n_pools == 4
+    assert forked.timings["pool"] > 0 and forked.timings["toys"] > 0

@@ -384,9 +384,14 @@ def _local_cluster(settings: ComputeSettings) -> Any:
     # worker is restarted): the setting only needs to hold while the cluster starts.
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{key}": value
                           for key, value in WORKER_ENVIRONMENT.items()}):
+        # The scheduler's small HTTP server (health checks) on a free port of 127.0.0.1, the
+        # dashboard off: with ``dashboard_address=None`` that server still asks for port 8787,
+        # and a second cluster (another notebook, an overlapping test session) then makes
+        # Dask warn that the port is taken.
         return distributed.LocalCluster(
             n_workers=n, threads_per_worker=int(settings.threads_per_worker), processes=True,
-            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+            host="127.0.0.1", dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR)
 
 
 def _slurm_cluster(settings: SlurmSettings) -> Any:

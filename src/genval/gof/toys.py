@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import multiprocessing
 import sys
@@ -484,7 +485,7 @@ class PreparedGoF:
 
     def pool_rows(self, weights: NDArray[np.float64], pool: int) -> PoolRows:
         """Pool ``pool`` from ``Σ weights_k f_k`` (drawn once per weights while kept)."""
-        key = (np.asarray(weights, dtype=np.float64).tobytes(), int(pool))
+        key = self._pool_key(weights, pool)
         if key in self._pools:
             return self._pools[key]
         start = time.perf_counter()
@@ -494,6 +495,22 @@ class PreparedGoF:
         if self.keep_pools:
             self._pools[key] = rows
         return rows
+
+    def has_pool(self, weights: NDArray[np.float64], pool: int) -> bool:
+        """Whether pool ``pool`` of these weights is kept (drawn already)."""
+        return self._pool_key(weights, pool) in self._pools
+
+    def keep_pool(self, weights: NDArray[np.float64], pool: int, rows: PoolRows | None,
+                  seconds: float) -> None:
+        """Count pool ``pool`` drawn elsewhere (a forked worker) and the seconds it took, and
+        keep its rows (when given and pools are kept)."""
+        self.seconds += seconds
+        if self.keep_pools and rows is not None:
+            self._pools[self._pool_key(weights, pool)] = rows
+
+    @staticmethod
+    def _pool_key(weights: NDArray[np.float64], pool: int) -> tuple[bytes, int]:
+        return np.asarray(weights, dtype=np.float64).tobytes(), int(pool)
 
     def clear(self) -> None:
         """Free the kept pools."""
@@ -623,16 +640,160 @@ class _ToyTable:
 
 def _run_pools(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np.int64],
                cfg: GoFSettings, progress: bool) -> tuple[_ToyTable, float, float]:
-    """Toy ``i`` on pool ``i mod n_pools``; returns the toys, pool seconds and toy seconds."""
+    """Toy ``i`` on pool ``i mod n_pools``; returns the toys, pool seconds and toy seconds.
+
+    With at least as many pools as workers (the default: 4 pools, 2 cores), each forked worker
+    draws whole pools and fits their toys (:func:`_run_pools_forked`): drawing a pool evaluates
+    every member on its proposals, single-threaded for most members, and would otherwise leave
+    the other cores idle for that long. Fewer pools than workers: each pool is drawn here and
+    its toys are spread over the workers.
+    """
     table = _ToyTable(indices, prepared.n_pools)
     which = indices % prepared.n_pools
+    pools = np.unique(which)
+    jobs = _n_jobs(cfg.n_jobs)
+    if jobs > 1 and pools.size >= jobs and _can_draw_in_workers():
+        return _run_pools_forked(prepared, constraint, indices, which, cfg, progress, jobs,
+                                 table)
     pool_s = toy_s = 0.0
     with tqdm(total=int(indices.size), desc="toys", unit="toy", disable=not progress,
               leave=False) as bar:
-        for j in np.unique(which):
+        for j in pools:
             pool_s, toy_s = _run_pool(prepared, constraint, indices, which, int(j), cfg, bar,
                                       table, pool_s, toy_s)
     return table, pool_s, toy_s
+
+
+def _can_draw_in_workers() -> bool:
+    """Whether forked workers may evaluate the members (draw pools): fork is available, and
+    no CUDA context exists (a forked child cannot use its parent's)."""
+    if _fork_context() is None:
+        return False
+    torch = sys.modules.get("torch")
+    return not (torch is not None and torch.cuda.is_initialized())
+
+
+class _SharedCounter:
+    """A tqdm-like ``update`` that adds to a counter shared with the parent (forked workers)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def update(self, n: int = 1) -> None:
+        with self.value.get_lock():
+            self.value.value += n
+
+
+#: What a forked pool worker needs, inherited (never pickled): the prepared test, the
+#: constraint, the toy indices and their pools, the settings and the shared toy counter.
+_FORKED_POOLS: tuple[Any, ...] | None = None
+
+@dataclass(frozen=True)
+class _PoolOutcome:
+    """What a forked worker sends back for pool ``index`` (internal)."""
+
+    index: int
+    warnings: list[tuple[type[Warning], str]]
+    error: Exception | None = None  # raised in the parent, after the warnings
+    toys: ToyBatch | None = None
+    negative_mass: float = 0.0
+    negative_mass_error: float = 0.0
+    pool_seconds: float = 0.0
+    drawn: bool = False  # drawn in the worker (the parent did not have it)
+    rows: PoolRows | None = None  # only when drawn and the parent keeps pools
+
+
+def _forked_pool(j: int) -> _PoolOutcome:
+    """Draw pool ``j`` in a forked worker and fit its toys there, on one thread.
+
+    The warnings raised go back with the result or the error (a worker's warnings would
+    otherwise never reach the user), and so do the pool's rows when the parent keeps pools for
+    the next variant.
+    """
+    assert _FORKED_POOLS is not None
+    prepared, constraint, indices, which, cfg, counter = _FORKED_POOLS
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # Torch's OpenMP threads do not survive fork: a child that uses its parent's
+        # intra-op pool hangs (measured). One thread per worker is what the toys use anyway.
+        torch.set_num_threads(1)
+    had = prepared.has_pool(constraint.weights, j)
+    with warnings.catch_warnings(record=True) as caught, limit_blas_threads(1):
+        warnings.simplefilter("always")
+        try:
+            start = time.perf_counter()
+            rows = prepared.pool_rows(constraint.weights, j)
+            _check_negative_mass(rows, cfg.max_negative_mass)
+            pool = project_pool(rows, constraint, prepared.check_rows)
+            pool_seconds = time.perf_counter() - start
+            batch = run_toys(pool, indices[which == j], seed=prepared.seed,
+                             n_test=prepared.x.shape[0], poisson=cfg.toy_size == "poisson",
+                             centre=cfg.centre, n_jobs=1, settings=cfg.toy_profile,
+                             bar=_SharedCounter(counter))
+        except Exception as exc:  # noqa: BLE001 -- raised in the parent
+            return _PoolOutcome(j, [(w.category, str(w.message)) for w in caught], exc)
+    return _PoolOutcome(j, [(w.category, str(w.message)) for w in caught], None, batch,
+                        rows.negative_mass, rows.negative_mass_error, pool_seconds, not had,
+                        rows if prepared.keep_pools and not had else None)
+
+
+def _run_pools_forked(prepared: PreparedGoF, constraint: Constraint,
+                      indices: NDArray[np.int64], which: NDArray[np.int64], cfg: GoFSettings,
+                      progress: bool, jobs: int, table: _ToyTable
+                      ) -> tuple[_ToyTable, float, float]:
+    """:func:`_run_pools` with each forked worker drawing whole pools and fitting their toys:
+    the same toys, bit for bit (every pool and every toy has its own stream). Seconds: the
+    workers' time drawing pools divided by the workers, the rest of the wall time as toys."""
+    global _FORKED_POOLS
+    context = _fork_context()
+    assert context is not None
+    counter = context.Value("q", 0)
+    start = time.perf_counter()
+    pool_work = 0.0
+    _FORKED_POOLS = (prepared, constraint, indices, which, cfg, counter)
+    try:
+        with tqdm(total=int(indices.size), desc="toys", unit="toy", disable=not progress,
+                  leave=False) as bar, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as ex:
+                pending = {ex.submit(_forked_pool, int(j)) for j in np.unique(which)}
+                try:
+                    while pending:
+                        done, pending = concurrent.futures.wait(
+                            pending, timeout=0.25,
+                            return_when=concurrent.futures.FIRST_COMPLETED)
+                        bar.update(counter.value - bar.n)
+                        for future in done:
+                            pool_work += _take_outcome(future.result(), prepared, constraint,
+                                                       which, table)
+                except BaseException:
+                    ex.shutdown(wait=False, cancel_futures=True)  # no more pools for nothing
+                    raise
+    finally:
+        _FORKED_POOLS = None
+    pool_s = pool_work / jobs
+    return table, pool_s, time.perf_counter() - start - pool_s
+
+
+def _take_outcome(outcome: _PoolOutcome, prepared: PreparedGoF, constraint: Constraint,
+                  which: NDArray[np.int64], table: _ToyTable) -> float:
+    """One forked pool's toys into ``table``, its warnings raised here; returns its seconds."""
+    for category, message in outcome.warnings:
+        warnings.warn(message, category, stacklevel=5)
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.toys is not None
+    j = outcome.index
+    if outcome.drawn:
+        prepared.keep_pool(constraint.weights, j, outcome.rows, outcome.pool_seconds)
+    sel = which == j
+    batch = outcome.toys
+    table.t[sel], table.converged[sel], table.size[sel] = batch.t, batch.converged, batch.size
+    for position, status in zip(np.flatnonzero(sel), batch.status, strict=True):
+        table.status[position] = status
+    table.negative_mass[j] = outcome.negative_mass
+    table.negative_mass_error[j] = outcome.negative_mass_error
+    return outcome.pool_seconds
 
 
 def _run_pool(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np.int64],
