@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pytest
@@ -19,9 +19,12 @@ import scipy.optimize
 from numpy.typing import NDArray
 
 from genval.linalg import sum_to_one_basis
-from genval.members import GaussianMembers
+from genval.members import GaussianMembers, log_density_matrix
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from genval.gof import KernelBasis
 
 
 @dataclass
@@ -165,3 +168,20 @@ def within(seconds: float, fn: Callable[[], T]) -> T:
     if "error" in out:
         raise out["error"]  # type: ignore[misc]
     return out["value"]  # type: ignore[return-value]
+
+
+def small_gof_problem() -> tuple[GaussianMembers, QuickFit, KernelBasis,
+                                 NDArray[np.float64]]:
+    """The GoF tests' small known-truth instance: 4 Gaussian members, equal true weights, ŵ
+    on 2000 events, 8 kernels of σ = 0.4 and 400 test events (seed 42)."""
+    from genval.gof import KernelBasis
+    from genval.sampling import sample_mixture
+
+    rng = np.random.default_rng(42)
+    members = gaussian_ensemble(4, rng)
+    truth = np.full(4, 0.25)
+    fit = quick_fit(np.exp(log_density_matrix(members, sample_mixture(members, truth, 2000,
+                                                                       rng).x)))
+    basis = KernelBasis.from_events(sample_mixture(members, truth, 300, rng).x, 8, 0.4,
+                                    seed=rng)
+    return members, fit, basis, sample_mixture(members, truth, 400, rng).x

@@ -32,12 +32,10 @@ from genval.config import parse_config  # noqa: E402
 from genval.coverage import run_coverage  # noqa: E402
 from genval.errors import InputError  # noqa: E402
 from genval.flows import FlowEnsemble, train  # noqa: E402
-from genval.gof import KernelBasis, goodness_of_fit  # noqa: E402
-from genval.members import log_density_matrix  # noqa: E402
+from genval.gof import goodness_of_fit  # noqa: E402
 from genval.pipeline import artifacts  # noqa: E402
 from genval.rundir import RunDir  # noqa: E402
-from genval.sampling import sample_mixture  # noqa: E402
-from gof_support import gaussian_ensemble, quick_fit, within  # noqa: E402
+from gof_support import gaussian_ensemble, small_gof_problem, within  # noqa: E402
 
 # Functions of this module (the truth sampler) travel to the workers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -53,15 +51,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def test_problem():
-    rng = np.random.default_rng(42)
-    members = gaussian_ensemble(4, rng)
-    truth = np.full(4, 0.25)
-    fit = quick_fit(np.exp(log_density_matrix(members, sample_mixture(members, truth, 2000,
-                                                                       rng).x)))
-    basis = KernelBasis.from_events(sample_mixture(members, truth, 300, rng).x, 8, 0.4,
-                                    seed=rng)
-    x_test = sample_mixture(members, truth, 400, rng).x
-    return members, fit, basis, x_test
+    return small_gof_problem()
 
 
 def _toys(problem, **kw):

@@ -11,9 +11,7 @@ import pytest
 from genval.errors import FitError, InputError
 from genval.gof import GoFResult, GoFSettings, goodness_of_fit, merge_results, summarize_z
 from genval.gof.result import TOY_OK
-from genval.members import log_density_matrix
-from genval.sampling import sample_mixture
-from gof_support import gaussian_ensemble, quick_fit
+from gof_support import small_gof_problem
 
 ABOVE_OR_BELOW = ("t not finite", "alternative fit hit the iteration cap (after 100 steps, "
                   "Newton decrement 0.1)", "null fit stalled: no descent at float64 precision")
@@ -129,17 +127,7 @@ def test_reasons_survive_merging_and_older_files():
 
 @pytest.fixture(scope="module")
 def small():
-    rng = np.random.default_rng(42)
-    members = gaussian_ensemble(4, rng)
-    truth = np.full(4, 0.25)
-    fit = quick_fit(np.exp(log_density_matrix(members, sample_mixture(members, truth, 2000,
-                                                                       rng).x)))
-    from genval.gof import KernelBasis
-
-    basis = KernelBasis.from_events(sample_mixture(members, truth, 300, rng).x, 8, 0.4,
-                                    seed=rng)
-    x_test = sample_mixture(members, truth, 400, rng).x
-    return members, fit, basis, x_test
+    return small_gof_problem()
 
 
 def test_toys_that_cannot_converge_are_recorded_with_their_reason(small):

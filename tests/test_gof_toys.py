@@ -21,21 +21,12 @@ from genval.gof import (
     summarize_z,
 )
 from genval.members import log_density_matrix
-from genval.sampling import sample_mixture
-from gof_support import gaussian_ensemble, quick_fit
+from gof_support import quick_fit, small_gof_problem
 
 
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(42)
-    members = gaussian_ensemble(4, rng)
-    truth = np.full(4, 0.25)
-    fit = quick_fit(np.exp(log_density_matrix(members, sample_mixture(members, truth, 2000,
-                                                                       rng).x)))
-    basis = KernelBasis.from_events(sample_mixture(members, truth, 300, rng).x, 8, 0.4,
-                                    seed=rng)
-    x_test = sample_mixture(members, truth, 400, rng).x
-    return members, fit, basis, x_test
+    return small_gof_problem()
 
 
 def _run(setup, **kw):

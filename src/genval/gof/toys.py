@@ -756,16 +756,17 @@ def _run_pools_forked(prepared: PreparedGoF, constraint: Constraint,
                   leave=False) as bar, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as ex:
-                pending = {ex.submit(_forked_pool, int(j)) for j in np.unique(which)}
+                # Outcomes are taken in pool order, as in one process: the same warnings in
+                # the same order, and the first failing pool's error.
+                futures = [ex.submit(_forked_pool, int(j)) for j in np.unique(which)]
                 try:
-                    while pending:
-                        done, pending = concurrent.futures.wait(
-                            pending, timeout=0.25,
-                            return_when=concurrent.futures.FIRST_COMPLETED)
-                        bar.update(counter.value - bar.n)
-                        for future in done:
-                            pool_work += _take_outcome(future.result(), prepared, constraint,
-                                                       which, table)
+                    for future in futures:
+                        while not future.done():
+                            concurrent.futures.wait([future], timeout=0.25)
+                            bar.update(counter.value - bar.n)
+                        pool_work += _take_outcome(future.result(), prepared, constraint,
+                                                   which, table)
+                    bar.update(counter.value - bar.n)
                 except BaseException:
                     ex.shutdown(wait=False, cancel_futures=True)  # no more pools for nothing
                     raise
