@@ -637,6 +637,12 @@ class _ToyTable:
         self.negative_mass = np.full(self.n_pools, np.nan)
         self.negative_mass_error = np.full(self.n_pools, np.nan)
 
+    def fill(self, sel: NDArray[np.bool_], batch: ToyBatch) -> None:
+        """The toys ``batch`` into the rows ``sel``."""
+        self.t[sel], self.converged[sel], self.size[sel] = batch.t, batch.converged, batch.size
+        for position, status in zip(np.flatnonzero(sel), batch.status, strict=True):
+            self.status[position] = status
+
 
 def _run_pools(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np.int64],
                cfg: GoFSettings, progress: bool) -> tuple[_ToyTable, float, float]:
@@ -687,6 +693,7 @@ class _SharedCounter:
 #: What a forked pool worker needs, inherited (never pickled): the prepared test, the
 #: constraint, the toy indices and their pools, the settings and the shared toy counter.
 _FORKED_POOLS: tuple[Any, ...] | None = None
+
 
 @dataclass(frozen=True)
 class _PoolOutcome:
@@ -789,9 +796,7 @@ def _take_outcome(outcome: _PoolOutcome, prepared: PreparedGoF, constraint: Cons
         prepared.keep_pool(constraint.weights, j, outcome.rows, outcome.pool_seconds)
     sel = which == j
     batch = outcome.toys
-    table.t[sel], table.converged[sel], table.size[sel] = batch.t, batch.converged, batch.size
-    for position, status in zip(np.flatnonzero(sel), batch.status, strict=True):
-        table.status[position] = status
+    table.fill(sel, batch)
     table.negative_mass[j] = outcome.negative_mass
     table.negative_mass_error[j] = outcome.negative_mass_error
     return outcome.pool_seconds
@@ -812,10 +817,7 @@ def _run_pool(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[np
     batch = run_toys(pool, indices[sel], seed=prepared.seed, n_test=prepared.x.shape[0],
                      poisson=cfg.toy_size == "poisson", centre=cfg.centre,
                      n_jobs=cfg.n_jobs, settings=cfg.toy_profile, bar=bar)
-    table.t[sel], table.converged[sel], table.size[sel] = (batch.t, batch.converged,
-                                                           batch.size)
-    for position, status in zip(np.flatnonzero(sel), batch.status, strict=True):
-        table.status[position] = status
+    table.fill(sel, batch)
     return pool_s + mid - start, toy_s + time.perf_counter() - mid
 
 
