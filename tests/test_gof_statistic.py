@@ -241,34 +241,3 @@ def test_iteration_cap_warns():
     with pytest.warns(ConvergenceWarning, match="NOT CONVERGED"):
         t = test_statistic(log_f, log_g, fit, log=True, max_iter=1)
     assert not t.converged
-
-
-def test_feasible_start_on_a_working_set_equals_the_full_lp(monkeypatch):
-    """The max-margin start solved on a working set of rows (smallest densities first, rows
-    added while any falls below its optimum) has the full LP's margin, here after more than
-    one round: rows with a large density at ŵ but a steep slope bind at the optimum."""
-    from genval.gof import statistic
-
-    rng = np.random.default_rng(11)
-    n, r = 12_000, 4
-    e = np.full(r, 0.5)  # a unit direction along which u must move
-    a = rng.normal(size=(n, r)) * 0.01
-    c = rng.uniform(0.05, 1.0, size=n)
-    c[:40] = -rng.uniform(0.001, 0.01, size=40)  # infeasible at ŵ: the LP is needed
-    a[:40] += 0.05 * e
-    steep = np.arange(40, 70)  # large density at ŵ, falling fast along e: they bind
-    c[steep] = rng.uniform(0.3, 0.6, size=steep.size)
-    a[steep] -= 0.5 * e
-    calls = []
-    real = statistic._max_margin
-    monkeypatch.setattr(statistic, "_max_margin",
-                        lambda c_, a_, box: calls.append(c_.size) or real(c_, a_, box))
-    u_full = statistic.feasible_start(c, a, rows_per_round=n)
-    assert calls == [n]
-    calls.clear()
-    u_work = statistic.feasible_start(c, a, rows_per_round=300)
-    assert len(calls) >= 2 and max(calls) < n / 4
-    full, work = (c + a @ u_full).min(), (c + a @ u_work).min()
-    assert full > 0 and work == pytest.approx(full, rel=1e-7, abs=1e-10)
-    with pytest.raises(FitError, match="no ensemble weights"):
-        statistic.feasible_start(c - 2.0, a, rows_per_round=300)

@@ -238,58 +238,27 @@ def make_constraint(fit: Any, n_members: int, variant: str, member: int | None) 
     return Constraint.from_fit(fit)
 
 
-def feasible_start(c: NDArray[np.float64], a: NDArray[np.float64], box: float = 20.0, *,
-                   rows_per_round: int = 2000) -> NDArray[np.float64]:
+def feasible_start(c: NDArray[np.float64], a: NDArray[np.float64], box: float = 20.0
+                   ) -> NDArray[np.float64]:
     """Whitened weights u with ``c + A u > 0`` on every row (max-margin LP), |u_i| ≤ box.
-
-    The LP is solved on a working set of rows, the ``rows_per_round`` of smallest density at
-    ŵ (and every row where it is ≤ 0), and rows whose margin falls below the working set's
-    optimum are added until none does. The working set's optimum relaxes the full LP, so once
-    every row meets it, it is the full LP's optimum too (exact, not a heuristic); on 20 000
-    test events one round on 2 000 rows replaces an LP ten times its size.
 
     Raises:
         FitError: if no such u exists within ``box`` standard deviations of ŵ.
     """
-    n, r = a.shape
-    if n <= 2 * rows_per_round:
-        working = np.arange(n)
-    else:
-        smallest = np.argpartition(c, rows_per_round)[:rows_per_round]
-        working = np.union1d(smallest, np.flatnonzero(c <= 0))
-    while True:
-        u, best = _max_margin(c[working], a[working], box)
-        margin = c + a @ u
-        # rows the LP solver's own tolerance could hide are not counted as violated
-        short = np.flatnonzero(margin < best - 1e-9 * max(1.0, abs(best)))
-        short = np.setdiff1d(short, working, assume_unique=True)
-        if not short.size or not best > 0:
-            break
-        add = short[np.argsort(margin[short])[:rows_per_round]]
-        working = np.union1d(working, add)
-    lowest = float(margin.min())
-    if not (best > 0 and lowest > 0):
-        raise FitError(f"no ensemble weights within {box:g} standard deviations of ŵ keep the "
-                       f"mixture density positive at all {n} events and check points (best margin "
-                       f"{min(best, lowest):.3g}): Eq. (5) is undefined for these data")
-    return u
-
-
-def _max_margin(c: NDArray[np.float64], a: NDArray[np.float64], box: float
-                ) -> tuple[NDArray[np.float64], float]:
-    """``max s`` subject to ``c + A u ≥ s`` and |u_i| ≤ box: the optimum u and s (s = −inf
-    when the solver finds none)."""
     import scipy.optimize
 
     n, r = a.shape
-    # row-scaled densities are ≤ 1, so s ≤ 1 bounds it
+    # maximise s subject to c + A u ≥ s (row-scaled densities are ≤ 1, so s ≤ 1 bounds it)
     res = scipy.optimize.linprog(
         np.concatenate([np.zeros(r), [-1.0]]),
         A_ub=np.hstack([-a, np.ones((n, 1))]), b_ub=c,
         bounds=[(-box, box)] * r + [(None, 1.0)], method="highs")
-    if res.status != 0 or res.x is None:
-        return np.zeros(r), float("-inf")
-    return res.x[:r], float(res.x[-1])
+    if res.status != 0 or res.x[-1] <= 0:
+        raise FitError(f"no ensemble weights within {box:g} standard deviations of ŵ keep the "
+                       f"mixture density positive at all {n} events and check points (best margin "
+                       f"{res.x[-1] if res.x is not None else float('nan'):.3g}): Eq. (5) is "
+                       "undefined for these data")
+    return res.x[:r]
 
 
 def negative_density_message(density: NDArray[np.float64], where: str = "test events") -> str:
