@@ -5,6 +5,7 @@ The recorded, full version is ``python studies/validate.py`` (``studies/results/
 
 import importlib.util
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,8 @@ STUDY = Path(__file__).resolve().parent.parent / "studies" / "validate.py"
 def load_study():
     spec = importlib.util.spec_from_file_location("genval_validate_study", STUDY)
     module = importlib.util.module_from_spec(spec)
+    # dataclasses resolve the study's string annotations through sys.modules
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
