@@ -260,8 +260,9 @@ def parquet_files(draw: st.DrawFn) -> tuple[Any, tuple[str, int, bytes]]:
             columns.append(pa.array([None if v is None else int(v) % 10**9 for v in finite],
                                     type=pa.timestamp("s")))
         else:
-            columns.append(pa.array([str(v)[:3] if v is not None else None for v in values])
-                           .dictionary_encode())
+            # typed: an all-null column would be dictionary<null>, which parquet cannot write
+            columns.append(pa.array([str(v)[:3] if v is not None else None for v in values],
+                                    type=pa.string()).dictionary_encode())
     names = draw(st.lists(NAMES, min_size=len(columns), max_size=len(columns)))
     return pa.Table.from_arrays(columns, names=names), draw(SPOIL)
 
@@ -365,8 +366,11 @@ def _check_root(case: tuple[str, dict[str, Any], str | None, tuple[str, int, byt
             if layout == "histogram" or not branches:
                 f["hist"] = np.histogram([1.0, 2.0, 2.5], bins=3)
             else:
-                data = {n: awkward.Array(v) if isinstance(v, list) else v
-                        for n, v in branches.items()}
+                # typed: empty jagged lists have no element type, which RNTuples cannot hold
+                data = {n: awkward.unflatten(np.array([y for row in v for y in row],
+                                                      dtype=np.float64),
+                                          np.array([len(r) for r in v], dtype=np.int64))
+                        if isinstance(v, list) else v for n, v in branches.items()}
                 if layout == "rntuple":
                     f.mkrntuple("events", data)
                 else:

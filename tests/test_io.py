@@ -143,3 +143,22 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch, tmp_path, even
     with pytest.raises(ImportError, match="for reading .root files"):
         require("uproot", "root", purpose="reading .root files")
     assert not (tmp_path / "x.root").exists()
+
+
+def test_csv_blank_lines_and_a_garbled_npy_header(tmp_path):
+    """Found by the slow fuzz set: a CSV of blank lines only leaked numpy's "no data" warning
+    instead of the empty-file error, blank lines before a header made the header a data row,
+    and an npy header that is not a Python literal raised tokenize's TokenError."""
+    blank = tmp_path / "blank.csv"
+    blank.write_bytes(b"\n \n")
+    with pytest.raises(InputError, match="empty CSV file"):
+        read_events(str(blank))
+    leading = tmp_path / "leading.csv"
+    leading.write_bytes(b"\n\nx,y\n1,2\n\n3,4\n")
+    table = read_events(str(leading))
+    assert table.names == ["x", "y"] and table.x.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    garbled = tmp_path / "garbled.npy"
+    garbled.write_bytes(b"\x93NUMPY\x01\x00v\x00\x00'descr': '<f8', 'fortran_order': False, "
+                        b"'shape': (), }" + b" " * 62 + b"\n" + b"\x00" * 8)
+    with pytest.raises(InputError, match="cannot read it as a .npy file"):
+        read_events(str(garbled))

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import glob
 import os
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -172,8 +173,9 @@ def _damage_errors(fmt: str) -> tuple[type[BaseException], ...]:
     if fmt in (".npy", ".npz"):
         # np.load on a damaged file: the zip layer, the npy header parser and a header that
         # claims more data than the file (or the memory) holds.
+        # (the header is a Python literal: a garbled one fails in ast or tokenize)
         return (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
-                NotImplementedError, MemoryError)
+                NotImplementedError, MemoryError, SyntaxError, tokenize.TokenError)
     if fmt == ".parquet":
         pa = require("pyarrow", "io", purpose="reading .parquet files")
         return (pa.ArrowException, OSError, ValueError)
@@ -436,8 +438,10 @@ def _read_csv(ds: DataSpec) -> Columns:
     # utf-8-sig: a byte-order mark (spreadsheets write one) is not part of the first name.
     with open(ds.path, newline="", encoding="utf-8-sig") as handle:
         rows = csv.reader(handle)
-        first = next(rows, None)
-        second = next((r for r in rows if any(v.strip() for v in r)), None)  # skip blanks
+        # blank lines are skipped (loadtxt skips them too); line_num counts them
+        first = next((r for r in rows if any(v.strip() for v in r)), None)
+        first_line = rows.line_num
+        second = next((r for r in rows if any(v.strip() for v in r)), None)
     if first is None:
         raise InputError(f"{ds}: empty CSV file (no header, no events)")
     try:  # a first row of numbers means no header
@@ -448,8 +452,8 @@ def _read_csv(ds: DataSpec) -> Columns:
     if header is not None and second is None:  # loadtxt would see one column of nothing
         return header, lambda chosen: [np.zeros(0) for _ in chosen]
     try:
-        data = np.loadtxt(ds.path, delimiter=",", skiprows=0 if header is None else 1, ndmin=2,
-                          dtype=np.float64, encoding="utf-8-sig")
+        data = np.loadtxt(ds.path, delimiter=",", skiprows=0 if header is None else first_line,
+                          ndmin=2, dtype=np.float64, encoding="utf-8-sig")
     except ValueError as exc:
         raise InputError(f"{ds}: cannot parse as numbers: {exc}") from exc
     if header is not None and len(header) != data.shape[1]:
