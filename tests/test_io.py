@@ -162,3 +162,17 @@ def test_csv_blank_lines_and_a_garbled_npy_header(tmp_path):
                         b"'shape': (), }" + b" " * 62 + b"\n" + b"\x00" * 8)
     with pytest.raises(InputError, match="cannot read it as a .npy file"):
         read_events(str(garbled))
+
+
+def test_parquet_dictionary_column_of_nulls_is_a_clear_error(tmp_path):
+    """Found by the slow fuzz set: a dictionary-encoded column whose values are all null (an
+    empty dictionary) made pyarrow's conversion raise IndexError; now it is decoded first and
+    refused as a column that is not numbers."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    column = pa.DictionaryArray.from_arrays(pa.array([None, None], type=pa.int32()),
+                                            pa.array([], type=pa.string()))
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"a": column, "b": [1.0, 2.0]}), path)
+    with pytest.raises(InputError, match="column 'a'"):
+        read_events(str(path))

@@ -468,9 +468,19 @@ def _read_parquet(ds: DataSpec) -> Columns:
 
     def load(chosen: list[str]) -> list[NDArray[Any]]:
         table = pq.read_table(ds.path, columns=chosen)
-        return [table.column(n).to_numpy() for n in chosen]
+        return [_parquet_values(table.column(n)) for n in chosen]
 
     return names, load
+
+
+def _parquet_values(column: Any) -> NDArray[Any]:
+    """A parquet column as numpy values; dictionary-encoded columns decoded first (pyarrow's
+    own conversion fails with an IndexError on a dictionary of nulls with no entries)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return column.to_numpy()
 
 
 def _read_h5(ds: DataSpec) -> Columns:
