@@ -23,6 +23,7 @@ References:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,23 +104,23 @@ class ConditionalWeightFit:
 
     def density(self, F: ArrayLike, bin_index: ArrayLike | None = None) -> NDArray[np.float64]:
         """``f̂(x_n | c_n) = F_n · ŵ_{b(n)}`` (N,) from conditional member densities F (N, M)."""
-        arr = np.asarray(F, dtype=np.float64)
-        idx = self._bins_of(bin_index, arr.shape[0])
-        out = np.empty(arr.shape[0])
-        for b in np.unique(idx):
-            sel = idx == b
-            out[sel] = self.fit_for(int(b)).density(arr[sel])
-        return out
+        return self._per_bin(F, bin_index, WeightFit.density)
 
     def density_std(self, F: ArrayLike, bin_index: ArrayLike | None = None
                     ) -> NDArray[np.float64]:
         """Eq. (3) band ``σ(x_n | c_n) = sqrt(F_nᵀ Cov(ŵ_{b(n)}) F_n)`` (N,)."""
+        return self._per_bin(F, bin_index, WeightFit.density_std)
+
+    def _per_bin(self, F: ArrayLike, bin_index: ArrayLike | None,
+                 evaluate: Callable[[WeightFit, NDArray[np.float64]], NDArray[np.float64]]
+                 ) -> NDArray[np.float64]:
+        """``evaluate(fit of bin b, rows of bin b)`` for every bin, back in row order."""
         arr = np.asarray(F, dtype=np.float64)
         idx = self._bins_of(bin_index, arr.shape[0])
         out = np.empty(arr.shape[0])
         for b in np.unique(idx):
             sel = idx == b
-            out[sel] = self.fit_for(int(b)).density_std(arr[sel])
+            out[sel] = evaluate(self.fit_for(int(b)), arr[sel])
         return out
 
     def to_dict(self) -> dict[str, Any]:
