@@ -61,7 +61,7 @@ from genval.coverage import run_coverage  # noqa: E402
 from genval.errors import FitError  # noqa: E402
 from genval.gof import KernelBasis, goodness_of_fit  # noqa: E402
 from genval.identification import members_precision  # noqa: E402
-from genval.members import GaussianMembers, Members, log_density_matrix  # noqa: E402
+from genval.members import Members, log_density_matrix  # noqa: E402
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD  # noqa: E402
 from genval.products import common_sample_integrals, estimate_observable  # noqa: E402
 from genval.sampling import sample_mixture  # noqa: E402
@@ -448,21 +448,10 @@ def jittered_acceptance(sizes: Sizes, seed: int, log: Any,
     return summary()
 
 
-def ten_gaussian_members() -> GaussianMembers:
-    """10 Gaussians fitted (closed form) to bootstrap replicas of 80k toy events."""
-    gen = np.random.default_rng(1)
-    mean, sd = np.asarray(PAPER_TOY_MEAN), np.asarray(PAPER_TOY_STD)
-    base = gen.normal(mean, sd, size=(80_000, 2))
-    means, covs = [], []
-    for _ in range(10):
-        replica = base[gen.integers(0, len(base), len(base))]
-        means.append(replica.mean(axis=0))
-        covs.append(np.cov(replica, rowvar=False, bias=True))
-    return GaussianMembers(np.array(means), np.array(covs))
-
-
 def ten_gaussians_acceptance(sizes: Sizes, seed: int) -> dict[str, Any]:
-    members = ten_gaussian_members()
+    from realistic_support import ten_bootstrap_gaussians
+
+    members = ten_bootstrap_gaussians()
     mean, sd = np.asarray(PAPER_TOY_MEAN), np.asarray(PAPER_TOY_STD)
     start = time.perf_counter()
     with warnings.catch_warnings():

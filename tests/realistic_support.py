@@ -12,6 +12,7 @@ negative on ≈ 1e-4 of ∫|f|.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -21,7 +22,8 @@ from genval.members import GaussianMembers, log_density_matrix
 from genval.paper import PAPER_TOY_MEAN, PAPER_TOY_STD
 from genval.wifi import WeightFit, fit_weights
 
-__all__ = ["RealisticEnsemble", "jittered_members", "jittered_toy_ensemble"]
+__all__ = ["RealisticEnsemble", "jittered_members", "jittered_toy_ensemble",
+           "ten_bootstrap_gaussians"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,21 @@ def _jittered(rng: np.random.Generator, n_members: int, jitter: float) -> Gaussi
         rho = jitter * rng.standard_normal()
         covs[m] = [[s[0] ** 2, rho * s[0] * s[1]], [rho * s[0] * s[1], s[1] ** 2]]
     return GaussianMembers(means, covs)
+
+
+@functools.lru_cache(maxsize=1)
+def ten_bootstrap_gaussians() -> GaussianMembers:
+    """Issue 10's collinear coverage case: 10 Gaussians fitted (closed form) to bootstrap
+    replicas of one set of 80k toy events; their means differ by ~σ/√80k, so the weight fit
+    cancels hundreds of units between them (Σ|ŵ| ≈ 600-5000)."""
+    gen = np.random.default_rng(1)
+    base = gen.normal(PAPER_TOY_MEAN, PAPER_TOY_STD, size=(80_000, 2))
+    means, covs = [], []
+    for _ in range(10):
+        replica = base[gen.integers(0, len(base), len(base))]
+        means.append(replica.mean(axis=0))
+        covs.append(np.cov(replica, rowvar=False, bias=True))
+    return GaussianMembers(np.array(means), np.array(covs))
 
 
 def jittered_members(n_members: int = 60, jitter: float = 0.05, seed: int = 1

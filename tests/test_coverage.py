@@ -1,7 +1,6 @@
 """Coverage of the first moment (paper Step 3, Eq. 4) with the truth inside the span, and the
 observables from one common sample of f(x; ŵ) it rests on (Eq. 3, App. A)."""
 
-import functools
 import warnings
 
 import numpy as np
@@ -24,6 +23,7 @@ from genval.products.binned import binned_reference
 from genval.row_scaling import scale_log_rows
 from genval.sampling import MixtureSample, sample_mixture
 from genval.wifi import fit_weights
+from realistic_support import ten_bootstrap_gaussians
 
 MEANS = np.array([[-0.5, 0.6], [-0.2, 0.9], [-0.8, 0.4], [-0.4, 0.2]])
 VARIANCES = np.array([[0.06, 0.16], [0.09, 0.12], [0.05, 0.2], [0.08, 0.1]])
@@ -92,25 +92,13 @@ def test_coverage_bad_input():
 TOY_MEAN, TOY_SD = np.array(PAPER_TOY_MEAN), np.array(PAPER_TOY_STD)
 
 
-@functools.lru_cache(maxsize=1)
-def bootstrap_members() -> GaussianMembers:
-    gen = np.random.default_rng(1)
-    base = gen.normal(TOY_MEAN, TOY_SD, size=(80_000, 2))
-    means, covs = [], []
-    for _ in range(10):
-        replica = base[gen.integers(0, len(base), len(base))]
-        means.append(replica.mean(axis=0))
-        covs.append(np.cov(replica, rowvar=False, bias=True))
-    return GaussianMembers(np.array(means), np.array(covs))
-
-
 def toy_sampler(n, rng):
     return rng.normal(TOY_MEAN, TOY_SD, size=(n, 2))
 
 
 class EnvelopeSampler:
-    """Exact rejection sampling of f(x; ŵ) for :func:`bootstrap_members` (a test aid standing in
-    for genval's sampler, whose cost grows with Σ|ŵ|; same call and result as
+    """Exact rejection sampling of f(x; ŵ) for :func:`ten_bootstrap_gaussians` (a test aid
+    standing in for genval's sampler, whose cost grows with Σ|ŵ|; same call and result as
     :func:`genval.sampling.sample_mixture`).
 
     Proposal h: the members' equal-weight mixture with covariances × 1.3², so f̂/h falls to 0
@@ -165,7 +153,7 @@ def test_common_sample_integrals_are_unbiased_with_the_full_covariance():
     > 5; along C's leading eigenvector the reported covariance matches the spread of the
     member integrals (ratio in [0.75, 1.3]) where its diagonal alone is off by > 10³; the
     binned band's weight part likewise (4 standard errors per bin)."""
-    members = bootstrap_members()
+    members = ten_bootstrap_gaussians()
     # The plain maximum-likelihood fit (no ridge on its weak directions): the Monte-Carlo
     # machinery is tested at the largest Σ|ŵ|.
     fit = fit_weights(log_density_matrix(members, toy_sampler(2000, np.random.default_rng(5))),
@@ -215,7 +203,7 @@ def test_common_sample_integrals_are_unbiased_with_the_full_covariance():
 
 
 def collinear_study(monkeypatch, n_datasets, n_events, *, envelope: bool):
-    members = bootstrap_members()
+    members = ten_bootstrap_gaussians()
     sampler = EnvelopeSampler(members)
     if envelope:
         monkeypatch.setattr(genval.coverage, "sample_mixture", sampler)
