@@ -280,6 +280,27 @@ def test_conditional_toys_are_reproducible_by_range_and_across_workers(problem):
     assert whole.per_bin_weights
 
 
+def test_conditional_toys_do_not_fork_where_the_unconditional_ones_may_not(problem,
+                                                                           monkeypatch):
+    """Where forking is not allowed (a Dask worker is a daemon process: no children), the
+    conditional toys run in this process, like the unconditional ones (one fork check for
+    both), with the same toys."""
+    import genval.gof.conditional as conditional
+    import genval.gof.toys as toys
+
+    p = problem
+    args = (p["members"], p["per_bin"], p["x"], p["c"], p["basis"], p["bins"])
+    alone = conditional_goodness_of_fit(*args, n_toys=6, seed=3, n_jobs=1)
+    monkeypatch.setattr(toys, "can_fork_workers", lambda: False)
+
+    def no_pool(*a, **kw):
+        raise AssertionError("forked a worker pool")
+
+    monkeypatch.setattr(conditional, "ProcessPoolExecutor", no_pool)
+    here = conditional_goodness_of_fit(*args, n_toys=6, seed=3, n_jobs=2)
+    np.testing.assert_array_equal(alone.combined.t_null, here.combined.t_null)
+
+
 def test_one_bin_with_context_free_members_observes_the_unconditional_t(rng):
     # Members that ignore the context: the conditional test in one bin computes the same t on
     # the data as the unconditional test (same rows, same check points).

@@ -54,8 +54,6 @@ References:
 
 from __future__ import annotations
 
-import multiprocessing
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -91,6 +89,7 @@ from genval.gof.toys import (
     TOY_STREAM,
     GoFSettings,
     _check_toy_count,
+    _fork_context,
     _n_jobs,
     pool_rng,
 )
@@ -316,15 +315,15 @@ def _run_toys(setup: _Setup, indices: NDArray[np.int64], n_jobs: int
     """Toys ``indices`` sequentially or in forked workers (identical results either way)."""
     global _FORKED
     jobs = _n_jobs(n_jobs)
+    context = _fork_context()  # None off Linux and inside a Dask worker (no children there)
     out: list[ToyRow]
-    if jobs > 1 and indices.size > 1 and sys.platform == "linux":
+    if jobs > 1 and indices.size > 1 and context is not None:
         chunks = np.array_split(indices, min(indices.size, 8 * jobs))
         _FORKED = setup
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-                with ProcessPoolExecutor(max_workers=jobs,
-                                         mp_context=multiprocessing.get_context("fork")) as ex:
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as ex:
                     out = [row for part in ex.map(_forked_chunk, chunks) for row in part]
         finally:
             _FORKED = None
