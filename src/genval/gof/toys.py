@@ -658,9 +658,10 @@ def _run_pools(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[n
     which = indices % prepared.n_pools
     pools = np.unique(which)
     jobs = _n_jobs(cfg.n_jobs)
-    if jobs > 1 and pools.size >= jobs and _can_draw_in_workers():
+    context = _pool_worker_context() if jobs > 1 and pools.size >= jobs else None
+    if context is not None:
         return _run_pools_forked(prepared, constraint, indices, which, cfg, progress, jobs,
-                                 table)
+                                 context, table)
     pool_s = toy_s = 0.0
     with tqdm(total=int(indices.size), desc="toys", unit="toy", disable=not progress,
               leave=False) as bar:
@@ -670,13 +671,13 @@ def _run_pools(prepared: PreparedGoF, constraint: Constraint, indices: NDArray[n
     return table, pool_s, toy_s
 
 
-def _can_draw_in_workers() -> bool:
-    """Whether forked workers may evaluate the members (draw pools): fork is available, and
-    no CUDA context exists (a forked child cannot use its parent's)."""
-    if _fork_context() is None:
-        return False
+def _pool_worker_context() -> multiprocessing.context.BaseContext | None:
+    """The fork context when forked workers may evaluate the members (draw pools): fork is
+    available, and no CUDA context exists (a forked child cannot use its parent's)."""
     torch = sys.modules.get("torch")
-    return not (torch is not None and torch.cuda.is_initialized())
+    if torch is not None and torch.cuda.is_initialized():
+        return None
+    return _fork_context()
 
 
 class _SharedCounter:
@@ -746,14 +747,12 @@ def _forked_pool(j: int) -> _PoolOutcome:
 
 def _run_pools_forked(prepared: PreparedGoF, constraint: Constraint,
                       indices: NDArray[np.int64], which: NDArray[np.int64], cfg: GoFSettings,
-                      progress: bool, jobs: int, table: _ToyTable
-                      ) -> tuple[_ToyTable, float, float]:
+                      progress: bool, jobs: int, context: multiprocessing.context.BaseContext,
+                      table: _ToyTable) -> tuple[_ToyTable, float, float]:
     """:func:`_run_pools` with each forked worker drawing whole pools and fitting their toys:
     the same toys, bit for bit (every pool and every toy has its own stream). Seconds: the
     workers' time drawing pools divided by the workers, the rest of the wall time as toys."""
     global _FORKED_POOLS
-    context = _fork_context()
-    assert context is not None
     counter = context.Value("q", 0)
     start = time.perf_counter()
     pool_work = 0.0
